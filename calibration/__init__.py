@@ -1,0 +1,1 @@
+"""Skyloop calibration (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""Skyloop flight (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""Skyloop policy_export (see DESIGN.md)."""

@@ -1,0 +1,80 @@
+"""cffi (API mode) build of the C core, sim/drone.h, into the extension module sim._skyloop_c.
+
+Run at install time by setup.py (`pip install -e .` rebuilds it after a change to drone.h). The declarations below are only what Python calls; struct
+layouts and field names come from the tables in drone.h, so nothing here repeats them.
+Flags: -O3 and the host's vector extensions (the core is compiled on the user's machine).
+Set SKYLOOP_CFLAGS to replace the optimisation flags (e.g. "-O2" for a portable build).
+"""
+import os
+import platform
+import shlex
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+CDEF = """
+typedef struct { const char *name; int offset; int count; float lo, hi; const char *doc; } SlField;
+typedef struct { const char *name; int offset, count; } SlObsField;
+typedef struct { const char *name; int width, row; } SlDroneField;
+typedef struct { ...; } SlParams;
+typedef struct { ...; } SlRandomization;
+typedef struct { ...; } SlTaskConfig;
+typedef struct {
+    int n, n_pad, action_mode, substeps;
+    float dt_s, control_dt_s;
+    float *obs; float *actions; float *rewards; uint8_t *terminals; uint8_t *truncations; float *final_obs;
+    float *f; uint32_t *rng; float *ring;
+    ...;
+} SlEnv;
+
+#define SL_OBS_SIZE ...
+#define SL_OBS_LAYOUT_VERSION ...
+#define SL_ACTION_SIZE ...
+#define SL_ACTION_HISTORY ...
+#define SL_ACTION_MOTOR ...
+#define SL_ACTION_CTBR ...
+#define SL_N_MOTORS ...
+#define SL_DELAY_SLOTS ...
+#define SL_N_ROWS ...
+
+const SlField *sl_param_fields(int *n);
+const SlField *sl_randomization_fields(int *n);
+const SlField *sl_task_fields(int *n);
+const SlObsField *sl_obs_fields(int *n);
+const SlDroneField *sl_drone_fields(int *n);
+
+SlEnv *sl_env_new(int n, const SlParams *p, const SlRandomization *r, const SlTaskConfig *t, int action_mode,
+                  char *err, int errlen);
+void sl_env_free(SlEnv *e);
+size_t sl_bytes_per_drone(void);
+void sl_env_reset(SlEnv *e, uint64_t seed);
+long sl_env_step(SlEnv *e);
+long sl_env_step_physics(SlEnv *e);
+void sl_env_sync_drone(SlEnv *e, int i, const float held[4]);
+void sl_motor_response(const SlParams *p, const float *throttle, int n_steps, float dt, float v_frac,
+                       float omega0, float *omega_out);
+void sl_observe_state(const float pos_enu_m[3], const float vel_enu_m_s[3], const float quat_wxyz[4],
+                      const float omega_flu_rad_s[3], const float target_enu_m[3], const float *last_actions,
+                      float hover_action, float *out);
+"""
+
+
+def compile_flags():
+    if os.environ.get("SKYLOOP_CFLAGS"):
+        return shlex.split(os.environ["SKYLOOP_CFLAGS"])
+    flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast", "-march=native"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags.append("-mprefer-vector-width=512")
+    return flags
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "sim._skyloop_c",
+    '#include "drone.h"',
+    include_dirs=[HERE],
+    depends=[os.path.join(HERE, "drone.h")],
+    extra_compile_args=compile_flags(),
+)

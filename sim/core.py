@@ -1,0 +1,201 @@
+"""Thin binding over the C core (sim/drone.h, compiled by sim/build_ffi.py).
+
+Everything about layout comes from C: the observation layout, the action size, the parameter
+field names with their valid ranges, and the per-drone arrays. The arrays of an environment are
+NumPy views of C memory: `step()` writes into them in place, nothing is copied per step.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+try:
+    from sim._skyloop_c import ffi, lib
+except ImportError as exc:  # pragma: no cover - only when the install step was skipped
+    raise ImportError(
+        "the Skyloop C core is not compiled. Install the project with the README's install command "
+        "(it compiles sim/drone.h), or run: python sim/build_ffi.py"
+    ) from exc
+
+log = logging.getLogger(__name__)
+
+OBS_SIZE: int = lib.SL_OBS_SIZE
+OBS_LAYOUT_VERSION: int = lib.SL_OBS_LAYOUT_VERSION
+ACTION_SIZE: int = lib.SL_ACTION_SIZE
+ACTION_HISTORY: int = lib.SL_ACTION_HISTORY
+ACTION_MODES = {"motor": lib.SL_ACTION_MOTOR, "ctbr": lib.SL_ACTION_CTBR}
+
+
+class SimError(ValueError):
+    """Invalid input to the simulator (a parameter, an action, an action mode)."""
+
+
+def _table(getter):
+    n = ffi.new("int *")
+    rows = getter(n)
+    return [rows[k] for k in range(n[0])]
+
+
+def _field_table(getter):
+    """{name: (offset_bytes, count, lo, hi, doc)} for one of the C parameter structs."""
+    return {
+        ffi.string(r.name).decode(): (r.offset, r.count, r.lo, r.hi, ffi.string(r.doc).decode())
+        for r in _table(getter)
+    }
+
+
+PARAM_FIELDS = _field_table(lib.sl_param_fields)
+RANDOMIZATION_FIELDS = _field_table(lib.sl_randomization_fields)
+TASK_FIELDS = _field_table(lib.sl_task_fields)
+_STRUCTS = {"params": ("SlParams", PARAM_FIELDS), "randomization": ("SlRandomization", RANDOMIZATION_FIELDS),
+            "task": ("SlTaskConfig", TASK_FIELDS)}
+
+#: Ordered observation fields: [(name, offset, count)], as the C observation function writes them.
+OBS_FIELDS = [(ffi.string(r.name).decode(), r.offset, r.count) for r in _table(lib.sl_obs_fields)]
+#: Per-drone arrays of an environment: {name: width}.
+DRONE_FIELDS = {ffi.string(r.name).decode(): r.width for r in _table(lib.sl_drone_fields)}
+_DRONE_ROWS = {ffi.string(r.name).decode(): r.row for r in _table(lib.sl_drone_fields)}
+
+
+def obs_slice(name: str) -> slice:
+    """Where observation field `name` sits in an observation vector."""
+    for field, offset, count in OBS_FIELDS:
+        if field == name:
+            return slice(offset, offset + count)
+    raise KeyError(f"no observation field {name!r}; fields: {[f for f, _, _ in OBS_FIELDS]}")
+
+
+def make_struct(kind: str, values: dict):
+    """A C struct ('params', 'randomization' or 'task') filled from {field: number or list}.
+
+    Every field must be given; values are range-checked by the C side when an env is made.
+    """
+    ctype, fields = _STRUCTS[kind]
+    missing = sorted(set(fields) - set(values))
+    unknown = sorted(set(values) - set(fields))
+    if missing or unknown:
+        raise SimError(f"{kind}: missing fields {missing}, unknown fields {unknown}")
+    cdata = ffi.new(ctype + " *")
+    base = ffi.cast("char *", cdata)
+    for name, (offset, count, _lo, _hi, _doc) in fields.items():
+        vals = np.atleast_1d(np.asarray(values[name], dtype=np.float64))
+        if vals.shape != (count,):
+            raise SimError(f"{kind}.{name}: expected {count} number(s), got {values[name]!r}")
+        dst = ffi.cast("float *", base + offset)
+        for k in range(count):
+            dst[k] = float(vals[k])
+    return cdata
+
+
+def action_mode_id(mode: str) -> int:
+    try:
+        return ACTION_MODES[mode]
+    except KeyError:
+        raise SimError(f"unknown action mode {mode!r}: use one of {sorted(ACTION_MODES)}") from None
+
+
+def _view(ptr, dtype, shape):
+    count = int(np.prod(shape))
+    buf = ffi.buffer(ptr, count * np.dtype(dtype).itemsize)
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+class CoreEnv:
+    """N drones in C memory. Attributes are NumPy views into it (no copies):
+
+    obs [n, OBS_SIZE], actions [n, 4], rewards [n], terminals [n], truncations [n], final_obs [n, OBS_SIZE],
+    and `drone[name]`, a [width, n] view of each per-drone array (state, true parameters, task,
+    last-episode records): see DRONE_FIELDS.
+    """
+
+    def __init__(self, n: int, params: dict, randomization: dict, task: dict, action_mode: str = "motor"):
+        self.action_mode = action_mode
+        mode = action_mode_id(action_mode)
+        p, r, t = make_struct("params", params), make_struct("randomization", randomization), make_struct("task", task)
+        err = ffi.new("char[512]")
+        env = lib.sl_env_new(int(n), p, r, t, mode, err, 512)
+        if env == ffi.NULL:
+            raise SimError(ffi.string(err).decode())
+        self._env = ffi.gc(env, lib.sl_env_free)
+        self.n = n
+        n_pad = env.n_pad
+        self.substeps = env.substeps
+        self.physics_dt_s = env.dt_s
+        self.control_dt_s = env.control_dt_s
+        self.obs = _view(env.obs, np.float32, (n_pad, OBS_SIZE))[:n]
+        self.final_obs = _view(env.final_obs, np.float32, (n_pad, OBS_SIZE))[:n]
+        self.actions = _view(env.actions, np.float32, (n_pad, ACTION_SIZE))[:n]
+        self.rewards = _view(env.rewards, np.float32, (n_pad,))[:n]
+        self.terminals = _view(env.terminals, np.bool_, (n_pad,))[:n]
+        self.truncations = _view(env.truncations, np.bool_, (n_pad,))[:n]
+        block = _view(env.f, np.float32, (lib.SL_N_ROWS, n_pad))
+        self.drone = {name: block[_DRONE_ROWS[name]:_DRONE_ROWS[name] + width, :n]
+                      for name, width in DRONE_FIELDS.items()}
+
+    def reset(self, seed: int = 0) -> None:
+        lib.sl_env_reset(self._env, int(seed) & 0xFFFFFFFFFFFFFFFF)
+
+    def _check(self, bad: int) -> None:
+        if bad:
+            drone, component = divmod(bad - 1, ACTION_SIZE)
+            value = float(self.actions[drone, component])
+            raise SimError(
+                f"action[{drone}, {component}] = {value!r} is not a number in [-1, 1]; "
+                "squash or clip the policy's output (nothing was stepped)"
+            )
+
+    def step(self) -> None:
+        """One agent step with the task (rewards, terminations, automatic resets). Reads self.actions."""
+        self._check(lib.sl_env_step(self._env))
+
+    def step_physics(self) -> None:
+        """One control step of physics only (no task, no reset): for replaying commands."""
+        self._check(lib.sl_env_step_physics(self._env))
+
+    def sync(self, i: int, held_action=None) -> None:
+        """Call after writing drone i's state or parameters through `drone[...]`: the command
+        history is refilled as if the current rotor speeds had been commanded all along, by
+        `held_action` (default: the drone's hover action)."""
+        if not 0 <= i < self.n:
+            raise IndexError(f"drone {i} is outside 0..{self.n - 1}")
+        if held_action is None:
+            hover = float(self.drone["hover_action"][0, i])
+            held_action = [hover, 0.0, 0.0, 0.0] if self.action_mode == "ctbr" else [hover] * 4
+        held = ffi.new("float[4]", [float(x) for x in held_action])
+        lib.sl_env_sync_drone(self._env, int(i), held)
+
+
+def bytes_per_drone() -> int:
+    return int(lib.sl_bytes_per_drone())
+
+
+def motor_response(params: dict, throttle, dt_s: float, v_frac: float = 1.0, omega0_rad_s: float = 0.0) -> np.ndarray:
+    """Rotor speed [rad/s] of one motor of a profile driven by `throttle` (0..1, one value per dt_s):
+    the sim's own motor model (throttle curve, battery ratio, delay, up/down lag), as on a stand."""
+    u = np.ascontiguousarray(throttle, dtype=np.float32).reshape(-1)
+    if not np.all(np.isfinite(u)):
+        raise SimError("motor_response: throttle must be finite numbers in [0, 1]")
+    if not dt_s > 0:
+        raise SimError(f"motor_response: dt_s must be positive, got {dt_s}")
+    p = make_struct("params", params)
+    out = np.empty_like(u)
+    lib.sl_motor_response(p, ffi.from_buffer("float[]", u), len(u), float(dt_s), float(v_frac), float(omega0_rad_s),
+                          ffi.from_buffer("float[]", out))
+    return out
+
+
+def observe(pos_enu_m, vel_enu_m_s, quat_wxyz, omega_flu_rad_s, target_enu_m, last_actions, hover_action) -> np.ndarray:
+    """One observation from a vehicle's state, built by the same C function as the sim's."""
+    def arr(x, n, name):
+        a = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+        if a.shape != (n,):
+            raise SimError(f"{name}: expected {n} numbers, got shape {np.shape(x)}")
+        return a
+    args = [arr(pos_enu_m, 3, "pos_enu_m"), arr(vel_enu_m_s, 3, "vel_enu_m_s"), arr(quat_wxyz, 4, "quat_wxyz"),
+            arr(omega_flu_rad_s, 3, "omega_flu_rad_s"), arr(target_enu_m, 3, "target_enu_m"),
+            arr(last_actions, ACTION_HISTORY * ACTION_SIZE, "last_actions")]
+    out = np.empty(OBS_SIZE, dtype=np.float32)
+    ptrs = [ffi.from_buffer("float[]", a) for a in args]
+    lib.sl_observe_state(*ptrs, float(hover_action), ffi.from_buffer("float[]", out))
+    return out

@@ -1,0 +1,1123 @@
+/* drone.h -- the Skyloop quadrotor simulator: physics, motors, flight-controller inner loop,
+ * domain randomization, observations and the hover / go-to task, top to bottom.
+ *
+ * Conventions (see DESIGN.md):
+ *   - SI units everywhere, units in names.
+ *   - World frame ENU (x east, y north, z up); body frame FLU (x forward, y left, z up).
+ *   - Quaternions w, x, y, z, body -> world.
+ *   - Motor order (PX4 / ArduPilot quad-X): 1 front-right CCW, 2 back-left CCW,
+ *     3 front-left CW, 4 back-right CW (indices 0..3 here). CCW is positive about +z (seen from above).
+ *
+ * Memory layout: every per-drone quantity is a structure of arrays (SoA). A field of width W
+ * lives in one float block [W][n_pad], so component c of drone i is field[c * n_pad + i].
+ * The inner loops run over drones with no branches (only selects), so the compiler vectorizes
+ * them across drones (8 or 16 drones per instruction, depending on the host's vector unit).
+ *
+ * Python reads sizes, offsets and field tables from here through cffi; it never copies them.
+ */
+#ifndef SKYLOOP_DRONE_H
+#define SKYLOOP_DRONE_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__GNUC__)
+#define SL_INLINE static inline __attribute__((always_inline))
+#else
+#define SL_INLINE static inline
+#endif
+
+/* ============================================================================================
+ * 1. Constants
+ * ========================================================================================== */
+#define SL_GRAVITY_M_S2 9.80665f
+#define SL_N_MOTORS 4
+#define SL_LANES 16            /* per-drone arrays are padded to a multiple of this (64 bytes) */
+#define SL_DELAY_SLOTS 32      /* motor-command ring buffer, in physics steps (power of two) */
+#define SL_ACTION_HISTORY 2    /* K: the last K actions are part of the observation */
+#define SL_ACTION_SIZE 4
+
+enum { SL_ACTION_MOTOR = 0, SL_ACTION_CTBR = 1 };
+
+/* min / max / clamp as selects (they vectorize; fminf and fmaxf do not without fast-math) */
+SL_INLINE float sl_min(float a, float b) { return a < b ? a : b; }
+SL_INLINE float sl_max(float a, float b) { return a > b ? a : b; }
+SL_INLINE float sl_clamp(float x, float lo, float hi) { return sl_min(sl_max(x, lo), hi); }
+
+/* Motor geometry of the quad-X, in the order above. Position of motor m in FLU is
+ * (SL_MX[m], SL_MY[m]) * arm_m / sqrt(2); SL_SPIN[m] = +1 for CCW, -1 for CW. */
+static const float SL_MX[4] = {+1.f, -1.f, +1.f, -1.f};
+static const float SL_MY[4] = {-1.f, +1.f, +1.f, -1.f};
+static const float SL_SPIN[4] = {+1.f, +1.f, -1.f, -1.f};
+
+/* ============================================================================================
+ * 2. Parameters. One struct per purpose; field names carry units. Each struct has a field
+ *    table (name, offset, count, valid range, meaning) that the Python loader uses to read and
+ *    validate profile JSON, so the names below are the names in the JSON files.
+ * ========================================================================================== */
+
+/* The drone itself (a profile's "params" block). */
+typedef struct {
+    float mass_kg;
+    float arm_m;                      /* centre to motor axis */
+    float inertia_kg_m2[3];           /* principal, body FLU */
+    float kf_n_per_rad2s2;            /* thrust = kf * omega^2, per motor */
+    float km_nm_per_rad2s2;           /* reaction torque = km * omega^2, per motor */
+    float omega_max_rad_s;            /* rotor speed limit at nominal battery voltage */
+    float throttle_to_omega_rad_s[3]; /* steady rotor speed for throttle u in [0,1]: c0 + c1 u + c2 u^2 */
+    float motor_tau_up_s;             /* first-order lag time constant, speeding up */
+    float motor_tau_down_s;           /* ... slowing down */
+    float motor_delay_s;              /* pure delay from command to motor */
+    float drag_n_per_m_s[3];          /* linear drag per body axis */
+    float rotor_inertia_kg_m2;        /* one rotor + prop about its axis (gyroscopic term) */
+    float battery_v_nominal;
+    float crash_speed_m_s;            /* ground impact faster than this is a crash */
+    float rate_max_rad_s[3];          /* ctbr: body rate at action +-1 */
+    float rate_kp_per_s[3];           /* ctbr rate loop: angular accel = kp * error + ki * integral */
+    float rate_ki_per_s2[3];
+    float rate_kd[3];                 /* ... - kd * measured angular acceleration (damping) */
+} SlParams;
+
+/* Domain randomization around the profile (a profile's "randomization" block).
+ * Ranges are [lo, hi]; fractions f draw a factor uniformly in [1 - f, 1 + f]. All zeros = the
+ * exact nominal drone. */
+typedef struct {
+    float arm_m_range[2];             /* size family: arm drawn log-uniformly; [0,0] = profile's size */
+    float thrust_to_weight_range[2];  /* with a size family: omega_max set for this thrust-to-weight */
+    float mass_frac;
+    float inertia_frac;
+    float kf_frac;
+    float km_frac;
+    float motor_tau_frac;
+    float motor_delay_frac;
+    float drag_frac;
+    float omega_max_frac;             /* motor KV spread: the same throttle gives a different speed */
+    float battery_v_frac_range[2];    /* battery voltage / nominal, e.g. [0.85, 1.0]; [0,0] = 1 */
+    float latency_s_range[2];         /* command latency, at most one control period */
+    float force_frac_of_weight;       /* constant disturbance force per episode, up to this * m g */
+    float torque_frac_of_max;         /* constant disturbance torque, up to this * max roll torque */
+    float obs_noise_pos_m;            /* standard deviations of observation noise */
+    float obs_noise_vel_m_s;
+    float obs_noise_rot;
+    float obs_noise_rate_rad_s;
+} SlRandomization;
+
+/* The hover / go-to task and the time step. */
+typedef struct {
+    float physics_dt_s;               /* RK4 step */
+    float control_hz;                 /* agent steps per second; substeps = 1 / (hz * dt) */
+    float bounds_m[3];                /* box |x| <= bx, |y| <= by, 0 <= z <= bz */
+    float target_dist_m_range[2];     /* target drawn at this distance from the start */
+    float success_radius_m;
+    float success_speed_m_s;
+    float hold_s;                     /* within radius and below speed for this long = success */
+    float episode_s;
+    float ground_start_prob;          /* fraction of episodes that start on the ground (take-off) */
+    float init_tilt_max_rad;
+    float init_speed_max_m_s;
+    float init_rate_max_rad_s;
+    float reward_progress_per_m;      /* reward for each metre closer to the target */
+    float reward_dist_per_m_s;        /* penalty per metre of distance per second */
+    float reward_hold_per_s;          /* bonus per second inside the success radius */
+    float reward_rate_per_rad2_s;     /* penalty on |body rate|^2 per second */
+    float reward_action_change_per_s; /* penalty on |a - a_prev|^2 per second */
+    float reward_crash;               /* penalty on a crash or leaving the bounds */
+    float end_on_success;             /* 1: the episode ends at success; 0: hold until timeout */
+} SlTaskConfig;
+
+/* Field tables: one row per field, read by the Python loader. */
+typedef struct {
+    const char *name;
+    int offset;   /* bytes */
+    int count;    /* floats */
+    float lo, hi; /* valid range (inclusive) */
+    const char *doc;
+} SlField;
+
+#define SL_F(T, name, n, lo, hi, doc) {#name, (int)offsetof(T, name), n, lo, hi, doc}
+static const SlField SL_PARAM_FIELDS[] = {
+    SL_F(SlParams, mass_kg, 1, 1e-3f, 100.f, "take-off mass"),
+    SL_F(SlParams, arm_m, 1, 0.01f, 2.f, "centre to motor axis"),
+    SL_F(SlParams, inertia_kg_m2, 3, 1e-7f, 10.f, "principal inertia, body FLU"),
+    SL_F(SlParams, kf_n_per_rad2s2, 1, 1e-12f, 1e-2f, "thrust coefficient per motor"),
+    SL_F(SlParams, km_nm_per_rad2s2, 1, 1e-14f, 1e-3f, "torque coefficient per motor"),
+    SL_F(SlParams, omega_max_rad_s, 1, 10.f, 1e4f, "rotor speed limit"),
+    SL_F(SlParams, throttle_to_omega_rad_s, 3, -1e4f, 1e4f, "steady speed = c0 + c1 u + c2 u^2"),
+    SL_F(SlParams, motor_tau_up_s, 1, 1e-4f, 2.f, "motor time constant up"),
+    SL_F(SlParams, motor_tau_down_s, 1, 1e-4f, 2.f, "motor time constant down"),
+    SL_F(SlParams, motor_delay_s, 1, 0.f, 0.05f, "motor pure delay"),
+    SL_F(SlParams, drag_n_per_m_s, 3, 0.f, 100.f, "linear drag per body axis"),
+    SL_F(SlParams, rotor_inertia_kg_m2, 1, 0.f, 1.f, "rotor inertia (gyroscopic)"),
+    SL_F(SlParams, battery_v_nominal, 1, 1.f, 100.f, "nominal battery voltage"),
+    SL_F(SlParams, crash_speed_m_s, 1, 0.1f, 100.f, "ground impact crash speed"),
+    SL_F(SlParams, rate_max_rad_s, 3, 0.1f, 100.f, "ctbr body rate at action 1"),
+    SL_F(SlParams, rate_kp_per_s, 3, 0.f, 1e4f, "ctbr rate loop P gain"),
+    SL_F(SlParams, rate_ki_per_s2, 3, 0.f, 1e5f, "ctbr rate loop I gain"),
+    SL_F(SlParams, rate_kd, 3, 0.f, 100.f, "ctbr rate loop D gain on angular acceleration"),
+};
+static const SlField SL_RANDOMIZATION_FIELDS[] = {
+    SL_F(SlRandomization, arm_m_range, 2, 0.f, 2.f, "size family arm range"),
+    SL_F(SlRandomization, thrust_to_weight_range, 2, 0.f, 20.f, "size family thrust/weight"),
+    SL_F(SlRandomization, mass_frac, 1, 0.f, 0.9f, ""),
+    SL_F(SlRandomization, inertia_frac, 1, 0.f, 0.9f, ""),
+    SL_F(SlRandomization, kf_frac, 1, 0.f, 0.9f, ""),
+    SL_F(SlRandomization, km_frac, 1, 0.f, 0.9f, ""),
+    SL_F(SlRandomization, motor_tau_frac, 1, 0.f, 0.9f, ""),
+    SL_F(SlRandomization, motor_delay_frac, 1, 0.f, 1.f, ""),
+    SL_F(SlRandomization, drag_frac, 1, 0.f, 1.f, ""),
+    SL_F(SlRandomization, omega_max_frac, 1, 0.f, 0.5f, ""),
+    SL_F(SlRandomization, battery_v_frac_range, 2, 0.f, 1.5f, ""),
+    SL_F(SlRandomization, latency_s_range, 2, 0.f, 0.1f, ""),
+    SL_F(SlRandomization, force_frac_of_weight, 1, 0.f, 1.f, ""),
+    SL_F(SlRandomization, torque_frac_of_max, 1, 0.f, 1.f, ""),
+    SL_F(SlRandomization, obs_noise_pos_m, 1, 0.f, 10.f, ""),
+    SL_F(SlRandomization, obs_noise_vel_m_s, 1, 0.f, 10.f, ""),
+    SL_F(SlRandomization, obs_noise_rot, 1, 0.f, 1.f, ""),
+    SL_F(SlRandomization, obs_noise_rate_rad_s, 1, 0.f, 10.f, ""),
+};
+static const SlField SL_TASK_FIELDS[] = {
+    SL_F(SlTaskConfig, physics_dt_s, 1, 1e-4f, 0.02f, "RK4 step"),
+    SL_F(SlTaskConfig, control_hz, 1, 1.f, 2000.f, "agent steps per second"),
+    SL_F(SlTaskConfig, bounds_m, 3, 0.1f, 1e4f, "half-extent x, y and height of the box"),
+    SL_F(SlTaskConfig, target_dist_m_range, 2, 0.f, 1e4f, ""),
+    SL_F(SlTaskConfig, success_radius_m, 1, 1e-3f, 100.f, ""),
+    SL_F(SlTaskConfig, success_speed_m_s, 1, 1e-3f, 100.f, ""),
+    SL_F(SlTaskConfig, hold_s, 1, 0.f, 1e3f, ""),
+    SL_F(SlTaskConfig, episode_s, 1, 0.01f, 1e5f, ""),
+    SL_F(SlTaskConfig, ground_start_prob, 1, 0.f, 1.f, ""),
+    SL_F(SlTaskConfig, init_tilt_max_rad, 1, 0.f, 3.15f, ""),
+    SL_F(SlTaskConfig, init_speed_max_m_s, 1, 0.f, 100.f, ""),
+    SL_F(SlTaskConfig, init_rate_max_rad_s, 1, 0.f, 100.f, ""),
+    SL_F(SlTaskConfig, reward_progress_per_m, 1, 0.f, 1e4f, ""),
+    SL_F(SlTaskConfig, reward_dist_per_m_s, 1, 0.f, 1e4f, ""),
+    SL_F(SlTaskConfig, reward_hold_per_s, 1, 0.f, 1e4f, ""),
+    SL_F(SlTaskConfig, reward_rate_per_rad2_s, 1, 0.f, 1e4f, ""),
+    SL_F(SlTaskConfig, reward_action_change_per_s, 1, 0.f, 1e4f, ""),
+    SL_F(SlTaskConfig, reward_crash, 1, 0.f, 1e6f, ""),
+    SL_F(SlTaskConfig, end_on_success, 1, 0.f, 1.f, ""),
+};
+#undef SL_F
+#define SL_N_PARAM_FIELDS ((int)(sizeof SL_PARAM_FIELDS / sizeof SL_PARAM_FIELDS[0]))
+#define SL_N_RANDOMIZATION_FIELDS ((int)(sizeof SL_RANDOMIZATION_FIELDS / sizeof SL_RANDOMIZATION_FIELDS[0]))
+#define SL_N_TASK_FIELDS ((int)(sizeof SL_TASK_FIELDS / sizeof SL_TASK_FIELDS[0]))
+
+/* ============================================================================================
+ * 3. Observation layout. The one definition; the sim, trainer, exporter and flight runner
+ *    all read it from here. Bump SL_OBS_LAYOUT_VERSION when it changes.
+ * ========================================================================================== */
+#define SL_OBS_LAYOUT_VERSION 1
+#define SL_OBS_FIELDS(X)                                                                         \
+    X(target_body, 3)       /* target - position, body FLU, squashed: d / (1 + |d|) (metres) */ \
+    X(vel_body_m_s, 3)      /* velocity in body FLU */                                          \
+    X(rot_body_to_world, 9) /* rotation matrix, row-major: attitude without a double cover */  \
+    X(omega_body_rad_s, 3)  /* body rates FLU (gyro) */                                         \
+    X(last_actions, SL_ACTION_HISTORY * SL_ACTION_SIZE) /* newest first */                      \
+    X(hover_action, 1)      /* the action that hovers the nominal drone (from its profile) */
+
+#define SL_OBS_ENUM_OFFSET(name, n) SL_OBS_##name, SL_OBS_##name##_END = SL_OBS_##name + (n)-1,
+enum { SL_OBS_FIELDS(SL_OBS_ENUM_OFFSET) SL_OBS_SIZE };
+#undef SL_OBS_ENUM_OFFSET
+#define SL_OBS_NAME_ROW(name, n) {#name, SL_OBS_##name, n},
+typedef struct {
+    const char *name;
+    int offset, count;
+} SlObsField;
+static const SlObsField SL_OBS_TABLE[] = {SL_OBS_FIELDS(SL_OBS_NAME_ROW)};
+#undef SL_OBS_NAME_ROW
+#define SL_N_OBS_FIELDS ((int)(sizeof SL_OBS_TABLE / sizeof SL_OBS_TABLE[0]))
+
+/* ============================================================================================
+ * 4. Random numbers: one xorshift32 stream per drone, seeded from (seed, drone index) with
+ *    splitmix64, so the same seed gives the same rollout bit for bit, for any batch size.
+ * ========================================================================================== */
+SL_INLINE uint32_t sl_rng_next(uint32_t *s) {
+    uint32_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    return *s = x;
+}
+SL_INLINE float sl_uniform(uint32_t *s) { return (float)(sl_rng_next(s) >> 8) * (1.0f / 16777216.0f); }
+SL_INLINE float sl_uniform_in(uint32_t *s, float lo, float hi) { return lo + (hi - lo) * sl_uniform(s); }
+SL_INLINE float sl_factor(uint32_t *s, float frac) { return 1.f + frac * (2.f * sl_uniform(s) - 1.f); }
+/* Approximately normal noise, cheap and branch-free: the two 16-bit halves of one draw make a
+ * triangular variate, scaled to unit variance (bounded at +-2.45). */
+SL_INLINE float sl_normalish(uint32_t *s) {
+    uint32_t x = sl_rng_next(s);
+    float u = (float)(x & 0xFFFFu) + (float)(x >> 16);
+    return (u * (1.0f / 65536.0f) - 1.f) * 2.4494897f;
+}
+static uint32_t sl_seed_stream(uint64_t seed, uint64_t index) {
+    uint64_t z = seed * 0x9E3779B97F4A7C15ull + index + 0x632BE59BD9B4E019ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    uint32_t s = (uint32_t)(z ^ (z >> 32));
+    return s ? s : 0x6D2B79F5u; /* xorshift must not start at zero */
+}
+
+/* ============================================================================================
+ * 5. Rigid-body dynamics. State: position and velocity (world ENU), attitude quaternion
+ *    (body FLU -> world), body rates (FLU) and the four rotor speeds. The rotor speeds are
+ *    integrated together with the body, so thrust follows the motor lag inside each step.
+ * ========================================================================================== */
+typedef struct {
+    float p[3], v[3], q[4], w[3], r[4];
+} SlState;
+
+/* What the dynamics need of one drone, loaded once per control step. */
+typedef struct {
+    float inv_mass, J[3], inv_J[3], kf, km, l; /* l = arm / sqrt(2): motor offset along x and y */
+    float inv_tau_up, inv_tau_down, drag[3], rotor_J, force[3], torque[3];
+} SlBody;
+
+/* Rotation matrix (body -> world) of a unit quaternion, row-major. */
+SL_INLINE void sl_quat_to_rot(const float q[4], float R[9]) {
+    float w = q[0], x = q[1], y = q[2], z = q[3];
+    R[0] = 1.f - 2.f * (y * y + z * z); R[1] = 2.f * (x * y - w * z);       R[2] = 2.f * (x * z + w * y);
+    R[3] = 2.f * (x * y + w * z);       R[4] = 1.f - 2.f * (x * x + z * z); R[5] = 2.f * (y * z - w * x);
+    R[6] = 2.f * (x * z - w * y);       R[7] = 2.f * (y * z + w * x);       R[8] = 1.f - 2.f * (x * x + y * y);
+}
+
+/* First-order motor lag with separate up / down time constants: d(omega)/dt. */
+SL_INLINE float sl_motor_rate(float cmd, float omega, float inv_tau_up, float inv_tau_down) {
+    float err = cmd - omega;
+    return err * (err > 0.f ? inv_tau_up : inv_tau_down);
+}
+
+/* Time derivative of the state, given the (delayed) rotor speed command. */
+SL_INLINE SlState sl_deriv(const SlState *s, const SlBody *b, const float cmd[4]) {
+    SlState d;
+    float T[4], thrust = 0.f, yaw_torque = 0.f, rotor_h = 0.f;
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; m++) {
+        d.r[m] = sl_motor_rate(cmd[m], s->r[m], b->inv_tau_up, b->inv_tau_down);
+        float w2 = s->r[m] * s->r[m];
+        T[m] = b->kf * w2;
+        thrust += T[m];
+        yaw_torque -= SL_SPIN[m] * b->km * w2; /* a CCW rotor pushes the body CW */
+        rotor_h += SL_SPIN[m] * b->rotor_J * s->r[m];
+    }
+    /* X-frame torques: r x (0, 0, T) = (y T, -x T, 0) */
+    float tau_x = b->l * (SL_MY[0] * T[0] + SL_MY[1] * T[1] + SL_MY[2] * T[2] + SL_MY[3] * T[3]);
+    float tau_y = -b->l * (SL_MX[0] * T[0] + SL_MX[1] * T[1] + SL_MX[2] * T[2] + SL_MX[3] * T[3]);
+
+    float R[9];
+    sl_quat_to_rot(s->q, R);
+    /* linear drag in body axes: F_b = -drag * v_b, v_b = R^T v */
+    float vb0 = R[0] * s->v[0] + R[3] * s->v[1] + R[6] * s->v[2];
+    float vb1 = R[1] * s->v[0] + R[4] * s->v[1] + R[7] * s->v[2];
+    float vb2 = R[2] * s->v[0] + R[5] * s->v[1] + R[8] * s->v[2];
+    float fb0 = -b->drag[0] * vb0, fb1 = -b->drag[1] * vb1, fb2 = thrust - b->drag[2] * vb2;
+    for (int a = 0; a < 3; a++) {
+        d.p[a] = s->v[a];
+        d.v[a] = (R[3 * a] * fb0 + R[3 * a + 1] * fb1 + R[3 * a + 2] * fb2 + b->force[a]) * b->inv_mass;
+    }
+    d.v[2] -= SL_GRAVITY_M_S2;
+
+    /* attitude: q_dot = q * (0, w) / 2 */
+    float qw = s->q[0], qx = s->q[1], qy = s->q[2], qz = s->q[3];
+    float wx = s->w[0], wy = s->w[1], wz = s->w[2];
+    d.q[0] = 0.5f * (-qx * wx - qy * wy - qz * wz);
+    d.q[1] = 0.5f * (qw * wx + qy * wz - qz * wy);
+    d.q[2] = 0.5f * (qw * wy - qx * wz + qz * wx);
+    d.q[3] = 0.5f * (qw * wz + qx * wy - qy * wx);
+
+    /* Euler's equation with the gyroscopic term of body and rotors: J w_dot = tau - w x (J w + h z) */
+    float hx = b->J[0] * wx, hy = b->J[1] * wy, hz = b->J[2] * wz + rotor_h;
+    d.w[0] = (tau_x + b->torque[0] - (wy * hz - wz * hy)) * b->inv_J[0];
+    d.w[1] = (tau_y + b->torque[1] - (wz * hx - wx * hz)) * b->inv_J[1];
+    d.w[2] = (yaw_torque + b->torque[2] - (wx * hy - wy * hx)) * b->inv_J[2];
+    return d;
+}
+
+SL_INLINE SlState sl_add_scaled(const SlState *s, const SlState *d, float h) {
+    SlState o;
+    for (int a = 0; a < 3; a++) { o.p[a] = s->p[a] + h * d->p[a]; o.v[a] = s->v[a] + h * d->v[a]; o.w[a] = s->w[a] + h * d->w[a]; }
+    for (int a = 0; a < 4; a++) { o.q[a] = s->q[a] + h * d->q[a]; o.r[a] = s->r[a] + h * d->r[a]; }
+    return o;
+}
+
+/* One classic RK4 step of dt, the command held constant; the quaternion is renormalized. */
+SL_INLINE void sl_rk4(SlState *s, const SlBody *b, const float cmd[4], float dt) {
+    SlState k1 = sl_deriv(s, b, cmd);
+    SlState s2 = sl_add_scaled(s, &k1, 0.5f * dt);
+    SlState k2 = sl_deriv(&s2, b, cmd);
+    SlState s3 = sl_add_scaled(s, &k2, 0.5f * dt);
+    SlState k3 = sl_deriv(&s3, b, cmd);
+    SlState s4 = sl_add_scaled(s, &k3, dt);
+    SlState k4 = sl_deriv(&s4, b, cmd);
+    float h = dt / 6.f;
+    for (int a = 0; a < 3; a++) {
+        s->p[a] += h * (k1.p[a] + 2.f * k2.p[a] + 2.f * k3.p[a] + k4.p[a]);
+        s->v[a] += h * (k1.v[a] + 2.f * k2.v[a] + 2.f * k3.v[a] + k4.v[a]);
+        s->w[a] += h * (k1.w[a] + 2.f * k2.w[a] + 2.f * k3.w[a] + k4.w[a]);
+    }
+    for (int a = 0; a < 4; a++) {
+        s->q[a] += h * (k1.q[a] + 2.f * k2.q[a] + 2.f * k3.q[a] + k4.q[a]);
+        s->r[a] += h * (k1.r[a] + 2.f * k2.r[a] + 2.f * k3.r[a] + k4.r[a]);
+    }
+    float inv_norm = 1.f / sqrtf(s->q[0] * s->q[0] + s->q[1] * s->q[1] + s->q[2] * s->q[2] + s->q[3] * s->q[3]);
+    for (int a = 0; a < 4; a++) s->q[a] *= inv_norm;
+}
+
+/* Ground plane z = 0: a drone on the ground rests on it (no sinking, no sliding, no spinning);
+ * touching down faster than crash_speed, or tilted more than 60 degrees, is a crash (*crash
+ * becomes 1). Returns 1 while in contact. Branch-free. */
+SL_INLINE float sl_ground(SlState *s, float crash_speed_m_s, float *crash) {
+    int contact = s->p[2] < 0.f;
+    float up_z = 1.f - 2.f * (s->q[1] * s->q[1] + s->q[2] * s->q[2]); /* body z . world z */
+    *crash = (contact & ((-s->v[2] > crash_speed_m_s) | (up_z < 0.5f))) ? 1.f : *crash;
+    s->p[2] = contact ? 0.f : s->p[2];
+    s->v[2] = contact ? sl_max(s->v[2], 0.f) : s->v[2];
+    for (int a = 0; a < 2; a++) s->v[a] = contact ? 0.f : s->v[a];
+    for (int a = 0; a < 3; a++) s->w[a] = contact ? 0.f : s->w[a];
+    return contact ? 1.f : 0.f;
+}
+
+/* ============================================================================================
+ * 6. From action to rotor-speed command.
+ *    motor: a in [-1,1] -> throttle u = (a+1)/2 -> omega command through the NOMINAL drone's
+ *           throttle curve. The real (randomized) motor then reaches omega * omega_scale, where
+ *           omega_scale is its KV spread times the battery voltage ratio: a randomized drone has
+ *           a real trim error.
+ *    ctbr:  a[0] -> collective thrust, fraction (a0+1)/2 of the nominal maximum thrust;
+ *           a[1..3] -> body rates FLU (a * rate_max). A PID rate loop (D on the measured
+ *           angular acceleration) with gyroscopic feed-forward and an X mixer on the nominal
+ *           model, clipped at the motor limits, runs at physics rate, as a flight
+ *           controller's inner loop does.
+ * ========================================================================================== */
+
+/* What the flight controller / ESC side knows: the nominal (size-family) drone. */
+typedef struct {
+    float curve[3], omega_min, omega_max, kf, inv_kf, k_yaw, l, J[3], thrust_max;
+} SlNominal;
+
+SL_INLINE void sl_motor_command(const float a[4], const SlNominal *n, float cmd[4]) {
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; m++) {
+        float u = 0.5f * (a[m] + 1.f);
+        cmd[m] = n->curve[0] + u * (n->curve[1] + u * n->curve[2]);
+    }
+}
+
+#define SL_RATE_INTEGRAL_LIMIT 1.0f /* rad: anti-windup bound of the rate error integral */
+
+SL_INLINE void sl_ctbr_command(const float a[4], const SlNominal *n, const SlParams *g, const float w[3],
+                               float w_prev[3], float integ[3], float dt, float cmd[4]) {
+    float thrust = 0.5f * (a[0] + 1.f) * n->thrust_max;
+    float alpha[3];
+    for (int k = 0; k < 3; k++) {
+        float err = a[k + 1] * g->rate_max_rad_s[k] - w[k];
+        integ[k] = sl_clamp(integ[k] + err * dt, -SL_RATE_INTEGRAL_LIMIT, SL_RATE_INTEGRAL_LIMIT);
+        alpha[k] = g->rate_kp_per_s[k] * err + g->rate_ki_per_s2[k] * integ[k] - g->rate_kd[k] * (w[k] - w_prev[k]) / dt;
+        w_prev[k] = w[k];
+    }
+    /* desired torque = J alpha + w x (J w) */
+    float tx = n->J[0] * alpha[0] + (w[1] * n->J[2] * w[2] - w[2] * n->J[1] * w[1]);
+    float ty = n->J[1] * alpha[1] + (w[2] * n->J[0] * w[0] - w[0] * n->J[2] * w[2]);
+    float tz = n->J[2] * alpha[2] + (w[0] * n->J[1] * w[1] - w[1] * n->J[0] * w[0]);
+    /* X mixer: the inverse of the allocation in sl_deriv */
+    float t_min = n->kf * n->omega_min * n->omega_min, t_max = n->kf * n->omega_max * n->omega_max;
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; m++) {
+        float Tm = 0.25f * thrust + 0.25f * (SL_MY[m] * tx - SL_MX[m] * ty) / n->l - 0.25f * SL_SPIN[m] * tz / n->k_yaw;
+        Tm = sl_clamp(Tm, t_min, t_max);
+        cmd[m] = sqrtf(Tm * n->inv_kf);
+    }
+}
+
+/* ============================================================================================
+ * 7. The environment: N drones, structure of arrays. All per-drone numbers live in one float
+ *    block: a field of width W occupies W rows of n_pad floats, so component c of drone i of
+ *    field NAME is F[(SL_ROW_NAME + c) * n_pad + i]. SL_DRONE_FLOATS lists every field once;
+ *    the row numbers, the Python views and the memory figure all come from this list.
+ * ========================================================================================== */
+#define SL_DRONE_FLOATS(X)                                                                       \
+    /* state */                                                                                  \
+    X(pos_enu_m, 3) X(vel_enu_m_s, 3) X(quat_wxyz, 4) X(omega_flu_rad_s, 3) X(rotor_rad_s, 4)  \
+    X(rate_integral, 3) X(rate_prev, 3) X(crashed, 1)                                            \
+    /* the randomized (true) drone */                                                            \
+    X(mass_kg, 1) X(arm_m, 1) X(inertia_kg_m2, 3) X(kf_n_per_rad2s2, 1) X(km_nm_per_rad2s2, 1)  \
+    X(motor_tau_up_s, 1) X(motor_tau_down_s, 1) X(motor_delay_s, 1) X(drag_n_per_m_s, 3)        \
+    X(rotor_inertia_kg_m2, 1) X(omega_max_rad_s, 1) X(omega_scale, 1) X(battery_v, 1)          \
+    X(latency_s, 1) X(force_n, 3) X(torque_nm, 3) X(crash_speed_m_s, 1)                          \
+    X(delay_steps, 1) X(latency_steps, 1) /* whole numbers of physics steps */                  \
+    /* the nominal drone the controller and throttle map know (size family, no noise) */        \
+    X(nom_curve, 3) X(nom_omega_min, 1) X(nom_omega_max, 1) X(nom_kf, 1) X(nom_km, 1)           \
+    X(nom_inertia, 3) X(nom_thrust_max, 1) X(hover_action, 1)                                    \
+    /* actions: current (transposed from the action buffer) and previous (for latency) */       \
+    X(action_now, 4) X(action_prev, 4) X(action_hist, SL_ACTION_HISTORY * SL_ACTION_SIZE)       \
+    /* task */                                                                                   \
+    X(target_enu_m, 3) X(prev_dist_m, 1) X(time_s, 1) X(hold_s, 1) X(time_to_target_s, 1)       \
+    X(ep_return, 1) X(ep_success, 1)                                                             \
+    /* record of each drone's last finished episode (valid where done) */                       \
+    X(last_return, 1) X(last_length_s, 1) X(last_success, 1) X(last_crash, 1)                   \
+    X(last_time_to_target_s, 1) X(last_final_error_m, 1) X(last_arm_m, 1) X(last_mass_kg, 1)
+
+#define SL_ROW_ENUM(name, w) SL_ROW_##name, SL_ROW_##name##_END = SL_ROW_##name + (w)-1,
+enum { SL_DRONE_FLOATS(SL_ROW_ENUM) SL_N_ROWS };
+#undef SL_ROW_ENUM
+
+/* Component c of field `name` of drone i; needs F (the block), np (n_pad) and i in scope. */
+#define SL_D(name, c) F[(SL_ROW_##name + (c)) * np + i]
+
+typedef struct {
+    int n, n_pad, action_mode, substeps;
+    float dt_s, control_dt_s;
+    uint32_t head; /* motor-command ring buffer: slot written by the next physics step */
+    SlParams nominal;
+    SlRandomization rnd;
+    SlTaskConfig task;
+    /* buffers shared with Python (NumPy views, no copies) */
+    float *obs;         /* [n][SL_OBS_SIZE] */
+    float *actions;     /* [n][4] */
+    float *rewards;     /* [n] */
+    uint8_t *terminals; /* [n] */
+    uint8_t *truncations;
+    float *final_obs;   /* [n][SL_OBS_SIZE]: last observation of a finished episode (valid where done) */
+    float *f;           /* [SL_N_ROWS][n_pad]: every per-drone field */
+    uint32_t *rng;      /* [n_pad] one random stream per drone */
+    float *ring;        /* [SL_DELAY_SLOTS][4][n_pad] rotor-speed commands */
+} SlEnv;
+
+/* Each per-drone field's name, width and first row, for Python's views. */
+typedef struct {
+    const char *name;
+    int width, row;
+} SlDroneField;
+#define SL_DRONE_ROW(name, w) {#name, w, SL_ROW_##name},
+static const SlDroneField SL_DRONE_TABLE[] = {SL_DRONE_FLOATS(SL_DRONE_ROW)};
+#undef SL_DRONE_ROW
+#define SL_N_DRONE_FIELDS ((int)(sizeof SL_DRONE_TABLE / sizeof SL_DRONE_TABLE[0]))
+
+/* One drone's dynamics constants and nominal model, from the block. */
+SL_INLINE void sl_load_body(const float *restrict F, int np, int i, SlBody *b, SlNominal *nm) {
+    b->inv_mass = 1.f / SL_D(mass_kg, 0);
+    for (int a = 0; a < 3; a++) {
+        b->J[a] = SL_D(inertia_kg_m2, a);
+        b->inv_J[a] = 1.f / b->J[a];
+        b->drag[a] = SL_D(drag_n_per_m_s, a);
+        b->force[a] = SL_D(force_n, a);
+        b->torque[a] = SL_D(torque_nm, a);
+        nm->curve[a] = SL_D(nom_curve, a);
+        nm->J[a] = SL_D(nom_inertia, a);
+    }
+    b->kf = SL_D(kf_n_per_rad2s2, 0);
+    b->km = SL_D(km_nm_per_rad2s2, 0);
+    b->l = SL_D(arm_m, 0) * 0.70710678f;
+    b->inv_tau_up = 1.f / SL_D(motor_tau_up_s, 0);
+    b->inv_tau_down = 1.f / SL_D(motor_tau_down_s, 0);
+    b->rotor_J = SL_D(rotor_inertia_kg_m2, 0);
+    nm->omega_min = SL_D(nom_omega_min, 0);
+    nm->omega_max = SL_D(nom_omega_max, 0);
+    nm->kf = SL_D(nom_kf, 0);
+    nm->inv_kf = 1.f / nm->kf;
+    nm->k_yaw = SL_D(nom_km, 0) / nm->kf;
+    nm->l = b->l;
+    nm->thrust_max = SL_D(nom_thrust_max, 0);
+}
+
+SL_INLINE void sl_load_state(const float *restrict F, int np, int i, SlState *s) {
+    for (int a = 0; a < 3; a++) { s->p[a] = SL_D(pos_enu_m, a); s->v[a] = SL_D(vel_enu_m_s, a); s->w[a] = SL_D(omega_flu_rad_s, a); }
+    for (int a = 0; a < 4; a++) { s->q[a] = SL_D(quat_wxyz, a); s->r[a] = SL_D(rotor_rad_s, a); }
+}
+
+SL_INLINE void sl_store_state(float *restrict F, int np, int i, const SlState *s) {
+    for (int a = 0; a < 3; a++) { SL_D(pos_enu_m, a) = s->p[a]; SL_D(vel_enu_m_s, a) = s->v[a]; SL_D(omega_flu_rad_s, a) = s->w[a]; }
+    for (int a = 0; a < 4; a++) { SL_D(quat_wxyz, a) = s->q[a]; SL_D(rotor_rad_s, a) = s->r[a]; }
+}
+
+/* One control step of physics for all drones: `substeps` RK4 steps, the action taking effect
+ * after each drone's latency, commands passing through the delay ring, ground contact.
+ * The inner loop runs over drones and vectorizes; MODE is a compile-time constant at each
+ * call, so each action mode gets its own loop. */
+SL_INLINE void sl_physics(SlEnv *e, const int MODE) {
+    float *restrict F = e->f, *restrict ring = e->ring;
+    const float *restrict actions = e->actions;
+    const int np = e->n_pad, n = e->n, S = e->substeps;
+    const float dt = e->dt_s, v_nominal = e->nominal.battery_v_nominal;
+    const SlParams p = e->nominal;
+    const uint32_t head = e->head;
+    for (int i = 0; i < n; i++)
+        for (int m = 0; m < 4; m++) SL_D(action_now, m) = actions[i * 4 + m];
+    for (int k = 0; k < S; k++) {
+        float *restrict ring_w = ring + (size_t)((head + (uint32_t)k) & (SL_DELAY_SLOTS - 1)) * 4 * np;
+        const int w_slot = (int)((head + (uint32_t)k) & (SL_DELAY_SLOTS - 1));
+#pragma GCC ivdep
+        for (int i = 0; i < n; i++) {
+            SlBody b;
+            SlNominal nm;
+            SlState s;
+            sl_load_body(F, np, i, &b, &nm);
+            sl_load_state(F, np, i, &s);
+            /* the new action takes effect after the drone's latency */
+            float a[4], cmd[4], target[4], integ[3], w_prev[3];
+            float is_new = (float)k >= SL_D(latency_steps, 0) ? 1.f : 0.f;
+            for (int m = 0; m < 4; m++) a[m] = SL_D(action_prev, m) + is_new * (SL_D(action_now, m) - SL_D(action_prev, m));
+            for (int c = 0; c < 3; c++) { integ[c] = SL_D(rate_integral, c); w_prev[c] = SL_D(rate_prev, c); }
+            if (MODE == SL_ACTION_MOTOR) sl_motor_command(a, &nm, cmd);
+            else sl_ctbr_command(a, &nm, &p, s.w, w_prev, integ, dt, cmd);
+            /* pure delay: write this step's command, read the one from delay_steps ago */
+            const int r_slot = (w_slot - (int)SL_D(delay_steps, 0)) & (SL_DELAY_SLOTS - 1);
+            const float cap = SL_D(omega_max_rad_s, 0) * SL_D(battery_v, 0) / v_nominal;
+            for (int m = 0; m < 4; m++) ring_w[m * np + i] = cmd[m];
+            for (int m = 0; m < 4; m++)
+                target[m] = sl_clamp(ring[(r_slot * 4 + m) * np + i] * SL_D(omega_scale, 0), 0.f, cap);
+            sl_rk4(&s, &b, target, dt);
+            float crashed = SL_D(crashed, 0);
+            float airborne = 1.f - sl_ground(&s, SL_D(crash_speed_m_s, 0), &crashed);
+            SL_D(crashed, 0) = crashed;
+            sl_store_state(F, np, i, &s);
+            /* on the ground the rate loop's integral is held at zero, as flight controllers do */
+            for (int c = 0; c < 3; c++) { SL_D(rate_integral, c) = airborne * integ[c]; SL_D(rate_prev, c) = w_prev[c]; }
+        }
+    }
+    memcpy(F + (size_t)SL_ROW_action_prev * np, F + (size_t)SL_ROW_action_now * np, sizeof(float) * 4 * (size_t)np);
+    e->head = (head + (uint32_t)S) & (SL_DELAY_SLOTS - 1);
+}
+
+/* ============================================================================================
+ * 8. Observation. sl_observe builds one drone's observation from what a real vehicle has; the
+ *    flight runner calls this same function (through sl_observe_state) with its telemetry.
+ * ========================================================================================== */
+typedef struct {
+    float pos_enu_m[3], vel_enu_m_s[3], quat_wxyz[4], omega_flu_rad_s[3], target_enu_m[3];
+    float last_actions[SL_ACTION_HISTORY * SL_ACTION_SIZE]; /* newest first */
+    float hover_action;
+} SlObsInput;
+
+SL_INLINE void sl_observe(const SlObsInput *in, float *restrict out) {
+    float R[9];
+    sl_quat_to_rot(in->quat_wxyz, R);
+    float d[3], vb[3];
+    for (int a = 0; a < 3; a++) d[a] = in->target_enu_m[a] - in->pos_enu_m[a];
+    float squash = 1.f / (1.f + sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]));
+    for (int a = 0; a < 3; a++) {
+        /* world -> body is R^T: column a of R */
+        out[SL_OBS_target_body + a] = squash * (R[a] * d[0] + R[3 + a] * d[1] + R[6 + a] * d[2]);
+        vb[a] = R[a] * in->vel_enu_m_s[0] + R[3 + a] * in->vel_enu_m_s[1] + R[6 + a] * in->vel_enu_m_s[2];
+        out[SL_OBS_vel_body_m_s + a] = vb[a];
+        out[SL_OBS_omega_body_rad_s + a] = in->omega_flu_rad_s[a];
+    }
+    for (int k = 0; k < 9; k++) out[SL_OBS_rot_body_to_world + k] = R[k];
+    for (int k = 0; k < SL_ACTION_HISTORY * SL_ACTION_SIZE; k++) out[SL_OBS_last_actions + k] = in->last_actions[k];
+    out[SL_OBS_hover_action] = in->hover_action;
+}
+
+/* Drone i's observation as the sim sees it: the state plus the randomized observation noise. */
+SL_INLINE void sl_observe_drone(const float *restrict F, int np, int i, const SlRandomization *r, uint32_t *rng,
+                                float *restrict out) {
+    SlObsInput in;
+    for (int a = 0; a < 3; a++) {
+        in.pos_enu_m[a] = SL_D(pos_enu_m, a) + r->obs_noise_pos_m * sl_normalish(rng);
+        in.vel_enu_m_s[a] = SL_D(vel_enu_m_s, a) + r->obs_noise_vel_m_s * sl_normalish(rng);
+        in.omega_flu_rad_s[a] = SL_D(omega_flu_rad_s, a) + r->obs_noise_rate_rad_s * sl_normalish(rng);
+        in.target_enu_m[a] = SL_D(target_enu_m, a);
+    }
+    float qn = 0.f;
+    for (int a = 0; a < 4; a++) {
+        in.quat_wxyz[a] = SL_D(quat_wxyz, a) + 0.5f * r->obs_noise_rot * sl_normalish(rng);
+        qn += in.quat_wxyz[a] * in.quat_wxyz[a];
+    }
+    qn = 1.f / sqrtf(qn);
+    for (int a = 0; a < 4; a++) in.quat_wxyz[a] *= qn;
+    for (int k = 0; k < SL_ACTION_HISTORY * SL_ACTION_SIZE; k++) in.last_actions[k] = SL_D(action_hist, k);
+    in.hover_action = SL_D(hover_action, 0);
+    sl_observe(&in, out);
+}
+
+/* Observe every drone into e->obs (vectorized across drones). */
+static void sl_observe_all(SlEnv *e) {
+    const float *restrict F = e->f;
+    uint32_t *restrict rngs = e->rng;
+    float *restrict obs = e->obs;
+    const int np = e->n_pad;
+    const SlRandomization r = e->rnd;
+    const int n = e->n;
+#pragma GCC ivdep
+    for (int i = 0; i < n; i++) {
+        uint32_t rng = rngs[i];
+        sl_observe_drone(F, np, i, &r, &rng, obs + (size_t)i * SL_OBS_SIZE);
+        rngs[i] = rng;
+    }
+}
+
+/* ============================================================================================
+ * 9. Domain randomization: draw drone i (size family, then independent noise) from the profile.
+ * ========================================================================================== */
+static void sl_randomize_drone(SlEnv *e, int i) {
+    const SlParams *p = &e->nominal;
+    const SlRandomization *r = &e->rnd;
+    float *F = e->f;
+    const int np = e->n_pad;
+    uint32_t *rng = &e->rng[i];
+
+    /* size family: mass ~ s^3, inertia ~ m l^2, kf ~ s^4 (prop diameter^4), km ~ s^5, drag ~ s^2,
+     * rotor inertia ~ s^5; omega_max set for the drawn thrust-to-weight */
+    float s = 1.f, arm = p->arm_m, kf = p->kf_n_per_rad2s2, km = p->km_nm_per_rad2s2;
+    float mass = p->mass_kg, omega_max = p->omega_max_rad_s;
+    if (r->arm_m_range[1] > 0.f) {
+        arm = expf(sl_uniform_in(rng, logf(r->arm_m_range[0]), logf(r->arm_m_range[1])));
+        s = arm / p->arm_m;
+        mass = p->mass_kg * s * s * s;
+        kf = p->kf_n_per_rad2s2 * s * s * s * s;
+        km = p->km_nm_per_rad2s2 * s * s * s * s * s;
+        float tw = sl_uniform_in(rng, r->thrust_to_weight_range[0], r->thrust_to_weight_range[1]);
+        omega_max = sqrtf(tw * mass * SL_GRAVITY_M_S2 / (4.f * kf));
+    }
+    float speed_scale = omega_max / p->omega_max_rad_s, mass_scale = mass / p->mass_kg;
+
+    /* nominal: what the user's profile says about this drone */
+    SL_D(arm_m, 0) = arm;
+    SL_D(nom_kf, 0) = kf;
+    SL_D(nom_km, 0) = km;
+    SL_D(nom_omega_max, 0) = omega_max;
+    for (int a = 0; a < 3; a++) {
+        SL_D(nom_curve, a) = p->throttle_to_omega_rad_s[a] * speed_scale;
+        SL_D(nom_inertia, a) = p->inertia_kg_m2[a] * mass_scale * s * s;
+    }
+    SL_D(nom_omega_min, 0) = sl_max(p->throttle_to_omega_rad_s[0] * speed_scale, 0.f);
+    SL_D(nom_thrust_max, 0) = 4.f * kf * omega_max * omega_max;
+
+    /* the true drone: nominal with independent noise */
+    SL_D(mass_kg, 0) = mass * sl_factor(rng, r->mass_frac);
+    float inertia_factor = sl_factor(rng, r->inertia_frac);
+    for (int a = 0; a < 3; a++) SL_D(inertia_kg_m2, a) = SL_D(nom_inertia, a) * inertia_factor;
+    SL_D(kf_n_per_rad2s2, 0) = kf * sl_factor(rng, r->kf_frac);
+    SL_D(km_nm_per_rad2s2, 0) = km * sl_factor(rng, r->km_frac);
+    SL_D(motor_tau_up_s, 0) = p->motor_tau_up_s * sl_factor(rng, r->motor_tau_frac);
+    SL_D(motor_tau_down_s, 0) = p->motor_tau_down_s * sl_factor(rng, r->motor_tau_frac);
+    SL_D(motor_delay_s, 0) = p->motor_delay_s * sl_factor(rng, r->motor_delay_frac);
+    float drag_factor = sl_factor(rng, r->drag_frac);
+    for (int a = 0; a < 3; a++) SL_D(drag_n_per_m_s, a) = p->drag_n_per_m_s[a] * s * s * drag_factor;
+    SL_D(rotor_inertia_kg_m2, 0) = p->rotor_inertia_kg_m2 * s * s * s * s * s;
+    float kv = sl_factor(rng, r->omega_max_frac);
+    SL_D(omega_max_rad_s, 0) = omega_max * kv;
+    float v_frac = r->battery_v_frac_range[1] > 0.f
+                       ? sl_uniform_in(rng, r->battery_v_frac_range[0], r->battery_v_frac_range[1]) : 1.f;
+    SL_D(battery_v, 0) = p->battery_v_nominal * v_frac;
+    /* The same command gives this much faster (slower) a rotor. In ctbr mode the flight
+     * controller compensates the battery voltage (PX4 and ArduPilot both do), so only the KV
+     * spread remains; the voltage still caps the top speed. */
+    SL_D(omega_scale, 0) = e->action_mode == SL_ACTION_CTBR ? kv : kv * v_frac;
+    SL_D(latency_s, 0) = sl_uniform_in(rng, r->latency_s_range[0], r->latency_s_range[1]);
+    SL_D(crash_speed_m_s, 0) = p->crash_speed_m_s;
+
+    /* constant disturbance force and torque for the episode, random direction */
+    float weight = SL_D(mass_kg, 0) * SL_GRAVITY_M_S2;
+    float torque_max = 2.f * arm * 0.70710678f * SL_D(kf_n_per_rad2s2, 0) * omega_max * omega_max;
+    for (int a = 0; a < 3; a++) {
+        SL_D(force_n, a) = r->force_frac_of_weight * weight * (2.f * sl_uniform(rng) - 1.f) * 0.57735f;
+        SL_D(torque_nm, a) = r->torque_frac_of_max * torque_max * (2.f * sl_uniform(rng) - 1.f) * 0.57735f;
+    }
+
+    /* the action that hovers the nominal drone */
+    float omega_hover = sqrtf(mass * SL_GRAVITY_M_S2 / (4.f * kf)), hover;
+    if (e->action_mode == SL_ACTION_CTBR) {
+        hover = 2.f * (mass * SL_GRAVITY_M_S2 / SL_D(nom_thrust_max, 0)) - 1.f;
+    } else { /* solve c0 + c1 u + c2 u^2 = omega_hover for u in [0,1] */
+        float c0 = SL_D(nom_curve, 0) - omega_hover, c1 = SL_D(nom_curve, 1), c2 = SL_D(nom_curve, 2);
+        float u = fabsf(c2) < 1e-9f * fabsf(c1) ? -c0 / c1 : (-c1 + sqrtf(sl_max(c1 * c1 - 4.f * c2 * c0, 0.f))) / (2.f * c2);
+        hover = 2.f * u - 1.f;
+    }
+    SL_D(hover_action, 0) = sl_clamp(hover, -1.f, 1.f);
+}
+
+/* Derived per-drone numbers, after a draw or after Python wrote parameters. */
+static void sl_derive_drone(SlEnv *e, int i) {
+    float *F = e->f;
+    const int np = e->n_pad;
+    SL_D(delay_steps, 0) = rintf(SL_D(motor_delay_s, 0) / e->dt_s);
+    SL_D(latency_steps, 0) = rintf(SL_D(latency_s, 0) / e->dt_s);
+}
+
+/* Fills drone i's command history as if its current rotor speeds (and `held` action) had been
+ * commanded all along, so a reset or a set state starts without a transient. */
+static void sl_settle_commands(SlEnv *e, int i, const float held[4]) {
+    float *F = e->f;
+    const int np = e->n_pad;
+    for (int m = 0; m < 4; m++) {
+        SL_D(action_prev, m) = SL_D(action_now, m) = held[m];
+        for (int k = 0; k < SL_ACTION_HISTORY; k++) SL_D(action_hist, k * 4 + m) = held[m];
+        for (int slot = 0; slot < SL_DELAY_SLOTS; slot++)
+            e->ring[(slot * 4 + m) * np + i] = SL_D(rotor_rad_s, m) / SL_D(omega_scale, 0);
+    }
+    for (int c = 0; c < 3; c++) { SL_D(rate_integral, c) = 0.f; SL_D(rate_prev, c) = SL_D(omega_flu_rad_s, c); }
+    SL_D(crashed, 0) = 0.f;
+}
+
+/* ============================================================================================
+ * 10. The hover / go-to task: reset, reward, termination, episode statistics.
+ * ========================================================================================== */
+static void sl_reset_drone(SlEnv *e, int i) {
+    const SlTaskConfig *t = &e->task;
+    float *F = e->f;
+    const int np = e->n_pad;
+    uint32_t *rng = &e->rng[i];
+    sl_randomize_drone(e, i);
+    sl_derive_drone(e, i);
+
+    int on_ground = sl_uniform(rng) < t->ground_start_prob;
+    float margin = sl_min(1.f, 0.25f * t->bounds_m[2]);
+    float lo[3] = {-t->bounds_m[0] + margin, -t->bounds_m[1] + margin, margin};
+    float hi[3] = {t->bounds_m[0] - margin, t->bounds_m[1] - margin, t->bounds_m[2] - margin};
+    float p[3] = {sl_uniform_in(rng, lo[0], hi[0]), sl_uniform_in(rng, lo[1], hi[1]),
+                  on_ground ? 0.f : sl_uniform_in(rng, lo[2], hi[2])};
+    /* random attitude: yaw anywhere, tilt up to init_tilt_max about a random horizontal axis */
+    float yaw = sl_uniform_in(rng, -3.14159265f, 3.14159265f);
+    float tilt = on_ground ? 0.f : t->init_tilt_max_rad * sl_uniform(rng);
+    float axis = sl_uniform_in(rng, -3.14159265f, 3.14159265f);
+    float cy = cosf(0.5f * yaw), sy = sinf(0.5f * yaw), ct = cosf(0.5f * tilt), st = sinf(0.5f * tilt);
+    float ax = cosf(axis), ay = sinf(axis);
+    float q[4] = {ct * cy, st * ax * cy + st * ay * sy, st * ay * cy - st * ax * sy, ct * sy}; /* q_tilt * q_yaw */
+    float omega_hover = sqrtf(SL_D(mass_kg, 0) * SL_GRAVITY_M_S2 / (4.f * SL_D(kf_n_per_rad2s2, 0)));
+    for (int a = 0; a < 3; a++) {
+        SL_D(pos_enu_m, a) = p[a];
+        SL_D(vel_enu_m_s, a) = on_ground ? 0.f : t->init_speed_max_m_s * (2.f * sl_uniform(rng) - 1.f) * 0.57735f;
+        SL_D(omega_flu_rad_s, a) = on_ground ? 0.f : t->init_rate_max_rad_s * (2.f * sl_uniform(rng) - 1.f) * 0.57735f;
+    }
+    for (int a = 0; a < 4; a++) {
+        SL_D(quat_wxyz, a) = q[a];
+        /* in the air, rotors spin at the true hover speed; on the ground, at idle */
+        SL_D(rotor_rad_s, a) = on_ground ? SL_D(nom_omega_min, 0) * SL_D(omega_scale, 0)
+                                         : sl_min(omega_hover, SL_D(omega_max_rad_s, 0));
+    }
+    float a0 = on_ground ? -1.f : SL_D(hover_action, 0);
+    float held[4] = {a0, a0, a0, a0};
+    if (e->action_mode == SL_ACTION_CTBR) held[1] = held[2] = held[3] = 0.f;
+    sl_settle_commands(e, i, held);
+
+    /* target: at a random distance and direction from the start, inside the box */
+    float dist = sl_uniform_in(rng, t->target_dist_m_range[0], t->target_dist_m_range[1]);
+    float dir[3] = {sl_normalish(rng), sl_normalish(rng), sl_normalish(rng)};
+    float dn = 1.f / sl_max(sqrtf(dir[0] * dir[0] + dir[1] * dir[1] + dir[2] * dir[2]), 1e-6f), d2 = 0.f;
+    for (int a = 0; a < 3; a++) {
+        float tg = sl_clamp(p[a] + dist * dir[a] * dn, lo[a], hi[a]);
+        SL_D(target_enu_m, a) = tg;
+        d2 += (tg - p[a]) * (tg - p[a]);
+    }
+    SL_D(prev_dist_m, 0) = sqrtf(d2);
+    SL_D(time_s, 0) = SL_D(hold_s, 0) = SL_D(ep_return, 0) = SL_D(ep_success, 0) = 0.f;
+    SL_D(time_to_target_s, 0) = -1.f;
+}
+
+/* Rewards, terminations and the episode records, after the physics. Returns how many episodes
+ * ended (the caller resets those drones). */
+static int sl_task(SlEnv *e) {
+    const SlTaskConfig t = e->task;
+    float *restrict F = e->f;
+    const float *restrict actions = e->actions;
+    float *restrict rewards = e->rewards;
+    uint8_t *restrict terminals = e->terminals, *restrict truncations = e->truncations;
+    const int np = e->n_pad;
+    const float dt = e->control_dt_s;
+    const int n = e->n;
+    int n_done = 0;
+#pragma GCC ivdep
+    for (int i = 0; i < n; i++) {
+        float d[3], v2 = 0.f, w2 = 0.f, da2 = 0.f;
+        for (int a = 0; a < 3; a++) {
+            d[a] = SL_D(target_enu_m, a) - SL_D(pos_enu_m, a);
+            v2 += SL_D(vel_enu_m_s, a) * SL_D(vel_enu_m_s, a);
+            w2 += SL_D(omega_flu_rad_s, a) * SL_D(omega_flu_rad_s, a);
+        }
+        for (int m = 0; m < 4; m++) {
+            float diff = actions[i * 4 + m] - SL_D(action_hist, m);
+            da2 += diff * diff;
+        }
+        float dist = sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
+        /* bitwise | and & (no short-circuit), so the loop has no branches and vectorizes */
+        int out = (fabsf(SL_D(pos_enu_m, 0)) > t.bounds_m[0]) | (fabsf(SL_D(pos_enu_m, 1)) > t.bounds_m[1]) |
+                  (SL_D(pos_enu_m, 2) > t.bounds_m[2]);
+        int crash = (SL_D(crashed, 0) > 0.f) | out | !(dist < 1e6f); /* a NaN state is a crash too */
+        int inside = dist < t.success_radius_m;
+        int still = v2 < t.success_speed_m_s * t.success_speed_m_s;
+        float time = SL_D(time_s, 0) + dt;
+        /* loads happen unconditionally, before the selects, so the compiler needs no branches */
+        float hold_before = SL_D(hold_s, 0), success_before = SL_D(ep_success, 0);
+        float hold = (inside & still) ? hold_before + dt : 0.f;
+        float success = hold >= t.hold_s ? 1.f : success_before; /* once held, a success stays one */
+        float ttt = SL_D(time_to_target_s, 0);
+        SL_D(time_to_target_s, 0) = (inside & (ttt < 0.f)) ? time : ttt;
+
+        float r = t.reward_progress_per_m * (SL_D(prev_dist_m, 0) - dist) - dt * t.reward_dist_per_m_s * dist +
+                  (inside ? dt * t.reward_hold_per_s : 0.f) - dt * t.reward_rate_per_rad2_s * w2 -
+                  dt * t.reward_action_change_per_s * da2;
+        r = crash ? (r == r ? r : 0.f) - t.reward_crash : r;
+        int term = crash | ((success > 0.f) & (t.end_on_success > 0.f));
+        int trunc = (!term) & (time >= t.episode_s - 0.5f * dt);
+        rewards[i] = r;
+        terminals[i] = (uint8_t)term;
+        truncations[i] = (uint8_t)trunc;
+        SL_D(prev_dist_m, 0) = dist;
+        SL_D(time_s, 0) = time;
+        SL_D(hold_s, 0) = hold;
+        SL_D(ep_success, 0) = success;
+        SL_D(ep_return, 0) += r;
+        /* action history: newest first */
+        for (int k = SL_ACTION_HISTORY - 1; k > 0; k--)
+            for (int m = 0; m < 4; m++) SL_D(action_hist, k * 4 + m) = SL_D(action_hist, (k - 1) * 4 + m);
+        for (int m = 0; m < 4; m++) SL_D(action_hist, m) = actions[i * 4 + m];
+        n_done += term | trunc;
+    }
+    return n_done;
+}
+
+/* Writes the record of drone i's finished episode. */
+static void sl_record_episode(SlEnv *e, int i) {
+    float *F = e->f;
+    const int np = e->n_pad;
+    SL_D(last_return, 0) = SL_D(ep_return, 0);
+    SL_D(last_length_s, 0) = SL_D(time_s, 0);
+    SL_D(last_success, 0) = SL_D(ep_success, 0);
+    SL_D(last_crash, 0) = (float)e->terminals[i] * (SL_D(ep_success, 0) > 0.f && e->task.end_on_success > 0.f ? 0.f : 1.f);
+    SL_D(last_time_to_target_s, 0) = SL_D(time_to_target_s, 0);
+    SL_D(last_final_error_m, 0) = SL_D(prev_dist_m, 0);
+    SL_D(last_arm_m, 0) = SL_D(arm_m, 0);
+    SL_D(last_mass_kg, 0) = SL_D(mass_kg, 0);
+}
+
+/* ============================================================================================
+ * 11. The API (called from Python through cffi).
+ * ========================================================================================== */
+
+/* Checks a struct against its field table; writes the first problem into err. */
+static int sl_check_fields(const void *base, const SlField *fields, int n, const char *what, char *err, int errlen) {
+    for (int f = 0; f < n; f++)
+        for (int c = 0; c < fields[f].count; c++) {
+            float v = ((const float *)((const char *)base + fields[f].offset))[c];
+            if (!(v >= fields[f].lo && v <= fields[f].hi)) {
+                snprintf(err, (size_t)errlen, "%s.%s[%d] = %g is outside [%g, %g]", what, fields[f].name, c, (double)v,
+                         (double)fields[f].lo, (double)fields[f].hi);
+                return -1;
+            }
+        }
+    return 0;
+}
+
+static int sl_check_config(const SlParams *p, const SlRandomization *r, const SlTaskConfig *t, int action_mode,
+                           char *err, int errlen) {
+    if (sl_check_fields(p, SL_PARAM_FIELDS, SL_N_PARAM_FIELDS, "params", err, errlen) ||
+        sl_check_fields(r, SL_RANDOMIZATION_FIELDS, SL_N_RANDOMIZATION_FIELDS, "randomization", err, errlen) ||
+        sl_check_fields(t, SL_TASK_FIELDS, SL_N_TASK_FIELDS, "task", err, errlen))
+        return -1;
+#define SL_REQUIRE(cond, ...) do { if (!(cond)) { snprintf(err, (size_t)errlen, __VA_ARGS__); return -1; } } while (0)
+    SL_REQUIRE(action_mode == SL_ACTION_MOTOR || action_mode == SL_ACTION_CTBR,
+               "action_mode %d is unknown: use 0 (motor) or 1 (ctbr)", action_mode);
+    float substeps = 1.f / (t->control_hz * t->physics_dt_s);
+    SL_REQUIRE(fabsf(substeps - roundf(substeps)) < 1e-3f * substeps && substeps >= 1.f,
+               "task.control_hz = %g and task.physics_dt_s = %g: the control period must be a whole number of physics steps",
+               (double)t->control_hz, (double)t->physics_dt_s);
+    float max_delay = p->motor_delay_s * (1.f + r->motor_delay_frac);
+    SL_REQUIRE(max_delay / t->physics_dt_s < (float)(SL_DELAY_SLOTS - 1) - 0.5f,
+               "params.motor_delay_s with randomization reaches %g s; the sim holds at most %g s at physics_dt_s = %g",
+               (double)max_delay, (double)((SL_DELAY_SLOTS - 2) * t->physics_dt_s), (double)t->physics_dt_s);
+    SL_REQUIRE(r->latency_s_range[0] <= r->latency_s_range[1] && r->latency_s_range[1] <= 1.f / t->control_hz + 1e-6f,
+               "randomization.latency_s_range [%g, %g] must be ordered and at most one control period (%g s)",
+               (double)r->latency_s_range[0], (double)r->latency_s_range[1], 1.0 / (double)t->control_hz);
+    SL_REQUIRE(r->arm_m_range[0] <= r->arm_m_range[1] && (r->arm_m_range[1] == 0.f || r->arm_m_range[0] > 0.f),
+               "randomization.arm_m_range [%g, %g] must be ordered and positive, or [0, 0] for none",
+               (double)r->arm_m_range[0], (double)r->arm_m_range[1]);
+    SL_REQUIRE(r->arm_m_range[1] == 0.f || (r->thrust_to_weight_range[0] >= 1.05f && r->thrust_to_weight_range[0] <= r->thrust_to_weight_range[1]),
+               "randomization.thrust_to_weight_range [%g, %g] must be ordered and above 1.05 when arm_m_range is set",
+               (double)r->thrust_to_weight_range[0], (double)r->thrust_to_weight_range[1]);
+    SL_REQUIRE(r->battery_v_frac_range[0] <= r->battery_v_frac_range[1], "randomization.battery_v_frac_range must be ordered");
+    SL_REQUIRE(t->target_dist_m_range[0] <= t->target_dist_m_range[1], "task.target_dist_m_range must be ordered");
+    float hover_thrust_frac = p->mass_kg * SL_GRAVITY_M_S2 / (4.f * p->kf_n_per_rad2s2 * p->omega_max_rad_s * p->omega_max_rad_s);
+    SL_REQUIRE(hover_thrust_frac < 0.95f,
+               "the profile cannot hover: 4 kf omega_max^2 = %g N is not above its weight %g N (check mass_kg, kf_n_per_rad2s2, omega_max_rad_s)",
+               (double)(4.f * p->kf_n_per_rad2s2 * p->omega_max_rad_s * p->omega_max_rad_s), (double)(p->mass_kg * SL_GRAVITY_M_S2));
+    float c_top = p->throttle_to_omega_rad_s[0] + p->throttle_to_omega_rad_s[1] + p->throttle_to_omega_rad_s[2];
+    SL_REQUIRE(p->throttle_to_omega_rad_s[1] > 0.f && p->throttle_to_omega_rad_s[1] + 2.f * p->throttle_to_omega_rad_s[2] > 0.f &&
+               p->throttle_to_omega_rad_s[0] >= 0.f && c_top > 0.f,
+               "params.throttle_to_omega_rad_s must rise from c0 >= 0 over throttle 0..1 (c1 > 0, c1 + 2 c2 > 0)");
+#undef SL_REQUIRE
+    return 0;
+}
+
+void sl_env_free(SlEnv *e);
+
+/* Creates an environment of n drones, or returns NULL with the reason in err. */
+SlEnv *sl_env_new(int n, const SlParams *p, const SlRandomization *r, const SlTaskConfig *t, int action_mode,
+                  char *err, int errlen) {
+    if (n < 1 || n > (1 << 24)) { snprintf(err, (size_t)errlen, "number of drones %d must be in 1..16777216", n); return NULL; }
+    if (sl_check_config(p, r, t, action_mode, err, errlen)) return NULL;
+    SlEnv *e = (SlEnv *)calloc(1, sizeof(SlEnv));
+    if (!e) { snprintf(err, (size_t)errlen, "out of memory"); return NULL; }
+    e->n = n;
+    e->n_pad = (n + SL_LANES - 1) / SL_LANES * SL_LANES;
+    e->action_mode = action_mode;
+    e->nominal = *p;
+    e->rnd = *r;
+    e->task = *t;
+    e->dt_s = t->physics_dt_s;
+    e->substeps = (int)lrintf(1.f / (t->control_hz * t->physics_dt_s));
+    e->control_dt_s = e->dt_s * (float)e->substeps;
+    size_t np = (size_t)e->n_pad;
+#define SL_ALLOC(ptr, type, count)                                                                 \
+    do {                                                                                           \
+        size_t sz = ((count) * sizeof(type) + 63) / 64 * 64;                                       \
+        ptr = (type *)aligned_alloc(64, sz);                                                       \
+        if (!ptr) { snprintf(err, (size_t)errlen, "out of memory"); sl_env_free(e); return NULL; } \
+        memset(ptr, 0, sz);                                                                        \
+    } while (0)
+    SL_ALLOC(e->obs, float, np * SL_OBS_SIZE);
+    SL_ALLOC(e->final_obs, float, np * SL_OBS_SIZE);
+    SL_ALLOC(e->actions, float, np * 4);
+    SL_ALLOC(e->rewards, float, np);
+    SL_ALLOC(e->terminals, uint8_t, np);
+    SL_ALLOC(e->truncations, uint8_t, np);
+    SL_ALLOC(e->f, float, np * SL_N_ROWS);
+    SL_ALLOC(e->rng, uint32_t, np);
+    SL_ALLOC(e->ring, float, (size_t)SL_DELAY_SLOTS * 4 * np);
+#undef SL_ALLOC
+    /* padding lanes hold a harmless resting drone, so vector code never divides by zero */
+    float *F = e->f;
+    for (int i = n; i < e->n_pad; i++) {
+        SL_D(quat_wxyz, 0) = SL_D(mass_kg, 0) = SL_D(nom_kf, 0) = SL_D(omega_scale, 0) = 1.f;
+        SL_D(motor_tau_up_s, 0) = SL_D(motor_tau_down_s, 0) = 1.f;
+        for (int a = 0; a < 3; a++) SL_D(inertia_kg_m2, a) = 1.f;
+    }
+    return e;
+}
+
+void sl_env_free(SlEnv *e) {
+    if (!e) return;
+    free(e->obs); free(e->final_obs); free(e->actions); free(e->rewards); free(e->terminals); free(e->truncations);
+    free(e->f); free(e->rng); free(e->ring);
+    free(e);
+}
+
+/* Bytes of memory per drone (every array, padding excluded). */
+size_t sl_bytes_per_drone(void) {
+    size_t floats = 2 * SL_OBS_SIZE + 4 + 1 + SL_N_ROWS + 4 * SL_DELAY_SLOTS;
+    return floats * sizeof(float) + 2 /* flags */ + sizeof(uint32_t) /* rng */;
+}
+
+/* Starts a new episode for every drone; the same seed gives the same rollout. */
+void sl_env_reset(SlEnv *e, uint64_t seed) {
+    e->head = 0;
+    for (int i = 0; i < e->n; i++) {
+        e->rng[i] = sl_seed_stream(seed, (uint64_t)i);
+        sl_reset_drone(e, i);
+        e->terminals[i] = e->truncations[i] = 0;
+        e->rewards[i] = 0.f;
+    }
+    sl_observe_all(e);
+}
+
+/* Returns 0, or 1 + the flat index of the first action that is NaN or outside [-1, 1]. */
+static long sl_check_actions(const SlEnv *e) {
+    const float *restrict a = e->actions;
+    long n4 = (long)e->n * 4, bad = 0;
+    for (long k = 0; k < n4; k++) bad += !(a[k] >= -1.f && a[k] <= 1.f);
+    if (!bad) return 0;
+    for (long k = 0; k < n4; k++)
+        if (!(a[k] >= -1.f && a[k] <= 1.f)) return k + 1;
+    return 0;
+}
+
+/* One agent step for all drones: physics, rewards, terminations, automatic reset of finished
+ * episodes (their last observation goes to final_obs and their record to last_*), observations.
+ * Reads e->actions. Returns 0, or 1 + the flat index of an invalid action (nothing changed). */
+long sl_env_step(SlEnv *e) {
+    long bad = sl_check_actions(e);
+    if (bad) return bad;
+    if (e->action_mode == SL_ACTION_MOTOR) sl_physics(e, SL_ACTION_MOTOR);
+    else sl_physics(e, SL_ACTION_CTBR);
+    if (sl_task(e))
+        for (int i = 0; i < e->n; i++)
+            if (e->terminals[i] | e->truncations[i]) {
+                sl_observe_drone(e->f, e->n_pad, i, &e->rnd, &e->rng[i], e->final_obs + (size_t)i * SL_OBS_SIZE);
+                sl_record_episode(e, i);
+                sl_reset_drone(e, i);
+            }
+    sl_observe_all(e);
+    return 0;
+}
+
+/* One control step of physics only (no reward, termination or reset): for replaying logged
+ * commands from a set state. Still builds observations. Same return as sl_env_step. */
+long sl_env_step_physics(SlEnv *e) {
+    long bad = sl_check_actions(e);
+    if (bad) return bad;
+    float *F = e->f;
+    const int np = e->n_pad;
+    if (e->action_mode == SL_ACTION_MOTOR) sl_physics(e, SL_ACTION_MOTOR);
+    else sl_physics(e, SL_ACTION_CTBR);
+    for (int i = 0; i < e->n; i++) {
+        for (int k = SL_ACTION_HISTORY - 1; k > 0; k--)
+            for (int m = 0; m < 4; m++) SL_D(action_hist, k * 4 + m) = SL_D(action_hist, (k - 1) * 4 + m);
+        for (int m = 0; m < 4; m++) SL_D(action_hist, m) = e->actions[i * 4 + m];
+    }
+    sl_observe_all(e);
+    return 0;
+}
+
+/* After Python wrote a drone's state or parameters: renormalize the attitude, refresh what is
+ * derived, and fill the command history as if the current rotor speeds had been commanded all
+ * along (with `held` as the action that commanded them). */
+void sl_env_sync_drone(SlEnv *e, int i, const float held[4]) {
+    float *F = e->f;
+    const int np = e->n_pad;
+    float qn = 0.f;
+    for (int a = 0; a < 4; a++) qn += SL_D(quat_wxyz, a) * SL_D(quat_wxyz, a);
+    for (int a = 0; a < 4; a++) SL_D(quat_wxyz, a) /= sqrtf(qn);
+    sl_derive_drone(e, i);
+    sl_settle_commands(e, i, held);
+}
+
+/* The observation of one drone from telemetry: the flight runner's entry point, so a real
+ * vehicle's observation is built by the same code as the sim's. */
+void sl_observe_state(const float pos_enu_m[3], const float vel_enu_m_s[3], const float quat_wxyz[4],
+                      const float omega_flu_rad_s[3], const float target_enu_m[3], const float *last_actions,
+                      float hover_action, float *out) {
+    SlObsInput in;
+    memcpy(in.pos_enu_m, pos_enu_m, sizeof in.pos_enu_m);
+    memcpy(in.vel_enu_m_s, vel_enu_m_s, sizeof in.vel_enu_m_s);
+    memcpy(in.quat_wxyz, quat_wxyz, sizeof in.quat_wxyz);
+    memcpy(in.omega_flu_rad_s, omega_flu_rad_s, sizeof in.omega_flu_rad_s);
+    memcpy(in.target_enu_m, target_enu_m, sizeof in.target_enu_m);
+    memcpy(in.last_actions, last_actions, sizeof in.last_actions);
+    in.hover_action = hover_action;
+    sl_observe(&in, out);
+}
+
+/* One motor of the profile on its own (the thrust stand's view of the sim): throttle[k] in [0,1]
+ * held for dt each, through the throttle curve, the battery ratio v_frac, the pure delay and the
+ * lag (RK4, as in flight). Writes the rotor speed at the end of each step. omega0: the speed
+ * before the first step, as if commanded all along. */
+void sl_motor_response(const SlParams *p, const float *throttle, int n_steps, float dt, float v_frac,
+                       float omega0, float *omega_out) {
+    int delay = (int)lrintf(p->motor_delay_s / dt);
+    float inv_up = 1.f / p->motor_tau_up_s, inv_down = 1.f / p->motor_tau_down_s;
+    float cap = p->omega_max_rad_s * v_frac, omega = omega0;
+    for (int k = 0; k < n_steps; k++) {
+        float cmd = omega0;
+        if (k - delay >= 0) {
+            float u = sl_clamp(throttle[k - delay], 0.f, 1.f);
+            float c = p->throttle_to_omega_rad_s[0] + u * (p->throttle_to_omega_rad_s[1] + u * p->throttle_to_omega_rad_s[2]);
+            cmd = sl_clamp(c * v_frac, 0.f, cap);
+        }
+        float k1 = sl_motor_rate(cmd, omega, inv_up, inv_down);
+        float k2 = sl_motor_rate(cmd, omega + 0.5f * dt * k1, inv_up, inv_down);
+        float k3 = sl_motor_rate(cmd, omega + 0.5f * dt * k2, inv_up, inv_down);
+        float k4 = sl_motor_rate(cmd, omega + dt * k3, inv_up, inv_down);
+        omega += dt / 6.f * (k1 + 2.f * k2 + 2.f * k3 + k4);
+        omega_out[k] = omega;
+    }
+}
+
+/* The tables, for the binding. */
+const SlField *sl_param_fields(int *n) { *n = SL_N_PARAM_FIELDS; return SL_PARAM_FIELDS; }
+const SlField *sl_randomization_fields(int *n) { *n = SL_N_RANDOMIZATION_FIELDS; return SL_RANDOMIZATION_FIELDS; }
+const SlField *sl_task_fields(int *n) { *n = SL_N_TASK_FIELDS; return SL_TASK_FIELDS; }
+const SlObsField *sl_obs_fields(int *n) { *n = SL_N_OBS_FIELDS; return SL_OBS_TABLE; }
+const SlDroneField *sl_drone_fields(int *n) { *n = SL_N_DRONE_FIELDS; return SL_DRONE_TABLE; }
+
+#endif /* SKYLOOP_DRONE_H */

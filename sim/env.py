@@ -1,0 +1,137 @@
+"""The vectorized drone environment: N drones in one C call, as a Gymnasium vector env.
+
+    env = DroneEnv(num_drones=1024, profile="size_family", action_mode="motor")
+    obs, info = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(actions)   # actions [N, 4] in [-1, 1]
+
+Episodes reset automatically in the same step (Gymnasium's SAME_STEP autoreset): where an
+episode ended, `obs` is already the next episode's first observation; the last observation of
+the finished one is in `info["final_obs"]` and its record (success, crash, time to target, final
+error, return, drone size) in `info["episode"]`. The returned arrays are views of C memory that
+the next step overwrites; copy what you keep.
+"""
+from __future__ import annotations
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+from sim.core import ACTION_SIZE, OBS_SIZE, CoreEnv, SimError
+from sim.profiles import Profile, load_profile
+
+#: The hover / go-to task and time step. Every field of the C struct SlTaskConfig.
+DEFAULT_TASK = {
+    "physics_dt_s": 0.002,
+    "control_hz": 100.0,
+    "bounds_m": [5.0, 5.0, 5.0],
+    "target_dist_m_range": [0.5, 3.0],
+    "success_radius_m": 0.1,
+    "success_speed_m_s": 0.3,
+    "hold_s": 0.5,
+    "episode_s": 6.0,
+    "ground_start_prob": 0.1,
+    "init_tilt_max_rad": 0.5,
+    "init_speed_max_m_s": 1.0,
+    "init_rate_max_rad_s": 2.0,
+    "reward_progress_per_m": 5.0,
+    "reward_dist_per_m_s": 0.5,
+    "reward_hold_per_s": 2.0,
+    "reward_rate_per_rad2_s": 0.02,
+    "reward_action_change_per_s": 0.5,
+    "reward_crash": 10.0,
+    "end_on_success": 0.0,
+}
+
+EPISODE_FIELDS = ("return", "length_s", "success", "crash", "time_to_target_s", "final_error_m", "arm_m", "mass_kg")
+
+
+def task_config(**overrides) -> dict:
+    """DEFAULT_TASK with overrides, every name checked."""
+    unknown = sorted(set(overrides) - set(DEFAULT_TASK))
+    if unknown:
+        raise SimError(f"unknown task fields {unknown}; valid: {sorted(DEFAULT_TASK)}")
+    task = dict(DEFAULT_TASK)
+    task.update(overrides)
+    return task
+
+
+class DroneEnv(VectorEnv):
+    """N quadrotors (one per sub-environment) flying the hover / go-to task."""
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+
+    def __init__(self, num_drones: int = 1024, profile: str | Profile = "size_family", action_mode: str = "motor",
+                 task: dict | None = None, randomize: bool = True, seed: int = 0):
+        self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
+        if not randomize:
+            self.profile = self.profile.nominal()
+        self.task = task_config(**(task or {}))
+        self.core = CoreEnv(num_drones, self.profile.params, self.profile.randomization, self.task, action_mode)
+        self.num_envs = num_drones
+        self.action_mode = action_mode
+        self.control_hz = float(self.task["control_hz"])
+        self.single_observation_space = spaces.Box(-np.inf, np.inf, (OBS_SIZE,), np.float32)
+        self.single_action_space = spaces.Box(-1.0, 1.0, (ACTION_SIZE,), np.float32)
+        self.observation_space = spaces.Box(-np.inf, np.inf, (num_drones, OBS_SIZE), np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (num_drones, ACTION_SIZE), np.float32)
+        self._seed = seed
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._seed = int(seed)
+        self.core.reset(self._seed)
+        return self.core.obs, {}
+
+    def step(self, actions):
+        if actions is not self.core.actions:
+            actions = np.asarray(actions)
+            if actions.shape != (self.num_envs, ACTION_SIZE):
+                raise SimError(f"actions must have shape ({self.num_envs}, {ACTION_SIZE}), got {actions.shape}")
+            self.core.actions[:] = actions
+        self.core.step()
+        c = self.core
+        info = {}
+        done = c.terminals | c.truncations
+        if done.any():
+            idx = np.flatnonzero(done)
+            d = c.drone
+            info["final_obs"] = c.final_obs
+            info["done_index"] = idx
+            info["episode"] = {
+                "return": d["last_return"][0, idx].copy(), "length_s": d["last_length_s"][0, idx].copy(),
+                "success": d["last_success"][0, idx] > 0, "crash": d["last_crash"][0, idx] > 0,
+                "time_to_target_s": d["last_time_to_target_s"][0, idx].copy(),
+                "final_error_m": d["last_final_error_m"][0, idx].copy(),
+                "arm_m": d["last_arm_m"][0, idx].copy(), "mass_kg": d["last_mass_kg"][0, idx].copy(),
+            }
+        return c.obs, c.rewards, c.terminals, c.truncations, info
+
+    # --- direct access, for replaying real flights and for tests ---------------------------
+    def state(self, i: int) -> dict:
+        """Drone i's state (copies): pos_enu_m, vel_enu_m_s, quat_wxyz, omega_flu_rad_s, rotor_rad_s."""
+        d = self.core.drone
+        return {k: d[k][:, i].copy() for k in ("pos_enu_m", "vel_enu_m_s", "quat_wxyz", "omega_flu_rad_s", "rotor_rad_s")}
+
+    def set_state(self, i: int, **state) -> None:
+        """Sets drone i's state (any of the names of `state()`, plus target_enu_m); the motor
+        delay line is refilled as if the given rotor speeds had been commanded all along."""
+        d = self.core.drone
+        allowed = ("pos_enu_m", "vel_enu_m_s", "quat_wxyz", "omega_flu_rad_s", "rotor_rad_s", "target_enu_m")
+        for name, value in state.items():
+            if name not in allowed:
+                raise SimError(f"set_state: unknown field {name!r}; use {allowed}")
+            value = np.asarray(value, dtype=np.float32).reshape(-1)
+            if value.shape != (d[name].shape[0],) or not np.all(np.isfinite(value)):
+                raise SimError(f"set_state: {name} needs {d[name].shape[0]} finite numbers, got {value}")
+            d[name][:, i] = value
+        self.core.sync(i)
+
+    def step_physics(self, actions) -> np.ndarray:
+        """Advances all drones one control step with these actions, without the task (no reward,
+        termination or reset). Returns the observations."""
+        self.core.actions[:] = np.asarray(actions, dtype=np.float32).reshape(self.num_envs, ACTION_SIZE)
+        self.core.step_physics()
+        return self.core.obs
+
+    def close(self, **kwargs):
+        pass

@@ -1,0 +1,1 @@
+"""The `skyloop` command line (skyloop.cli)."""

@@ -1,0 +1,53 @@
+"""`skyloop <verb>`: one command line for the whole toolkit.
+
+Each verb lives in the package that owns it and provides `add_arguments(parser)` and
+`run(args) -> int`. Verbs are imported only when used, so `skyloop --help` is instant and the
+flight path never imports plotting or training code.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+#: verb -> (module, one-line help)
+VERBS = {
+    "sim": ("sim.demo", "run drones in the simulator and draw their flights (--demo)"),
+    "bench": ("sim.bench", "benchmarks that print figures (bench sim)"),
+    "stand": ("thrust_stand.cli", "drive a motor on a thrust stand and record it (stand run / stand import)"),
+    "calibrate": ("calibration.cli", "fit motor constants from stand logs into a drone profile"),
+}
+
+
+def _usage() -> str:
+    width = max(len(v) for v in VERBS)
+    rows = "\n".join(f"  {verb:<{width}}  {text}" for verb, (_m, text) in VERBS.items())
+    return f"usage: skyloop <verb> [options]\n\nverbs:\n{rows}\n\n`skyloop <verb> --help` for a verb's options."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    verb = argv[0]
+    if verb not in VERBS:
+        print(f"skyloop: unknown verb {verb!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, text = VERBS[verb]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"skyloop {verb}", description=text,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, OSError) as exc:  # our typed errors derive from these; they carry the fix
+        print(f"skyloop {verb}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Skyloop thrust_stand (see DESIGN.md)."""
