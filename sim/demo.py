@@ -25,8 +25,8 @@ class CascadeController:
     (the integral finds the randomized drone's true hover thrust), attitude from the desired
     acceleration, body rates from the attitude error."""
 
-    def __init__(self, num_drones: int, rate_max_rad_s, control_hz: float, kp: float = 2.0, ki: float = 1.5,
-                 kd: float = 2.5, k_att: float = 4.0, tilt_max_rad: float = 0.6):
+    def __init__(self, num_drones: int, rate_max_rad_s, control_hz: float, kp: float = 3.0, ki: float = 1.5,
+                 kd: float = 3.0, k_att: float = 4.0, tilt_max_rad: float = 0.6):
         self.rate_max = np.asarray(rate_max_rad_s, dtype=np.float64)
         self.dt = 1.0 / control_hz
         self.kp, self.ki, self.kd, self.k_att, self.tilt_max = kp, ki, kd, k_att, tilt_max_rad
@@ -42,7 +42,8 @@ class CascadeController:
         squash = np.linalg.norm(t_body, axis=1, keepdims=True)  # |d| / (1 + |d|)
         d_world = np.einsum("nij,nj->ni", R, t_body / np.maximum(1.0 - squash, 1e-3))  # metres
         v_world = np.einsum("nij,nj->ni", R, obs[:, _V])
-        self.integral = np.clip(self.integral + d_world * self.dt, -3.0, 3.0)
+        near = np.linalg.norm(d_world, axis=1, keepdims=True) < 1.0   # integrate only near the target
+        self.integral = np.clip(self.integral + near * d_world * self.dt, -3.0, 3.0)
         acc = self.kp * np.clip(d_world, -2.0, 2.0) + self.ki * self.integral - self.kd * v_world
         horiz = np.linalg.norm(acc[:, :2], axis=1, keepdims=True)  # tilt limit
         acc[:, :2] *= np.minimum(1.0, g * np.tan(self.tilt_max) / np.maximum(horiz, 1e-9))

@@ -37,6 +37,7 @@
 #define SL_GRAVITY_M_S2 9.80665f
 #define SL_N_MOTORS 4
 #define SL_LANES 16            /* per-drone arrays are padded to a multiple of this (64 bytes) */
+#define SL_BLOCK 64            /* drones stepped together through a control step (cache blocking) */
 #define SL_DELAY_SLOTS 32      /* motor-command ring buffer, in physics steps (power of two) */
 #define SL_ACTION_HISTORY 2    /* K: the last K actions are part of the observation */
 #define SL_ACTION_SIZE 4
@@ -464,7 +465,7 @@ enum { SL_DRONE_FLOATS(SL_ROW_ENUM) SL_N_ROWS };
 #undef SL_ROW_ENUM
 
 /* Component c of field `name` of drone i; needs F (the block), np (n_pad) and i in scope. */
-#define SL_D(name, c) F[(SL_ROW_##name + (c)) * np + i]
+#define SL_D(name, c) F[(ptrdiff_t)(SL_ROW_##name + (c)) * np + i] /* 64-bit index: affine, so no gathers */
 
 typedef struct {
     int n, n_pad, action_mode, substeps;
@@ -545,11 +546,14 @@ SL_INLINE void sl_physics(SlEnv *e, const int MODE) {
     const uint32_t head = e->head;
     for (int i = 0; i < n; i++)
         for (int m = 0; m < 4; m++) SL_D(action_now, m) = actions[i * 4 + m];
+    /* blocks of drones small enough to stay in cache through all the substeps */
+    for (int i0 = 0; i0 < n; i0 += SL_BLOCK)
     for (int k = 0; k < S; k++) {
         float *restrict ring_w = ring + (size_t)((head + (uint32_t)k) & (SL_DELAY_SLOTS - 1)) * 4 * np;
         const int w_slot = (int)((head + (uint32_t)k) & (SL_DELAY_SLOTS - 1));
+        const int i1 = i0 + SL_BLOCK < n ? i0 + SL_BLOCK : n;
 #pragma GCC ivdep
-        for (int i = 0; i < n; i++) {
+        for (int i = i0; i < i1; i++) {
             SlBody b;
             SlNominal nm;
             SlState s;
@@ -565,8 +569,8 @@ SL_INLINE void sl_physics(SlEnv *e, const int MODE) {
             /* pure delay: write this step's command, read the one from delay_steps ago */
             const int r_slot = (w_slot - (int)SL_D(delay_steps, 0)) & (SL_DELAY_SLOTS - 1);
             const float cap = SL_D(omega_max_rad_s, 0) * SL_D(battery_v, 0) / v_nominal;
-            for (int m = 0; m < 4; m++) ring_w[m * np + i] = cmd[m];
-            for (int m = 0; m < 4; m++)
+            for (int m = 0; m < 4; m++) ring_w[(ptrdiff_t)m * np + i] = cmd[m];
+            for (int m = 0; m < 4; m++) /* a gather: each drone reads its own past */
                 target[m] = sl_clamp(ring[(r_slot * 4 + m) * np + i] * SL_D(omega_scale, 0), 0.f, cap);
             sl_rk4(&s, &b, target, dt);
             float crashed = SL_D(crashed, 0);
@@ -806,9 +810,9 @@ static void sl_reset_drone(SlEnv *e, int i) {
     SL_D(time_to_target_s, 0) = -1.f;
 }
 
-/* Rewards, terminations and the episode records, after the physics. Returns how many episodes
- * ended (the caller resets those drones). */
-static int sl_task(SlEnv *e) {
+/* Rewards, terminations and the running episode statistics, after the physics. The caller
+ * resets the drones whose episode ended. */
+static void sl_task(SlEnv *e) {
     const SlTaskConfig t = e->task;
     float *restrict F = e->f;
     const float *restrict actions = e->actions;
@@ -817,7 +821,6 @@ static int sl_task(SlEnv *e) {
     const int np = e->n_pad;
     const float dt = e->control_dt_s;
     const int n = e->n;
-    int n_done = 0;
 #pragma GCC ivdep
     for (int i = 0; i < n; i++) {
         float d[3], v2 = 0.f, w2 = 0.f, da2 = 0.f;
@@ -831,26 +834,26 @@ static int sl_task(SlEnv *e) {
             da2 += diff * diff;
         }
         float dist = sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
-        /* bitwise | and & (no short-circuit), so the loop has no branches and vectorizes */
-        int out = (fabsf(SL_D(pos_enu_m, 0)) > t.bounds_m[0]) | (fabsf(SL_D(pos_enu_m, 1)) > t.bounds_m[1]) |
-                  (SL_D(pos_enu_m, 2) > t.bounds_m[2]);
-        int crash = (SL_D(crashed, 0) > 0.f) | out | !(dist < 1e6f); /* a NaN state is a crash too */
-        int inside = dist < t.success_radius_m;
-        int still = v2 < t.success_speed_m_s * t.success_speed_m_s;
+        /* Flags are floats 0 / 1 and every load happens before the selects: the loop has no
+         * branches and vectorizes. */
+        float out = (fabsf(SL_D(pos_enu_m, 0)) > t.bounds_m[0]) | (fabsf(SL_D(pos_enu_m, 1)) > t.bounds_m[1]) |
+                    (SL_D(pos_enu_m, 2) > t.bounds_m[2]) ? 1.f : 0.f;
+        float nan_state = dist < 1e6f ? 0.f : 1.f; /* a NaN (or absurd) state is a crash too */
+        float crash = sl_max(sl_max(SL_D(crashed, 0), out), nan_state);
+        float inside = dist < t.success_radius_m ? 1.f : 0.f;
+        float still = v2 < t.success_speed_m_s * t.success_speed_m_s ? 1.f : 0.f;
         float time = SL_D(time_s, 0) + dt;
-        /* loads happen unconditionally, before the selects, so the compiler needs no branches */
-        float hold_before = SL_D(hold_s, 0), success_before = SL_D(ep_success, 0);
-        float hold = (inside & still) ? hold_before + dt : 0.f;
-        float success = hold >= t.hold_s ? 1.f : success_before; /* once held, a success stays one */
+        float hold = inside * still * (SL_D(hold_s, 0) + dt);
+        float success = sl_max(SL_D(ep_success, 0), hold >= t.hold_s ? 1.f : 0.f); /* once held, stays */
         float ttt = SL_D(time_to_target_s, 0);
-        SL_D(time_to_target_s, 0) = (inside & (ttt < 0.f)) ? time : ttt;
+        SL_D(time_to_target_s, 0) = inside * (ttt < 0.f ? 1.f : 0.f) > 0.f ? time : ttt;
 
         float r = t.reward_progress_per_m * (SL_D(prev_dist_m, 0) - dist) - dt * t.reward_dist_per_m_s * dist +
-                  (inside ? dt * t.reward_hold_per_s : 0.f) - dt * t.reward_rate_per_rad2_s * w2 -
+                  inside * dt * t.reward_hold_per_s - dt * t.reward_rate_per_rad2_s * w2 -
                   dt * t.reward_action_change_per_s * da2;
-        r = crash ? (r == r ? r : 0.f) - t.reward_crash : r;
-        int term = crash | ((success > 0.f) & (t.end_on_success > 0.f));
-        int trunc = (!term) & (time >= t.episode_s - 0.5f * dt);
+        r = crash > 0.f ? (r == r ? r : 0.f) - t.reward_crash : r;
+        float term = sl_max(crash, success * t.end_on_success);
+        float trunc = (1.f - term) * (time >= t.episode_s - 0.5f * dt ? 1.f : 0.f);
         rewards[i] = r;
         terminals[i] = (uint8_t)term;
         truncations[i] = (uint8_t)trunc;
@@ -863,9 +866,7 @@ static int sl_task(SlEnv *e) {
         for (int k = SL_ACTION_HISTORY - 1; k > 0; k--)
             for (int m = 0; m < 4; m++) SL_D(action_hist, k * 4 + m) = SL_D(action_hist, (k - 1) * 4 + m);
         for (int m = 0; m < 4; m++) SL_D(action_hist, m) = actions[i * 4 + m];
-        n_done += term | trunc;
     }
-    return n_done;
 }
 
 /* Writes the record of drone i's finished episode. */
@@ -1030,13 +1031,13 @@ long sl_env_step(SlEnv *e) {
     if (bad) return bad;
     if (e->action_mode == SL_ACTION_MOTOR) sl_physics(e, SL_ACTION_MOTOR);
     else sl_physics(e, SL_ACTION_CTBR);
-    if (sl_task(e))
-        for (int i = 0; i < e->n; i++)
-            if (e->terminals[i] | e->truncations[i]) {
-                sl_observe_drone(e->f, e->n_pad, i, &e->rnd, &e->rng[i], e->final_obs + (size_t)i * SL_OBS_SIZE);
-                sl_record_episode(e, i);
-                sl_reset_drone(e, i);
-            }
+    sl_task(e);
+    for (int i = 0; i < e->n; i++)
+        if (e->terminals[i] | e->truncations[i]) {
+            sl_observe_drone(e->f, e->n_pad, i, &e->rnd, &e->rng[i], e->final_obs + (size_t)i * SL_OBS_SIZE);
+            sl_record_episode(e, i);
+            sl_reset_drone(e, i);
+        }
     sl_observe_all(e);
     return 0;
 }
