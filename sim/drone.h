@@ -533,25 +533,23 @@ SL_INLINE void sl_store_state(float *restrict F, int np, int i, const SlState *s
     for (int a = 0; a < 4; a++) { SL_D(quat_wxyz, a) = s->q[a]; SL_D(rotor_rad_s, a) = s->r[a]; }
 }
 
-/* One control step of physics for all drones: `substeps` RK4 steps, the action taking effect
- * after each drone's latency, commands passing through the delay ring, ground contact.
- * The inner loop runs over drones and vectorizes; MODE is a compile-time constant at each
- * call, so each action mode gets its own loop. */
-SL_INLINE void sl_physics(SlEnv *e, const int MODE) {
+/* One control step of physics for drones i0..i1-1 (a block small enough to stay in cache through
+ * all the substeps): `substeps` RK4 steps, the action taking effect after each drone's latency,
+ * commands passing through the delay ring, ground contact. The inner loop runs over drones and
+ * vectorizes; MODE is a compile-time constant at each call, so each action mode gets its own loop.
+ * The caller advances the ring's head once all blocks are done. */
+SL_INLINE void sl_physics(SlEnv *e, const int MODE, const int i0, const int i1) {
     float *restrict F = e->f, *restrict ring = e->ring;
     const float *restrict actions = e->actions;
-    const int np = e->n_pad, n = e->n, S = e->substeps;
+    const int np = e->n_pad, S = e->substeps;
     const float dt = e->dt_s, v_nominal = e->nominal.battery_v_nominal;
     const SlParams p = e->nominal;
     const uint32_t head = e->head;
-    for (int i = 0; i < n; i++)
+    for (int i = i0; i < i1; i++)
         for (int m = 0; m < 4; m++) SL_D(action_now, m) = actions[i * 4 + m];
-    /* blocks of drones small enough to stay in cache through all the substeps */
-    for (int i0 = 0; i0 < n; i0 += SL_BLOCK)
     for (int k = 0; k < S; k++) {
         float *restrict ring_w = ring + (size_t)((head + (uint32_t)k) & (SL_DELAY_SLOTS - 1)) * 4 * np;
         const int w_slot = (int)((head + (uint32_t)k) & (SL_DELAY_SLOTS - 1));
-        const int i1 = i0 + SL_BLOCK < n ? i0 + SL_BLOCK : n;
 #pragma GCC ivdep
         for (int i = i0; i < i1; i++) {
             SlBody b;
@@ -581,8 +579,8 @@ SL_INLINE void sl_physics(SlEnv *e, const int MODE) {
             for (int c = 0; c < 3; c++) { SL_D(rate_integral, c) = airborne * integ[c]; SL_D(rate_prev, c) = w_prev[c]; }
         }
     }
-    memcpy(F + (size_t)SL_ROW_action_prev * np, F + (size_t)SL_ROW_action_now * np, sizeof(float) * 4 * (size_t)np);
-    e->head = (head + (uint32_t)S) & (SL_DELAY_SLOTS - 1);
+    for (int i = i0; i < i1; i++)
+        for (int m = 0; m < 4; m++) SL_D(action_prev, m) = SL_D(action_now, m);
 }
 
 /* ============================================================================================
@@ -635,16 +633,15 @@ SL_INLINE void sl_observe_drone(const float *restrict F, int np, int i, const Sl
     sl_observe(&in, out);
 }
 
-/* Observe every drone into e->obs (vectorized across drones). */
-static void sl_observe_all(SlEnv *e) {
+/* Observe drones i0..i1-1 into e->obs (vectorized across drones). */
+static void sl_observe_range(SlEnv *e, const int i0, const int i1) {
     const float *restrict F = e->f;
     uint32_t *restrict rngs = e->rng;
     float *restrict obs = e->obs;
     const int np = e->n_pad;
     const SlRandomization r = e->rnd;
-    const int n = e->n;
 #pragma GCC ivdep
-    for (int i = 0; i < n; i++) {
+    for (int i = i0; i < i1; i++) {
         uint32_t rng = rngs[i];
         sl_observe_drone(F, np, i, &r, &rng, obs + (size_t)i * SL_OBS_SIZE);
         rngs[i] = rng;
@@ -810,9 +807,9 @@ static void sl_reset_drone(SlEnv *e, int i) {
     SL_D(time_to_target_s, 0) = -1.f;
 }
 
-/* Rewards, terminations and the running episode statistics, after the physics. The caller
- * resets the drones whose episode ended. */
-static void sl_task(SlEnv *e) {
+/* Rewards, terminations and the running episode statistics of drones i0..i1-1, after the
+ * physics. The caller resets the drones whose episode ended. */
+static void sl_task(SlEnv *e, const int i0, const int i1) {
     const SlTaskConfig t = e->task;
     float *restrict F = e->f;
     const float *restrict actions = e->actions;
@@ -820,9 +817,8 @@ static void sl_task(SlEnv *e) {
     uint8_t *restrict terminals = e->terminals, *restrict truncations = e->truncations;
     const int np = e->n_pad;
     const float dt = e->control_dt_s;
-    const int n = e->n;
 #pragma GCC ivdep
-    for (int i = 0; i < n; i++) {
+    for (int i = i0; i < i1; i++) {
         float d[3], v2 = 0.f, w2 = 0.f, da2 = 0.f;
         for (int a = 0; a < 3; a++) {
             d[a] = SL_D(target_enu_m, a) - SL_D(pos_enu_m, a);
@@ -1009,7 +1005,7 @@ void sl_env_reset(SlEnv *e, uint64_t seed) {
         e->terminals[i] = e->truncations[i] = 0;
         e->rewards[i] = 0.f;
     }
-    sl_observe_all(e);
+    sl_observe_range(e, 0, e->n);
 }
 
 /* Returns 0, or 1 + the flat index of the first action that is NaN or outside [-1, 1]. */
@@ -1023,22 +1019,51 @@ static long sl_check_actions(const SlEnv *e) {
     return 0;
 }
 
-/* One agent step for all drones: physics, rewards, terminations, automatic reset of finished
- * episodes (their last observation goes to final_obs and their record to last_*), observations.
- * Reads e->actions. Returns 0, or 1 + the flat index of an invalid action (nothing changed). */
-long sl_env_step(SlEnv *e) {
-    long bad = sl_check_actions(e);
-    if (bad) return bad;
-    if (e->action_mode == SL_ACTION_MOTOR) sl_physics(e, SL_ACTION_MOTOR);
-    else sl_physics(e, SL_ACTION_CTBR);
-    sl_task(e);
-    for (int i = 0; i < e->n; i++)
+/* Physics for every drone, block by block; `then(e, i0, i1)` runs on each block while it is
+ * still in cache. */
+typedef void (*SlBlockFn)(SlEnv *e, int i0, int i1);
+static void sl_step_blocks(SlEnv *e, SlBlockFn then) {
+    for (int i0 = 0; i0 < e->n; i0 += SL_BLOCK) {
+        const int i1 = i0 + SL_BLOCK < e->n ? i0 + SL_BLOCK : e->n;
+        if (e->action_mode == SL_ACTION_MOTOR) sl_physics(e, SL_ACTION_MOTOR, i0, i1);
+        else sl_physics(e, SL_ACTION_CTBR, i0, i1);
+        then(e, i0, i1);
+    }
+    e->head = (e->head + (uint32_t)e->substeps) & (SL_DELAY_SLOTS - 1);
+}
+
+/* After the physics of a block, with the task: rewards and terminations, then finished episodes
+ * keep their last observation (final_obs) and record (last_*) and start anew, then observations. */
+static void sl_after_physics_task(SlEnv *e, int i0, int i1) {
+    sl_task(e, i0, i1);
+    for (int i = i0; i < i1; i++)
         if (e->terminals[i] | e->truncations[i]) {
             sl_observe_drone(e->f, e->n_pad, i, &e->rnd, &e->rng[i], e->final_obs + (size_t)i * SL_OBS_SIZE);
             sl_record_episode(e, i);
             sl_reset_drone(e, i);
         }
-    sl_observe_all(e);
+    sl_observe_range(e, i0, i1);
+}
+
+/* After the physics of a block, without the task (replay): the action history and observations. */
+static void sl_after_physics_only(SlEnv *e, int i0, int i1) {
+    float *F = e->f;
+    const int np = e->n_pad;
+    for (int i = i0; i < i1; i++) {
+        for (int k = SL_ACTION_HISTORY - 1; k > 0; k--)
+            for (int m = 0; m < 4; m++) SL_D(action_hist, k * 4 + m) = SL_D(action_hist, (k - 1) * 4 + m);
+        for (int m = 0; m < 4; m++) SL_D(action_hist, m) = e->actions[i * 4 + m];
+    }
+    sl_observe_range(e, i0, i1);
+}
+
+/* One agent step for all drones: physics, rewards, terminations, automatic reset of finished
+ * episodes, observations. Reads e->actions. Returns 0, or 1 + the flat index of an invalid
+ * action (then nothing was changed). */
+long sl_env_step(SlEnv *e) {
+    long bad = sl_check_actions(e);
+    if (bad) return bad;
+    sl_step_blocks(e, sl_after_physics_task);
     return 0;
 }
 
@@ -1047,16 +1072,7 @@ long sl_env_step(SlEnv *e) {
 long sl_env_step_physics(SlEnv *e) {
     long bad = sl_check_actions(e);
     if (bad) return bad;
-    float *F = e->f;
-    const int np = e->n_pad;
-    if (e->action_mode == SL_ACTION_MOTOR) sl_physics(e, SL_ACTION_MOTOR);
-    else sl_physics(e, SL_ACTION_CTBR);
-    for (int i = 0; i < e->n; i++) {
-        for (int k = SL_ACTION_HISTORY - 1; k > 0; k--)
-            for (int m = 0; m < 4; m++) SL_D(action_hist, k * 4 + m) = SL_D(action_hist, (k - 1) * 4 + m);
-        for (int m = 0; m < 4; m++) SL_D(action_hist, m) = e->actions[i * 4 + m];
-    }
-    sl_observe_all(e);
+    sl_step_blocks(e, sl_after_physics_only);
     return 0;
 }
 
