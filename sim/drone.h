@@ -121,6 +121,7 @@ typedef struct {
     float init_tilt_max_rad;
     float init_speed_max_m_s;
     float init_rate_max_rad_s;
+    float reward_alive_per_s;         /* reward per second of flight without a crash */
     float reward_progress_per_m;      /* reward for each metre closer to the target */
     float reward_dist_per_m_s;        /* penalty per metre of distance per second */
     float reward_hold_per_s;          /* bonus per second inside the success radius */
@@ -193,6 +194,7 @@ static const SlField SL_TASK_FIELDS[] = {
     SL_F(SlTaskConfig, init_tilt_max_rad, 1, 0.f, 3.15f, ""),
     SL_F(SlTaskConfig, init_speed_max_m_s, 1, 0.f, 100.f, ""),
     SL_F(SlTaskConfig, init_rate_max_rad_s, 1, 0.f, 100.f, ""),
+    SL_F(SlTaskConfig, reward_alive_per_s, 1, 0.f, 1e4f, ""),
     SL_F(SlTaskConfig, reward_progress_per_m, 1, 0.f, 1e4f, ""),
     SL_F(SlTaskConfig, reward_dist_per_m_s, 1, 0.f, 1e4f, ""),
     SL_F(SlTaskConfig, reward_hold_per_s, 1, 0.f, 1e4f, ""),
@@ -844,7 +846,7 @@ static void sl_task(SlEnv *e, const int i0, const int i1) {
         float ttt = SL_D(time_to_target_s, 0);
         SL_D(time_to_target_s, 0) = inside * (ttt < 0.f ? 1.f : 0.f) > 0.f ? time : ttt;
 
-        float r = t.reward_progress_per_m * (SL_D(prev_dist_m, 0) - dist) - dt * t.reward_dist_per_m_s * dist +
+        float r = dt * t.reward_alive_per_s + t.reward_progress_per_m * (SL_D(prev_dist_m, 0) - dist) - dt * t.reward_dist_per_m_s * dist +
                   inside * dt * t.reward_hold_per_s - dt * t.reward_rate_per_rad2_s * w2 -
                   dt * t.reward_action_change_per_s * da2;
         r = crash > 0.f ? (r == r ? r : 0.f) - t.reward_crash : r;

@@ -33,6 +33,7 @@ DEFAULT_TASK = {
     "init_tilt_max_rad": 0.5,
     "init_speed_max_m_s": 1.0,
     "init_rate_max_rad_s": 2.0,
+    "reward_alive_per_s": 1.0,
     "reward_progress_per_m": 5.0,
     "reward_dist_per_m_s": 0.5,
     "reward_hold_per_s": 2.0,

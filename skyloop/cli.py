@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import sys
 
@@ -15,6 +16,8 @@ import sys
 VERBS = {
     "sim": ("sim.demo", "run drones in the simulator and draw their flights (--demo)"),
     "bench": ("sim.bench", "benchmarks that print figures (bench sim)"),
+    "train": ("sim.train", "train a policy with PPO on the randomized sim (one file: sim/train.py)"),
+    "eval": ("sim.evaluate", "evaluate a policy on fresh randomized drones"),
     "stand": ("thrust_stand.cli", "drive a motor on a thrust stand and record it (stand run / stand import)"),
     "calibrate": ("calibration.cli", "fit motor constants from stand logs into a drone profile"),
 }
@@ -41,9 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"skyloop {verb}", description=text,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
+    takes_extra = len(inspect.signature(module.run).parameters) == 2  # e.g. train's --train.FIELD VALUE
+    if takes_extra:
+        args, extra = parser.parse_known_args(argv[1:])
+    else:
+        args, extra = parser.parse_args(argv[1:]), None
     try:
-        return int(module.run(args) or 0)
+        return int((module.run(args, extra) if takes_extra else module.run(args)) or 0)
     except (ValueError, OSError) as exc:  # our typed errors derive from these; they carry the fix
         print(f"skyloop {verb}: error: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,183 @@
+"""Stand logs + a base drone profile -> a calibrated drone profile, with every fit's provenance.
+
+    cal = calibrate(["sweep.csv", "steps.csv"], load_profile("fpv5"))
+    cal.profile            # the profile's JSON object, valid for sim.profiles.parse_profile
+    cal.fits["kf_n_per_rad2s2"].value, .ci95, .r2, .rows_used, .rows_rejected
+    cal.not_fitted         # field -> why it kept the base profile's value
+
+Every log feeds the steady fits (kf, km, throttle curve; a step test's transients are left out);
+logs with held throttle steps also feed the time constants and the delay. Quantities the data
+cannot give keep the base profile's value and say why; no fit at all is an error.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sim.profiles import Profile, ProfileError, parse_profile
+
+from calibration.data import ESC_RANGE_US, G_M_S2, MIN_STEP, CalibrationError, Rows, load_log, screen_log
+from calibration.fit import rounded, fit_square_law, fit_throttle_curve
+from calibration.steps import fit_steps
+
+log = logging.getLogger(__name__)
+
+LIPO_CELL_V = 3.7        # nominal LiPo cell voltage
+LIPO_CELL_FULL_V = 4.2   # a full cell
+
+
+@dataclass
+class Calibration:
+    fits: dict                       # profile field -> Fit
+    profile: dict                    # the calibrated profile's JSON object
+    not_fitted: dict                 # profile field -> why it kept the base value
+    rows: list                       # the screened logs (Rows)
+    battery_v_nominal: float
+    battery_v_source: str
+    problems: list = field(default_factory=list)   # why the profile would not run in the sim (then it is not written)
+    hover: dict | None = None        # hover_closure(...) when hover speeds were given
+
+    def summary(self) -> dict:
+        """The figures as one JSON-able object (what `skyloop calibrate --json` prints)."""
+        fits = self.fits
+        out = {name: rounded(f.value) for name, f in fits.items()}
+        if "battery_v_nominal" not in out:
+            out["battery_v_nominal"] = self.battery_v_nominal
+        out.update({
+            "r2_thrust": rounded(fits["kf_n_per_rad2s2"].r2) if "kf_n_per_rad2s2" in fits else None,
+            "r2_torque": rounded(fits["km_nm_per_rad2s2"].r2) if "km_nm_per_rad2s2" in fits else None,
+            "r2_throttle_curve": rounded(fits["throttle_to_omega_rad_s"].r2) if "throttle_to_omega_rad_s" in fits else None,
+            "r2_steps": rounded(next((f.r2 for n, f in fits.items() if n.startswith("motor_")), None)),
+            "ci95": {n: rounded(f.ci95) for n, f in fits.items()},
+            "rows_used": {n: f.rows_used for n, f in fits.items()},
+            "rows_rejected": {n: f.rows_rejected for n, f in fits.items()},
+            "rejected_by_reason": {n: f.rejected for n, f in fits.items()},
+            "extra": {n: rounded(f.extra) for n, f in fits.items() if f.extra and n != "motor_delay_s"},
+            "not_fitted": self.not_fitted,
+            "files": [r.path for r in self.rows],
+            "hover_closure": rounded(self.hover) if self.hover else None,
+        })
+        return out
+
+
+def choose_battery_v_nominal(rows_list: list[Rows], base: Profile, given: float | None) -> tuple[float, str]:
+    """The voltage the throttle curve is normalised to, and where it came from: the command line,
+    the logs' sidecar ('battery_v_nominal'), the base profile when the logs' voltages agree with it,
+    else a LiPo cell count guessed from the highest voltage in the logs."""
+    if given is not None:
+        return float(given), "given on the command line (--battery-v-nominal)"
+    for rows in rows_list:
+        v = rows.meta.get("battery_v_nominal")
+        if isinstance(v, (int, float)) and v > 0:
+            return float(v), f"sidecar of {rows.name}"
+    volts = np.concatenate([r.voltage_v[np.isfinite(r.voltage_v)] for r in rows_list])
+    base_v = float(base.params["battery_v_nominal"])
+    if len(volts) == 0 or 0.75 <= np.median(volts) / base_v <= 1.2:
+        return base_v, f"base profile {base.name}"
+    cells = max(1, int(math.ceil(np.max(volts) / LIPO_CELL_FULL_V - 0.05)))
+    v = cells * LIPO_CELL_V
+    log.warning("the logs' voltages (median %.2f V) do not fit the base profile's battery (%.2f V): "
+                "assuming a %dS LiPo, %.1f V nominal (set --battery-v-nominal to override)",
+                np.median(volts), base_v, cells, v)
+    return v, f"{cells}S LiPo guessed from the logs' highest voltage {np.max(volts):.2f} V"
+
+
+def _try(fits: dict, not_fitted: dict, names: tuple, fit_function, *args) -> None:
+    try:
+        result = fit_function(*args)
+    except CalibrationError as exc:
+        why = str(exc)
+        for name in names:
+            not_fitted[name] = why[len(names[0]) + 2:] if why.startswith(names[0] + ": ") else why
+        return
+    for f in result if isinstance(result, (list, tuple)) else [result]:
+        fits[f.field] = f
+
+
+def calibrate(paths: list[str], base: Profile, *, name: str | None = None, mass_kg: float | None = None,
+              battery_v_nominal: float | None = None, esc_range_us=ESC_RANGE_US, min_step: float = MIN_STEP) -> Calibration:
+    if not paths:
+        raise CalibrationError("no stand logs given")
+    rows_list = [screen_log(load_log(p), esc_range_us, min_step) for p in paths]
+    for rows in rows_list:
+        procedure = str(rows.meta.get("procedure", ""))
+        if "step" in procedure.lower() and not rows.steps:
+            fit_steps([rows], min_step)    # raises the clear 'no throttle steps' error
+    v_nom, v_source = choose_battery_v_nominal(rows_list, base, battery_v_nominal)
+
+    fits, not_fitted = {}, {}
+    _try(fits, not_fitted, ("kf_n_per_rad2s2",), fit_square_law, rows_list, "thrust_n")
+    _try(fits, not_fitted, ("km_nm_per_rad2s2",), fit_square_law, rows_list, "torque_nm")
+    _try(fits, not_fitted, ("throttle_to_omega_rad_s", "omega_max_rad_s"), fit_throttle_curve, rows_list, v_nom)
+    step_logs = [r for r in rows_list if r.steps]
+    dynamics = ("motor_tau_up_s", "motor_tau_down_s", "motor_delay_s")
+    if step_logs:
+        _try(fits, not_fitted, dynamics, fit_steps, step_logs, min_step)
+        for name_ in dynamics:
+            if name_ not in fits and name_ not in not_fitted:
+                not_fitted[name_] = f"no usable step in that direction in {', '.join(r.name for r in step_logs)}"
+    else:
+        for name_ in dynamics:
+            not_fitted[name_] = (f"no log with held throttle steps (>= {min_step:g}) and time stamps; "
+                                 "record one with `skyloop stand run steps`")
+    if not fits:
+        by_reason = {}
+        for field_name, why in not_fitted.items():
+            by_reason.setdefault(why, []).append(field_name)
+        reasons = "; ".join(f"{', '.join(names)}: {why}" for why, names in by_reason.items())
+        raise CalibrationError(f"nothing could be fitted from {', '.join(paths)}: {reasons}")
+    for name_, why in not_fitted.items():
+        log.warning("%s not fitted, kept from the base profile: %s", name_, why)
+
+    profile = build_profile(base, fits, name=name, mass_kg=mass_kg, battery_v=(v_nom, v_source),
+                            files=[r.name for r in rows_list])
+    return Calibration(fits=fits, profile=profile, not_fitted=not_fitted, rows=rows_list,
+                       battery_v_nominal=v_nom, battery_v_source=v_source, problems=profile_problems(profile))
+
+
+def build_profile(base: Profile, fits: dict, *, name: str | None, mass_kg: float | None,
+                  battery_v: tuple[float, str], files: list[str]) -> dict:
+    """The base profile with the fitted numbers and their `source` objects (check it: profile_problems)."""
+    data = base.to_json()
+    params, source = dict(data["params"]), dict(data["source"])
+    for field_name, f in fits.items():
+        params[field_name] = rounded(f.value, 7)
+        source[field_name] = f.source()
+    v_nom, v_source = battery_v
+    if v_source != f"base profile {base.name}":
+        params["battery_v_nominal"] = rounded(v_nom)
+        source["battery_v_nominal"] = v_source
+    if mass_kg is not None:
+        params["mass_kg"] = float(mass_kg)
+        source["mass_kg"] = "given on the command line (--mass-kg)"
+    described = re.sub(r" ?Motor constants calibrated by `skyloop calibrate` .*$", "", data.get("description", ""))
+    data.update(name=name or f"{base.name}_calibrated", params=params, source=source,
+                description=(described + f" Motor constants calibrated by `skyloop calibrate` from {', '.join(files)} "
+                             f"on {_dt.date.today().isoformat()}.").strip())
+    return data
+
+
+def profile_problems(data: dict) -> list[str]:
+    """Why a profile would not load (sim.profiles) or not run (what the C core checks when it makes
+    an env from it); empty when it is fine."""
+    try:
+        parse_profile(data, "calibrated profile")
+    except ProfileError as exc:
+        return exc.problems
+    params = data["params"]
+    problems = []
+    c = params["throttle_to_omega_rad_s"]
+    if not (c[1] > 0 and c[1] + 2 * c[2] > 0 and c[0] >= 0 and sum(c) > 0):
+        problems.append(f"throttle_to_omega_rad_s = {c} does not rise from c0 >= 0 over throttle 0..1")
+    thrust_max = 4 * params["kf_n_per_rad2s2"] * params["omega_max_rad_s"] ** 2
+    weight = params["mass_kg"] * G_M_S2
+    if weight >= 0.95 * thrust_max:
+        problems.append(f"the drone cannot hover: 4 kf omega_max^2 = {thrust_max:.4g} N against a weight of "
+                        f"{weight:.4g} N; is the base profile ({params['mass_kg']} kg) the drone these motors fly? "
+                        "(--mass-kg sets the mass)")
+    return problems
