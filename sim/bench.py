@@ -1,13 +1,23 @@
-"""`skyloop bench sim`: simulator throughput on one core.
+"""Benchmarks that print figures: `skyloop bench sim`, `bench train` and `bench policy`
+(the last lives in policy_export/bench.py).
 
-For each number of drones: agent steps per second (one control step of every drone: physics
+`bench sim`: simulator throughput on one core. For each number of drones: agent steps per second (one control step of every drone: physics
 substeps, rewards, terminations, automatic resets and observations, i.e. the full env step),
 RK4 physics substeps per second, and memory per drone. Drones fly near hover with small random
 actions, so episodes end and reset at a realistic rate.
+
+`bench train`: `skyloop train` with its defaults for a time budget (60 s), a snapshot every few
+seconds, each snapshot evaluated deterministically on fresh randomized drones (`sim.evaluate`):
+time to 95 % success, final success, training steps/s and where the training time goes.
 """
 from __future__ import annotations
 
+import argparse
+import io
 import json
+import os
+import re
+import tempfile
 import time
 
 import numpy as np
@@ -50,16 +60,72 @@ def bench_sim(drones=(1, 64, 1024, 8192), seconds: float = 2.0, profile: str = "
     return results
 
 
+def bench_train(seconds: float = 60.0, snapshot_every_s: float = 5.0, episodes: int = 1000, goal: float = 0.95,
+                overrides: list[str] | None = None, report=None) -> dict:
+    from sim.evaluate import evaluate
+    from sim.train import TrainConfig, load_checkpoint, parse_overrides, train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = parse_overrides(overrides or [], TrainConfig(time_budget_s=seconds, output=os.path.join(tmp, "p.pt"),
+                                                              snapshot_every_s=snapshot_every_s, eval_episodes=0))
+        metrics = train(config, progress_stream=io.StringIO())
+        snapshots = sorted((float(m.group(1)), os.path.join(tmp, m.group(0))) for m in
+                           (re.fullmatch(r"p\.at([0-9.]+)s\.pt", name) for name in os.listdir(tmp)) if m)
+        if not snapshots or metrics["elapsed_s"] - snapshots[-1][0] > 0.5:   # the final policy, unless just saved
+            snapshots.append((metrics["elapsed_s"], config.output))
+        curve = []
+        for elapsed, path in snapshots:
+            policy, ckpt = load_checkpoint(path)
+            r = evaluate(policy, ckpt["profile"], ckpt["action_mode"], episodes, ckpt["task"])
+            point = {"elapsed_s": elapsed, "steps": ckpt["training_steps"], "success_rate": r["success_rate"],
+                     "crash_rate": r["crash_rate"]}
+            curve.append(point)
+            if report:
+                report(point)
+    reached = next((p["elapsed_s"] for p in curve if p["success_rate"] >= goal), None)
+    total = metrics["elapsed_s"]
+    return {"seconds": seconds, "goal": goal, "time_to_goal_s": reached, "final_success_rate": curve[-1]["success_rate"],
+            "final_crash_rate": curve[-1]["crash_rate"], "steps": metrics["steps"],
+            "steps_per_s": metrics["steps_per_s"], "curve": curve,
+            "time_split": {"env_step": metrics["time_env_s"] / total,
+                           "policy_in_rollout": (metrics["time_rollout_s"] - metrics["time_env_s"]) / total,
+                           "ppo_update": metrics["time_update_s"] / total}}
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("what", choices=["sim"], help="what to benchmark")
-    parser.add_argument("--drones", type=int, nargs="+", default=[1, 64, 1024, 8192], help="batch sizes")
-    parser.add_argument("--seconds", type=float, default=2.0, help="time per batch size")
-    parser.add_argument("--profile", default="size_family", help="drone profile")
-    parser.add_argument("--mode", default="motor", choices=["motor", "ctbr"], help="action mode")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    sub = parser.add_subparsers(dest="what", required=True, metavar="{sim,train,policy}")
+    p = sub.add_parser("sim", help="simulator throughput on one core", formatter_class=fmt)
+    p.add_argument("--drones", type=int, nargs="+", default=[1, 64, 1024, 8192], help="batch sizes")
+    p.add_argument("--seconds", type=float, default=2.0, help="time per batch size")
+    p.add_argument("--profile", default="size_family", help="drone profile")
+    p.add_argument("--mode", default="motor", choices=["motor", "ctbr"], help="action mode")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p = sub.add_parser("train", help="train with the defaults; time to 95 %% success, steps/s, time split",
+                       formatter_class=fmt,
+                       description="Any --train.FIELD VALUE / --task.FIELD VALUE after the options is passed "
+                                   "to the trainer.")
+    p.add_argument("--seconds", type=float, default=60.0, help="training time budget")
+    p.add_argument("--snapshot-every", type=float, default=5.0, help="seconds between evaluated snapshots")
+    p.add_argument("--episodes", type=int, default=1000, help="evaluation episodes per snapshot")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p = sub.add_parser("policy", help="single-observation inference latency of an exported policy (ONNX and C)",
+                       formatter_class=fmt)
+    p.add_argument("policy", help="the exported model (.onnx)")
+    p.add_argument("--c", dest="c_header", help="the C export (.h); default: made from the .pt beside the .onnx")
+    p.add_argument("--seconds", type=float, default=2.0, help="time to measure each runtime")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
-def run(args) -> int:
+def run(args, extra: list[str]) -> int:
+    if args.what == "train":
+        return _run_train(args, extra)
+    if extra:
+        raise ValueError(f"bench {args.what}: unknown options {extra}")
+    if args.what == "policy":
+        from policy_export.bench import run as bench_policy
+        return bench_policy(args)
+
     def show(row):
         print(f"{row['drones']:>7} drones  {row['agent_steps_per_s'] / 1e6:8.2f} M agent-steps/s  "
               f"{row['substeps_per_s'] / 1e6:8.2f} M substeps/s  {row['bytes_per_drone']:6d} B/drone", flush=True)
@@ -70,4 +136,25 @@ def run(args) -> int:
     results = bench_sim(args.drones, args.seconds, args.profile, args.mode, report=None if args.json else show)
     if args.json:
         print(json.dumps({"results": results}))
+    return 0
+
+
+def _run_train(args, extra) -> int:
+    def show(p):
+        print(f"  {p['elapsed_s']:5.1f} s  {p['steps'] / 1e6:6.2f} M steps  success {100 * p['success_rate']:5.1f} %  "
+              f"crash {100 * p['crash_rate']:5.1f} %", flush=True)
+
+    if not args.json:
+        print(f"skyloop bench train: default config, {args.seconds:g} s, snapshots every {args.snapshot_every:g} s, "
+              f"each evaluated on {args.episodes} fresh randomized drones", flush=True)
+    r = bench_train(args.seconds, args.snapshot_every, args.episodes, overrides=extra,
+                    report=None if args.json else show)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    reached = f"{r['time_to_goal_s']:.1f} s" if r["time_to_goal_s"] is not None else "not reached"
+    split = ", ".join(f"{k} {100 * v:.0f} %" for k, v in r["time_split"].items())
+    print(f"time to {100 * r['goal']:.0f} % success: {reached}; final success {100 * r['final_success_rate']:.1f} %, "
+          f"crash {100 * r['final_crash_rate']:.1f} %\n{r['steps'] / 1e6:.1f} M steps, "
+          f"{r['steps_per_s'] / 1e3:.0f} k steps/s; time split: {split}")
     return 0

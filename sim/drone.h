@@ -124,7 +124,7 @@ typedef struct {
     float reward_alive_per_s;         /* reward per second of flight without a crash */
     float reward_progress_per_m;      /* reward for each metre closer to the target */
     float reward_dist_per_m_s;        /* penalty per metre of distance per second */
-    float reward_hold_per_s;          /* bonus per second inside the success radius */
+    float reward_hold_per_s;          /* bonus per second inside the success radius and slower than success_speed_m_s */
     float reward_rate_per_rad2_s;     /* penalty on |body rate|^2 per second */
     float reward_action_change_per_s; /* penalty on |a - a_prev|^2 per second */
     float reward_crash;               /* penalty on a crash or leaving the bounds */
@@ -847,7 +847,7 @@ static void sl_task(SlEnv *e, const int i0, const int i1) {
         SL_D(time_to_target_s, 0) = inside * (ttt < 0.f ? 1.f : 0.f) > 0.f ? time : ttt;
 
         float r = dt * t.reward_alive_per_s + t.reward_progress_per_m * (SL_D(prev_dist_m, 0) - dist) - dt * t.reward_dist_per_m_s * dist +
-                  inside * dt * t.reward_hold_per_s - dt * t.reward_rate_per_rad2_s * w2 -
+                  inside * still * dt * t.reward_hold_per_s - dt * t.reward_rate_per_rad2_s * w2 -
                   dt * t.reward_action_change_per_s * da2;
         r = crash > 0.f ? (r == r ? r : 0.f) - t.reward_crash : r;
         float term = sl_max(crash, success * t.end_on_success);

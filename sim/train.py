@@ -27,6 +27,7 @@ from torch import nn
 
 from sim.core import ACTION_SIZE, OBS_FIELDS, OBS_LAYOUT_VERSION, OBS_SIZE, obs_slice
 from sim.env import DroneEnv, task_config
+from sim.evaluate import evaluate
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "skyloop.policy/1"
@@ -40,12 +41,12 @@ class TrainConfig:
     profile: str = "size_family"          # drone profile (built-in name or JSON path), with its randomization
     action_mode: str = "ctbr"             # ctbr (collective thrust + body rates) or motor
     tasks: str = "hover"                  # task mix; the hover / go-to task for now
-    num_drones: int = 4096
+    num_drones: int = 512
     time_budget_s: float = 60.0           # stop after this much wall time ...
     total_steps: int = 200_000_000        # ... or this many agent steps, whichever comes first
-    horizon: int = 32                     # steps per drone per rollout
-    epochs: int = 2
-    minibatches: int = 4
+    horizon: int = 64                     # steps per drone per rollout
+    epochs: int = 3
+    minibatches: int = 8
     lr: float = 3e-3
     lr_final_frac: float = 0.1            # learning rate decays linearly to lr * this over the budget
     gamma: float = 0.98
@@ -54,12 +55,14 @@ class TrainConfig:
     vf_coef: float = 0.5
     ent_coef: float = 0.0
     max_grad_norm: float = 1.0
-    init_log_std: float = -0.7
+    init_log_std: float = -1.0
     hidden: int = 64
     layers: int = 2
     recurrent: bool = False               # a GRU before the heads (state carried between steps)
     output: str = "policy.pt"
     log_jsonl: str = ""                   # JSON-lines log of every metric; default: OUTPUT with .jsonl
+    eval_episodes: int = 1000             # after training: fresh randomized drones, deterministic actions (0: skip)
+    snapshot_every_s: float = 0.0         # also save OUTPUT-stem.at<seconds>s.pt this often (0: never)
     task: dict = field(default_factory=dict)  # overrides of sim.env.DEFAULT_TASK
 
     def validate(self) -> None:
@@ -76,6 +79,10 @@ class TrainConfig:
             problems.append(f"lr must be a positive number, got {self.lr}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             problems.append("gamma must be in (0, 1] and gae_lambda in [0, 1]")
+        if self.eval_episodes < 0:
+            problems.append("eval_episodes must be 0 (skip) or positive")
+        if self.snapshot_every_s < 0:
+            problems.append("snapshot_every_s must be 0 (off) or positive")
         if self.time_budget_s <= 0 or self.total_steps <= 0:
             problems.append("time_budget_s and total_steps must be positive")
         if self.action_mode not in ("ctbr", "motor"):
@@ -145,7 +152,7 @@ def _mlp(sizes):
 
 class Policy(nn.Module):
     def __init__(self, obs_size: int = OBS_SIZE, action_size: int = ACTION_SIZE, hidden: int = 64, layers: int = 2,
-                 recurrent: bool = False, init_log_std: float = -0.7, action_mode: str = "ctbr"):
+                 recurrent: bool = False, init_log_std: float = -1.0, action_mode: str = "ctbr"):
         super().__init__()
         self.recurrent = recurrent
         self.hidden = hidden
@@ -164,8 +171,11 @@ class Policy(nn.Module):
         nn.init.zeros_(self.mean.bias)
         self.log_std = nn.Parameter(torch.full((action_size,), float(init_log_std)))
 
+    def obs_std(self) -> torch.Tensor:
+        return torch.sqrt(self.obs_var + 1e-8)
+
     def normalize(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.clamp((obs - self.obs_mean) / torch.sqrt(self.obs_var + 1e-8), -10.0, 10.0)
+        return torch.clamp((obs - self.obs_mean) / self.obs_std(), -10.0, 10.0)
 
     @torch.no_grad()
     def update_normalization(self, obs: torch.Tensor) -> None:
@@ -228,7 +238,8 @@ def pick_device(name: str) -> torch.device:
 # --------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------
-def save_checkpoint(path: str, policy: Policy, config: TrainConfig, env: DroneEnv, steps: int, stats: dict) -> None:
+def save_checkpoint(path: str, policy: Policy, config: TrainConfig, env: DroneEnv, steps: int, stats: dict,
+                    evaluation: dict | None = None) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     ckpt = {
         "format": CHECKPOINT_FORMAT,
@@ -247,10 +258,15 @@ def save_checkpoint(path: str, policy: Policy, config: TrainConfig, env: DroneEn
         "sim_git_revision": git_revision(),
         "training_steps": steps,
         "training_stats": stats,
+        "eval": evaluation,          # sim.evaluate's summary of the final policy, when it was run
     }
     tmp = path + ".tmp"
     torch.save(ckpt, tmp)
     os.replace(tmp, path)
+
+
+def snapshot_path(output: str, elapsed_s: float) -> str:
+    return f"{os.path.splitext(output)[0]}.at{elapsed_s:05.1f}s.pt"
 
 
 class CheckpointError(ValueError):
@@ -338,6 +354,8 @@ def train(config: TrainConfig, progress_stream=sys.stderr) -> dict:
     progress = Progress(config, log_path, progress_stream)
     start = time.monotonic()
     steps, updates = 0, 0
+    next_snapshot_s = config.snapshot_every_s
+    timing = {"env_s": 0.0, "rollout_s": 0.0, "update_s": 0.0}   # where the time goes (env_s is inside rollout_s)
     recent = {"success": [], "crash": [], "return": []}
     metrics = {}
     obs = torch.as_tensor(obs_np, device=device)
@@ -349,6 +367,7 @@ def train(config: TrainConfig, progress_stream=sys.stderr) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = config.lr * (1.0 - (1.0 - config.lr_final_frac) * frac_done)
         # ---- rollout ----
+        t_rollout = time.perf_counter()
         with torch.no_grad():
             for t in range(T):
                 policy.update_normalization(obs)
@@ -362,7 +381,9 @@ def train(config: TrainConfig, progress_stream=sys.stderr) -> dict:
                 act_buf[t] = action
                 val_buf[t] = _value(policy, obs)
                 env_action = torch.clamp(action, -1.0, 1.0).cpu().numpy()
+                t_env = time.perf_counter()
                 obs_np, rew_np, term_np, trunc_np, info = env.step(env_action)
+                timing["env_s"] += time.perf_counter() - t_env
                 reward = torch.as_tensor(rew_np, device=device).clone()
                 done = torch.as_tensor(term_np | trunc_np, device=device).float()
                 if trunc_np.any():  # a time limit is not a terminal state: bootstrap from the last state
@@ -390,6 +411,8 @@ def train(config: TrainConfig, progress_stream=sys.stderr) -> dict:
                 last = delta + config.gamma * config.gae_lambda * nonterminal * last
                 adv[t] = last
             returns = adv + val_buf
+        timing["rollout_s"] += time.perf_counter() - t_rollout
+        t_update = time.perf_counter()
         # ---- PPO update: minibatches of whole drones (keeps time order for the recurrent policy) ----
         for _epoch in range(config.epochs):
             perm = torch.randperm(N, device=device)
@@ -418,6 +441,7 @@ def train(config: TrainConfig, progress_stream=sys.stderr) -> dict:
                 nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
                 optimizer.step()
         updates += 1
+        timing["update_s"] += time.perf_counter() - t_update
         elapsed = time.monotonic() - start
         for k in recent:
             recent[k] = recent[k][-4 * N:]
@@ -429,12 +453,21 @@ def train(config: TrainConfig, progress_stream=sys.stderr) -> dict:
             "crash_rate": float(np.mean(recent["crash"])) if recent["crash"] else 0.0,
             "policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item(),
             "lr": optimizer.param_groups[0]["lr"], "log_std": policy.log_std.detach().cpu().tolist(),
+            **{f"time_{k}": v for k, v in timing.items()},
         }
         progress.update(metrics)
+        if config.snapshot_every_s and elapsed >= next_snapshot_s:
+            save_checkpoint(snapshot_path(config.output, elapsed), policy, config, env, steps, metrics)
+            next_snapshot_s += config.snapshot_every_s
     progress.update(metrics, final=True)
     progress.close()
     policy.eval()
-    save_checkpoint(config.output, policy.cpu(), config, env, steps, metrics)
+    policy.cpu()
+    evaluation = None
+    if config.eval_episodes:
+        evaluation = evaluate(policy, env.profile, config.action_mode, config.eval_episodes, env.task)
+        metrics["eval_success_rate"], metrics["eval_crash_rate"] = evaluation["success_rate"], evaluation["crash_rate"]
+    save_checkpoint(config.output, policy, config, env, steps, metrics, evaluation)
     return metrics
 
 
@@ -458,6 +491,11 @@ def run(args, extra: list[str]) -> int:
     print(f"skyloop train: {config.num_drones} drones, {config.action_mode} mode, profile {config.profile}, "
           f"{config.time_budget_s:g} s budget, device {pick_device(config.device)}", file=sys.stderr)
     metrics = train(config)
-    print(f"wrote {config.output}: {metrics.get('steps', 0) / 1e6:.1f} M steps, success "
-          f"{100 * metrics.get('success_rate', 0):.1f} %, crash {100 * metrics.get('crash_rate', 0):.1f} %")
+    line = (f"wrote {config.output}: {metrics.get('steps', 0) / 1e6:.1f} M steps in {metrics.get('elapsed_s', 0):.0f} s; "
+            f"training episodes (with exploration noise): success {100 * metrics.get('success_rate', 0):.1f} %, "
+            f"crash {100 * metrics.get('crash_rate', 0):.1f} %")
+    if "eval_success_rate" in metrics:
+        line += (f"\nevaluation on {config.eval_episodes} fresh drones: success {100 * metrics['eval_success_rate']:.1f} %, "
+                 f"crash {100 * metrics['eval_crash_rate']:.1f} %  (skyloop eval {config.output} for details)")
+    print(line)
     return 0

@@ -15,9 +15,10 @@ import sys
 #: verb -> (module, one-line help)
 VERBS = {
     "sim": ("sim.demo", "run drones in the simulator and draw their flights (--demo)"),
-    "bench": ("sim.bench", "benchmarks that print figures (bench sim)"),
+    "bench": ("sim.bench", "benchmarks that print figures (bench sim / train / policy)"),
     "train": ("sim.train", "train a policy with PPO on the randomized sim (one file: sim/train.py)"),
     "eval": ("sim.evaluate", "evaluate a policy on fresh randomized drones"),
+    "export": ("policy_export.cli", "export a trained policy to ONNX (or C) with its contract; --inspect a model"),
     "stand": ("thrust_stand.cli", "drive a motor on a thrust stand and record it (stand run / stand import)"),
     "calibrate": ("calibration.cli", "fit motor constants from stand logs into a drone profile"),
 }

@@ -1,0 +1,211 @@
+"""Evaluate a policy on fresh randomized drones: `skyloop eval POLICY --episodes N`.
+
+Every drone flies exactly one episode (N drones in parallel, in chunks), so short crashed
+episodes are not over-counted the way "the first N episodes to finish" would be. Actions are the
+policy's deterministic output (what is exported and flown). The drones are drawn from the
+checkpoint's own profile and randomization unless `--profile` names another, with a seed
+different from training's, so these are drones the policy has never seen.
+
+    skyloop eval flight/policies/default.pt --episodes 2000
+    skyloop eval policy.pt --json
+    skyloop eval policy.pt --plot eval.png --profile crazyflie21
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import numpy as np
+
+from sim.env import EPISODE_FIELDS, DroneEnv, task_config
+from sim.profiles import Profile, load_profile, parse_profile
+
+log = logging.getLogger(__name__)
+
+#: drone-size buckets by arm length (centre to motor), upper bounds in metres
+SIZE_BUCKETS = (("micro (arm < 6 cm)", 0.06), ("small (6-12 cm)", 0.12), ("medium (12-20 cm)", 0.20),
+                ("large (arm >= 20 cm)", float("inf")))
+EVAL_SEED = 1_000_003          # not the training seed (0 by default): fresh drones
+MAX_PARALLEL = 4096
+PLOT_DRONES = 24
+
+
+def size_bucket(arm_m: float) -> str:
+    return next(name for name, upper in SIZE_BUCKETS if arm_m < upper)
+
+
+def summarize(episodes: dict) -> dict:
+    """Success, crash, time to target and final error of a set of episodes (arrays of EPISODE_FIELDS)."""
+    n = len(episodes["success"])
+    if n == 0:
+        return {"episodes": 0}
+    success = episodes["success"].astype(bool)
+    return {
+        "episodes": n,
+        "success_rate": float(success.mean()),
+        "crash_rate": float(episodes["crash"].astype(bool).mean()),
+        "mean_time_to_target_s": float(episodes["time_to_target_s"][success].mean()) if success.any() else None,
+        "mean_final_error_m": float(episodes["final_error_m"].mean()),
+        "median_final_error_m": float(np.median(episodes["final_error_m"])),
+        "mean_return": float(episodes["return"].mean()),
+    }
+
+
+def _act_fn(policy):
+    """A function obs (N, OBS) float32 -> actions (N, 4), plus a reset hook for recurrent state."""
+    if callable(policy) and not hasattr(policy, "initial_state"):
+        return policy, lambda n: None, lambda idx: None
+    import torch
+    state = {"h": None}
+
+    def reset(n):
+        state["h"] = policy.initial_state(n)
+
+    def clear(idx):
+        if state["h"] is not None:
+            state["h"][torch.as_tensor(idx)] = 0.0
+
+    def act(obs):
+        with torch.no_grad():
+            a, state["h"] = policy(torch.as_tensor(obs), state["h"])
+        return a.numpy()
+    return act, reset, clear
+
+
+def evaluate(policy, profile: str | Profile | dict, action_mode: str, episodes: int = 1000, task: dict | None = None,
+             seed: int = EVAL_SEED, randomize: bool = True, record: int = 0) -> dict:
+    """Runs `episodes` drones for one episode each. `policy` is a trained `sim.train.Policy` or
+    any function obs -> actions. Returns the summary (overall, per task, per size bucket) and, if
+    `record` > 0, the trajectories of the first `record` drones under "trajectories"."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be at least 1, got {episodes}")
+    if isinstance(profile, dict):
+        profile = parse_profile(profile, "<checkpoint profile>")
+    act, reset_state, clear_state = _act_fn(policy)
+    collected = {k: [] for k in EPISODE_FIELDS}
+    trajectories = []
+    done_total = 0
+    for chunk_start in range(0, episodes, MAX_PARALLEL):
+        n = min(MAX_PARALLEL, episodes - chunk_start)
+        env = DroneEnv(n, profile, action_mode=action_mode, task=task_config(**(task or {})), randomize=randomize,
+                       seed=seed + chunk_start)
+        obs, _ = env.reset(seed=seed + chunk_start)
+        reset_state(n)
+        finished = np.zeros(n, bool)
+        rows = {k: np.zeros(n) for k in EPISODE_FIELDS}
+        keep = min(record - len(trajectories), n) if record else 0
+        pos, tgt = [], []
+        max_steps = int(env.task["episode_s"] * env.control_hz) + 2
+        for _ in range(max_steps):
+            if keep:
+                pos.append(env.core.drone["pos_enu_m"][:, :keep].T.copy())
+                tgt.append(env.core.drone["target_enu_m"][:, :keep].T.copy())
+            obs, _r, _term, _trunc, info = env.step(np.asarray(act(obs), dtype=np.float32))
+            if "episode" in info:
+                idx = info["done_index"]
+                first = ~finished[idx]
+                for k in EPISODE_FIELDS:
+                    rows[k][idx[first]] = info["episode"][k][first]
+                finished[idx] = True
+                clear_state(idx)
+            if finished.all():
+                break
+        if not finished.all():
+            raise RuntimeError(f"{(~finished).sum()} drones did not finish an episode in {max_steps} steps")
+        for k in EPISODE_FIELDS:
+            collected[k].append(rows[k])
+        if keep:
+            p, t = np.stack(pos, 1), np.stack(tgt, 1)                # (keep, steps, 3)
+            for i in range(keep):
+                length = int(round(rows["length_s"][i] * env.control_hz))
+                trajectories.append({"pos_enu_m": p[i, :length + 1], "target_enu_m": t[i, 0],
+                                     "arm_m": float(rows["arm_m"][i]), "success": bool(rows["success"][i]),
+                                     "crash": bool(rows["crash"][i]),
+                                     "dt_s": 1.0 / env.control_hz})
+        done_total += n
+        log.debug("evaluated %d / %d drones", done_total, episodes)
+    eps = {k: np.concatenate(v) for k, v in collected.items()}
+    result = summarize(eps)
+    result["per_task"] = {"hover": summarize(eps)}     # the go-to task; more tasks land with the task issue
+    buckets = np.array([size_bucket(a) for a in eps["arm_m"]])
+    result["per_size"] = {name: summarize({k: v[buckets == name] for k, v in eps.items()})
+                          for name, _ in SIZE_BUCKETS if (buckets == name).any()}
+    if record:
+        result["trajectories"] = trajectories
+    return result
+
+
+def plot_trajectories(trajectories: list[dict], path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import cm, colors
+
+    norm = colors.LogNorm(0.03, 0.35)
+    fig, (ax_side, ax_dist) = plt.subplots(1, 2, figsize=(12, 5))
+    for tr in trajectories:
+        rel = tr["pos_enu_m"] - tr["target_enu_m"]
+        colour = cm.viridis(norm(tr["arm_m"]))
+        style = ":" if tr["crash"] else "-"
+        ax_side.plot(np.hypot(rel[:, 0], rel[:, 1]), rel[:, 2], style, color=colour, lw=1)
+        ax_side.plot(*([np.hypot(*rel[0, :2])], [rel[0, 2]]), "o", color=colour, ms=3)
+        t = np.arange(len(rel)) * tr["dt_s"]
+        ax_dist.plot(t, np.linalg.norm(rel, axis=1), style, color=colour, lw=1)
+    ax_side.plot([0], [0], "r*", ms=14, label="target")
+    ax_side.set(xlabel="horizontal distance to target [m]", ylabel="height relative to target [m]",
+                title="paths (start: dot; dotted: crashed)")
+    ax_side.legend()
+    ax_dist.set(xlabel="time [s]", ylabel="distance to target [m]", yscale="log", title="distance to target")
+    ax_dist.axhline(0.1, color="r", lw=0.8, ls="--")
+    fig.colorbar(cm.ScalarMappable(norm, "viridis"), ax=ax_dist, label="arm length [m]")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def format_table(result: dict) -> str:
+    def pct(x):
+        return f"{100 * x:5.1f} %"
+
+    def ttt(x):
+        return f"{x:5.2f} s" if x is not None else "    -  "
+    lines = [f"{'':22} {'episodes':>8} {'success':>8} {'crash':>8} {'to target':>9} {'final err':>9}"]
+    rows = [("all", result)] + [(f"task {k}", v) for k, v in result["per_task"].items()] + \
+        [(k, v) for k, v in result["per_size"].items()]
+    for name, r in rows:
+        lines.append(f"{name:22} {r['episodes']:8d} {pct(r['success_rate']):>8} {pct(r['crash_rate']):>8} "
+                     f"{ttt(r['mean_time_to_target_s']):>9} {r['median_final_error_m']:7.3f} m")
+    return "\n".join(lines)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("policy", help="trained policy checkpoint (.pt from `skyloop train`)")
+    parser.add_argument("--episodes", type=int, default=1000, help="drones to fly, one episode each")
+    parser.add_argument("--profile", default=None,
+                        help="drone profile (name or JSON) to draw drones from (default: the one trained on)")
+    parser.add_argument("--nominal", action="store_true", help="fly the profile's nominal drone, no randomization")
+    parser.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of the drawn drones")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--plot", metavar="PNG", default=None, help="write a picture of some trajectories")
+
+
+def run(args) -> int:
+    from sim.train import load_checkpoint
+    policy, ckpt = load_checkpoint(args.policy)
+    profile = load_profile(args.profile) if args.profile else ckpt["profile"]
+    result = evaluate(policy, profile, ckpt["action_mode"], args.episodes, ckpt["task"], args.seed,
+                      randomize=not args.nominal, record=PLOT_DRONES if args.plot else 0)
+    trajectories = result.pop("trajectories", None)
+    if args.plot:
+        name = args.profile or ckpt["profile"].get("name", "?")
+        plot_trajectories(trajectories, args.plot, f"{args.policy} on {name}: success "
+                          f"{100 * result['success_rate']:.1f} %, crash {100 * result['crash_rate']:.1f} %")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_table(result))
+        if args.plot:
+            print(f"wrote {args.plot}", file=sys.stderr)
+    return 0

@@ -1,0 +1,146 @@
+"""The PPO trainer and the evaluator: learning happens, checkpoints round-trip, configs are checked,
+and the success metric can fail."""
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from sim import OBS_SIZE
+from sim.core import ACTION_SIZE
+from sim.env import DroneEnv
+from sim.evaluate import evaluate
+from sim.train import (CheckpointError, ConfigError, Policy, TrainConfig, load_checkpoint, parse_overrides,
+                       save_checkpoint, train)
+from skyloop.cli import main as skyloop
+
+# An easy hover: start near level and slow, so a few seconds of training show.
+EASY_TASK = {"init_tilt_max_rad": 0.1, "init_rate_max_rad_s": 0.3, "init_speed_max_m_s": 0.2,
+             "ground_start_prob": 0.0}
+
+
+def random_policy(rng):
+    return lambda obs: rng.uniform(-1, 1, (len(obs), ACTION_SIZE)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("train") / "tiny.pt")
+    # a fixed number of steps (a few seconds on a laptop), so the test does not depend on the machine's speed
+    config = TrainConfig(profile="crazyflie21", num_drones=256, total_steps=300_000, time_budget_s=300.0, output=out,
+                         seed=1, eval_episodes=200, task=dict(EASY_TASK))
+    metrics = train(config, progress_stream=io.StringIO())
+    return out, config, metrics
+
+
+def test_tiny_training_beats_random_and_untrained_policies(tiny_run):
+    path, config, metrics = tiny_run
+    assert metrics["steps"] >= 300_000
+    policy, ckpt = load_checkpoint(path)
+    kw = dict(profile=ckpt["profile"], action_mode=ckpt["action_mode"], episodes=256, task=ckpt["task"])
+    trained = evaluate(policy, **kw)
+    torch.manual_seed(1)
+    untrained = evaluate(Policy(hidden=config.hidden, layers=config.layers, action_mode=config.action_mode), **kw)
+    random = evaluate(random_policy(np.random.default_rng(0)), **kw)
+    # random actions tumble the drone; the trained policy must hold it much better than either
+    assert random["crash_rate"] > 0.9
+    assert trained["mean_return"] > random["mean_return"] + 10.0
+    assert trained["mean_return"] > untrained["mean_return"] + 3.0
+    assert trained["crash_rate"] < 0.5 * random["crash_rate"]
+
+
+def test_checkpoint_round_trip_gives_identical_actions(tiny_run, tmp_path):
+    path, _config, _ = tiny_run
+    policy, ckpt = load_checkpoint(path)
+    assert ckpt["format"] == "skyloop.policy/1" and ckpt["obs_size"] == OBS_SIZE
+    assert ckpt["profile"]["name"] == "crazyflie21" and "randomization" in ckpt["profile"]
+    assert ckpt["task"]["init_tilt_max_rad"] == EASY_TASK["init_tilt_max_rad"]
+    assert ckpt["sim_git_revision"]
+    env = DroneEnv(64, "crazyflie21", action_mode=ckpt["action_mode"])
+    obs = torch.as_tensor(env.reset(seed=3)[0].copy())
+    # normalization statistics were learned and saved, not left at their defaults
+    assert not torch.allclose(policy.obs_mean, torch.zeros(OBS_SIZE))
+    again = str(tmp_path / "again.pt")
+    save_checkpoint(again, policy, TrainConfig(**{**ckpt["config"]}), env, ckpt["training_steps"], {})
+    policy2, _ = load_checkpoint(again)
+    with torch.no_grad():
+        a1, _ = policy(obs)
+        a2, _ = policy2(obs)
+    assert torch.equal(a1, a2)
+    assert a1.abs().max() <= 1.0
+
+
+def test_recurrent_checkpoint_round_trip(tmp_path):
+    env = DroneEnv(8, "crazyflie21", action_mode="ctbr")
+    obs = torch.as_tensor(env.reset(seed=0)[0].copy())
+    torch.manual_seed(0)
+    policy = Policy(hidden=16, layers=1, recurrent=True)
+    config = TrainConfig(hidden=16, layers=1, recurrent=True)
+    save_checkpoint(str(tmp_path / "gru.pt"), policy, config, env, 0, {})
+    policy2, _ = load_checkpoint(str(tmp_path / "gru.pt"))
+    h1, h2 = policy.initial_state(8), policy2.initial_state(8)
+    for _ in range(5):
+        with torch.no_grad():
+            a1, h1 = policy(obs, h1)
+            a2, h2 = policy2(obs, h2)
+        assert torch.equal(a1, a2)
+    assert h1.abs().sum() > 0     # the state is carried, not reset
+
+
+def test_zero_thrust_policy_scores_zero():
+    zero_thrust = lambda obs: np.full((len(obs), ACTION_SIZE), -1.0, np.float32)  # noqa: E731
+    result = evaluate(zero_thrust, "size_family", "ctbr", episodes=300)
+    assert result["episodes"] == 300
+    assert result["success_rate"] == 0.0
+    assert sum(b["episodes"] for b in result["per_size"].values()) == 300
+    assert set(result["per_size"]) >= {"micro (arm < 6 cm)", "large (arm >= 20 cm)"}
+
+
+def test_override_parsing():
+    c = parse_overrides(["--train.lr", "3e-4", "--train.num_drones", "1024", "--train.recurrent", "true",
+                         "--train.action_mode", "motor", "--task.hold_s", "1.0"])
+    assert c.lr == 3e-4 and c.num_drones == 1024 and c.recurrent is True and c.action_mode == "motor"
+    assert c.task == {"hold_s": 1.0}
+    assert TrainConfig().lr != 3e-4          # the default itself is untouched
+    with pytest.raises(ConfigError, match="unknown config field 'lrate'"):
+        parse_overrides(["--train.lrate", "1"])
+    with pytest.raises(ConfigError, match="not a valid"):
+        parse_overrides(["--train.num_drones", "many"])
+    with pytest.raises(ConfigError, match="needs a value"):
+        parse_overrides(["--train.lr"])
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("num_drones", 0, "num_drones must be at least 1"),
+    ("lr", -1.0, "lr must be a positive number"),
+    ("action_mode", "thrust", "action_mode must be ctbr or motor"),
+    ("gamma", 1.5, "gamma must be in"),
+    ("minibatches", 3, "divisible by minibatches"),
+])
+def test_bad_config_values_are_refused_with_the_field_named(field, value, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        train(TrainConfig(**{field: value, "output": str(tmp_path / "x.pt")}), progress_stream=io.StringIO())
+    assert not os.path.exists(tmp_path / "x.pt")
+
+
+def test_cli_train_rejects_bad_values_and_eval_reports_json(tiny_run, capsys, tmp_path):
+    assert skyloop(["train", "--train.num_drones", "-5", "-o", str(tmp_path / "x.pt")]) == 1
+    assert "num_drones must be at least 1" in capsys.readouterr().err
+    assert skyloop(["eval", str(tmp_path / "missing.pt")]) == 1
+    assert "no such policy file" in capsys.readouterr().err
+    path, _, _ = tiny_run
+    png = tmp_path / "eval.png"
+    assert skyloop(["eval", path, "--episodes", "64", "--json", "--plot", str(png)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["episodes"] == 64
+    assert {"success_rate", "crash_rate", "per_task", "per_size"} <= set(result)
+    assert png.stat().st_size > 10_000
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable policy checkpoint"):
+        load_checkpoint(str(bad))
