@@ -4,7 +4,7 @@
 
 Modules, in the order the data flows:
     data       read our stand log / a Tyto export / the Bitcraze CSV; screen rows (faults, tare, steps)
-    tyto       a minimal Tyto/RCbenchmark reader until thrust_stand's importer exists
+    tyto       Tyto/RCbenchmark exports, through thrust_stand's importer
     fit        kf, km (T = k w^2) and the throttle -> w curve, robust, with 95 % CIs
     steps      motor time constants up/down and pure delay from step responses
     calibrate  all of it into a profile (`calibrate(paths, base_profile)`), with per-field sources

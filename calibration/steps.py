@@ -49,6 +49,9 @@ def fit_one_step(t: np.ndarray, y: np.ndarray, k_step: int, pre_start: int, end:
     t_step = t[k_step]
     dt = float(np.median(np.diff(t[pre_start:end])))
     before, after = y[pre_start:k_step], y[k_step:end]
+    if np.isfinite(before).sum() < 2 or np.isfinite(after).sum() < 4:  # e.g. a log that starts mid-step
+        return {"t_step_s": float(t_step), "direction": "?", "y0": float("nan"), "y1": float("nan"),
+                "rows": end - k_step, "reject": "no_level_before_or_after"}
     y0, y1 = float(np.nanmedian(before[-max(3, len(before) // 2):])), float(np.nanmedian(after[-max(3, len(after) // 4):]))
     out = {"t_step_s": float(t_step), "direction": "up" if y1 > y0 else "down", "y0": y0, "y1": y1,
            "rows": end - k_step, "reject": ""}   # the rows before the step count with the step before

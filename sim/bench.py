@@ -12,7 +12,6 @@ time to 95 % success, final success, training steps/s and where the training tim
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -93,7 +92,7 @@ def bench_train(seconds: float = 60.0, snapshot_every_s: float = 5.0, episodes: 
 
 
 def add_arguments(parser) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    from skyloop.cli import HelpFormatter as fmt
     sub = parser.add_subparsers(dest="what", required=True, metavar="{sim,train,policy}")
     p = sub.add_parser("sim", help="simulator throughput on one core", formatter_class=fmt)
     p.add_argument("--drones", type=int, nargs="+", default=[1, 64, 1024, 8192], help="batch sizes")

@@ -24,6 +24,15 @@ VERBS = {
 }
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (None, False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _usage() -> str:
     width = max(len(v) for v in VERBS)
     rows = "\n".join(f"  {verb:<{width}}  {text}" for verb, (_m, text) in VERBS.items())
@@ -43,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     module_name, text = VERBS[verb]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"skyloop {verb}", description=text,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     module.add_arguments(parser)
     takes_extra = len(inspect.signature(module.run).parameters) == 2  # e.g. train's --train.FIELD VALUE
     if takes_extra:

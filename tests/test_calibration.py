@@ -234,3 +234,11 @@ def test_crazyflie_hover_closure_from_the_flight_log():
     assert all(15000 < r < 25000 for r in hover["rpm"])
     closure = hover_closure(2.1e-8, hover["rpm"], mass_kg=0.0347)
     assert 0.9 < closure["closure"] < 1.15
+
+
+def test_a_step_with_no_level_before_it_is_rejected_not_a_crash():
+    from calibration.steps import fit_one_step
+    t = np.arange(200) * 0.002
+    y = np.where(t >= 0.0, 1000.0 - 500.0 * np.exp(-t / 0.02), 500.0)   # the log starts mid-step
+    out = fit_one_step(t, y, k_step=0, pre_start=0, end=200, noise=1.0)
+    assert out["reject"] == "no_level_before_or_after"
