@@ -144,3 +144,18 @@ def test_corrupt_checkpoint_is_refused(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable policy checkpoint"):
         load_checkpoint(str(bad))
+
+
+def test_the_shipped_default_policy_flies_fresh_drones_and_its_onnx_matches():
+    from policy_export import load_policy
+    here = os.path.join(os.path.dirname(__file__), "..", "flight", "policies")
+    policy, ckpt = load_checkpoint(os.path.join(here, "default.pt"))
+    assert ckpt["profile"]["name"] == "size_family" and ckpt["eval"]["success_rate"] >= 0.95
+    result = evaluate(policy, ckpt["profile"], ckpt["action_mode"], episodes=500, task=ckpt["task"], seed=99)
+    assert result["success_rate"] > 0.9 and result["crash_rate"] < 0.05
+    onnx = load_policy(os.path.join(here, "default.onnx"), action_modes=("ctbr",))
+    obs = DroneEnv(32, "size_family", action_mode="ctbr").reset(seed=5)[0].copy()
+    with torch.no_grad():
+        expected, _ = policy(torch.as_tensor(obs))
+    actions, _ = onnx.run(obs)
+    assert np.abs(actions - expected.numpy()).max() < 1e-5
