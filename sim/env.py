@@ -115,7 +115,8 @@ class DroneEnv(VectorEnv):
 
     def set_state(self, i: int, **state) -> None:
         """Sets drone i's state (any of the names of `state()`, plus target_enu_m); the motor
-        delay line is refilled as if the given rotor speeds had been commanded all along."""
+        delay line is refilled as if the given rotor speeds had been commanded all along. A new
+        target alone changes nothing else; observations show it from the next step."""
         d = self.core.drone
         allowed = ("pos_enu_m", "vel_enu_m_s", "quat_wxyz", "omega_flu_rad_s", "rotor_rad_s", "target_enu_m")
         for name, value in state.items():
@@ -125,7 +126,8 @@ class DroneEnv(VectorEnv):
             if value.shape != (d[name].shape[0],) or not np.all(np.isfinite(value)):
                 raise SimError(f"set_state: {name} needs {d[name].shape[0]} finite numbers, got {value}")
             d[name][:, i] = value
-        self.core.sync(i)
+        if set(state) - {"target_enu_m"}:   # a new target alone leaves the motors and their history alone
+            self.core.sync(i)
 
     def step_physics(self, actions) -> np.ndarray:
         """Advances all drones one control step with these actions, without the task (no reward,
