@@ -200,6 +200,16 @@ def test_spinning_needs_confirmation(stand, tmp_path, capsys, monkeypatch):
 
 def test_ctrl_c_stops_the_motor_and_records_the_interruption(stand, tmp_path):
     import _thread
+    import signal
+    # a background job (CI, nohup) may start with SIGINT ignored, where interrupt_main does nothing
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_run(stand, tmp_path, _thread)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_run(stand, tmp_path, _thread):
     pressed = []
     timer = after(0.8, lambda: (pressed.append(time.monotonic()), _thread.interrupt_main()))
     with pytest.raises(KeyboardInterrupt):
