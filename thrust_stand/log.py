@@ -12,13 +12,14 @@ sample received and a sidecar that says the run never finished.
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import json
 import math
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from skyloop.rowlog import RowLogWriter, sidecar_path
 
 FORMAT = "skyloop.stand_log/1"
 COLUMNS = ("t_s", "throttle", "esc_us", "rpm", "thrust_n", "torque_nm", "voltage_v", "current_a")
@@ -28,11 +29,7 @@ class StandLogError(ValueError):
     """A stand log that cannot be read: says which file, which line and what is wrong."""
 
 
-def sidecar_path(csv_path: str) -> str:
-    return os.path.splitext(csv_path)[0] + ".json"
-
-
-class StandLogWriter:
+class StandLogWriter(RowLogWriter):
     """Writes a stand log row by row (each row flushed to disk) and its sidecar.
 
     with StandLogWriter("run.csv", meta={"motor": "2306 1900KV", ...}) as log:
@@ -43,56 +40,7 @@ class StandLogWriter:
     """
 
     def __init__(self, path: str, meta: dict | None = None):
-        self.path = path
-        self.meta = {"format": FORMAT, "columns": list(COLUMNS),
-                     "start_time": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-                     "ended": "running (the process stopped before the run ended)", **(meta or {})}
-        self.rows = 0
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._file = open(path, "w", newline="", encoding="utf-8")
-        self._csv = csv.writer(self._file)
-        self._csv.writerow(COLUMNS)
-        self._file.flush()
-        self._write_sidecar()
-
-    def _write_sidecar(self) -> None:
-        tmp = sidecar_path(self.path) + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({**self.meta, "samples": self.rows}, f, indent=2)
-        os.replace(tmp, sidecar_path(self.path))
-
-    def write(self, **sample) -> None:
-        unknown = set(sample) - set(COLUMNS)
-        if unknown:
-            raise StandLogError(f"{self.path}: unknown stand log columns {sorted(unknown)}; valid: {COLUMNS}")
-        row = []
-        for col in COLUMNS:
-            v = sample.get(col)
-            row.append("" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.9g}")
-        self._csv.writerow(row)
-        self._file.flush()
-        self.rows += 1
-
-    def finish(self, ended: str, **extra) -> None:
-        self.meta["ended"] = ended
-        self.meta.update(extra)
-        if not self._file.closed:
-            self._file.flush()
-            self._file.close()
-        self._write_sidecar()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if not self._file.closed:
-            if exc_type is None:
-                self.finish("completed")
-            elif issubclass(exc_type, KeyboardInterrupt):
-                self.finish("aborted: interrupted (Ctrl-C)")
-            else:
-                self.finish(f"aborted: {exc_type.__name__}: {exc}")
-        return False
+        super().__init__(path, COLUMNS, FORMAT, meta, error=StandLogError, count_name="samples")
 
 
 @dataclass
