@@ -19,6 +19,8 @@ VERBS = {
     "train": ("sim.train", "train a policy with PPO on the randomized sim (one file: sim/train.py)"),
     "eval": ("sim.evaluate", "evaluate a policy on fresh randomized drones"),
     "export": ("policy_export.cli", "export a trained policy to ONNX (or C) with its contract; --inspect a model"),
+    "sitl": ("flight.sitl", "a simulated MAVLink quadrotor on our sim (ArduPilot- or PX4-like)"),
+    "fly": ("flight.cli", "fly a course with an exported policy (the simulated vehicle unless --connect)"),
     "stand": ("thrust_stand.cli", "drive a motor on a thrust stand and record it (stand run / stand import)"),
     "calibrate": ("calibration.cli", "fit motor constants from stand logs into a drone profile"),
 }

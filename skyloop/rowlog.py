@@ -80,3 +80,37 @@ class RowLogWriter:
             else:
                 self.finish(f"aborted: {exc_type.__name__}: {exc}")
         return False
+
+
+def read_row_log(path: str, error=ValueError) -> tuple[dict, dict]:
+    """A row log back: (column -> float array, or list of strings for text columns; the sidecar).
+    Empty cells read as NaN. A cut-off last line (the writer was killed mid-row) is dropped."""
+    import numpy as np
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except OSError as exc:
+        raise error(f"{path}: cannot read it ({exc.strerror})") from None
+    if not rows:
+        raise error(f"{path}: empty file (expected a header row)")
+    header, body = rows[0], [r for r in rows[1:] if r]
+    if body and len(body[-1]) != len(header):
+        body = body[:-1]
+    for lineno, r in enumerate(body, start=2):
+        if len(r) != len(header):
+            raise error(f"{path}: line {lineno}: {len(r)} cells, the header has {len(header)}")
+    data = {}
+    for k, name in enumerate(header):
+        cells = [r[k] for r in body]
+        try:
+            data[name] = np.array([float(c) if c else math.nan for c in cells])
+        except ValueError:
+            data[name] = cells
+    meta = {}
+    if os.path.exists(sidecar_path(path)):
+        try:
+            with open(sidecar_path(path), encoding="utf-8") as f:
+                meta = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise error(f"{sidecar_path(path)}: not valid JSON ({exc})") from None
+    return data, meta

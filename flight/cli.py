@@ -1,0 +1,125 @@
+"""`fly --course hall.json`: fly a course with an exported policy, on a real vehicle or on the
+built-in simulated one (the default, when no --connect is given).
+
+    fly --course hall.json                                   # the simulated vehicle, the shipped policy
+    fly --course hall.json --connect udpin:0.0.0.0:14550     # a real flight controller (or MAVProxy --out)
+    fly --course hall.json --connect /dev/ttyAMA0,921600 --policy my.onnx --profile my_quad.json
+
+Exit status: 0 when the course was completed, 3 when a failsafe fired, 1 on an error before
+arming (bad course, policy, connection), 2 on bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+import time
+
+log = logging.getLogger(__name__)
+POLICY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "policies")
+
+
+def default_policy(mode: str) -> str:
+    return os.path.join(POLICY_DIR, "default.onnx" if mode == "ctbr" else f"default_{mode}.onnx")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--course", required=True, help="course JSON (a built-in name like hall, or a path)")
+    parser.add_argument("--policy", default=None,
+                        help="exported policy (.onnx); default: the shipped one for --mode (flight/policies/)")
+    parser.add_argument("--connect", default=None,
+                        help="the vehicle: udpin:0.0.0.0:14550, udpout:HOST:PORT, tcp:HOST:PORT, /dev/ttyUSB0,57600; "
+                             "default: start the built-in simulated vehicle and fly it")
+    parser.add_argument("--autopilot", default="auto", choices=["auto", "ardupilot", "px4"],
+                        help="which autopilot to expect (auto: from its heartbeat); also the simulated one's flavour")
+    parser.add_argument("--mode", default=None, choices=["ctbr", "motor"],
+                        help="action mode (default: the policy's); must match the policy")
+    parser.add_argument("--profile", default=None,
+                        help="the drone flown (profile name or JSON; its hover thrust is an observation); "
+                             "default: crazyflie21 for the simulated vehicle, required for a real one")
+    parser.add_argument("--lookahead", type=float, default=1.5, help="how far ahead along the course the target leads [m]")
+    parser.add_argument("--max-time", type=float, default=180.0, help="failsafe if the course is not done by then [s]")
+    parser.add_argument("--log", default="flights", help="folder for the flight log (CSV + JSON) and the picture")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG at the end (headless companion computer)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="connect, load and check everything, then stop before arming")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(args) -> int:
+    from flight.connection import parse_connection
+    from flight.course import load_course
+    from flight.link import MavLink
+    from flight.runner import StatusLine, fly_course
+    from policy_export import load_policy
+    from sim.profiles import load_profile
+
+    course = load_course(args.course)                 # a malformed course fails here, before connecting
+    policy_path = args.policy or default_policy(args.mode or "ctbr")
+    modes = (args.mode,) if args.mode else ("ctbr", "motor")
+    policy = load_policy(policy_path, action_modes=modes)
+    if args.connect is None:
+        profile = load_profile(args.profile or "crazyflie21")
+    elif args.profile is None:
+        raise ValueError("--profile is required with --connect: the policy needs the drone's hover thrust "
+                         "(use the profile you calibrated, e.g. --profile my_quad.json)")
+    else:
+        profile = load_profile(args.profile)
+    connection = parse_connection(args.connect) if args.connect else None
+    rate_max = policy.metadata.get("action_scaling", {}).get("rate_max_rad_s", profile.params["rate_max_rad_s"])
+
+    with contextlib.ExitStack() as stack:
+        if connection is None:
+            from flight.sitl import SitlVehicle
+            port = _free_udp_port()
+            autopilot = "ardupilot" if args.autopilot == "auto" else args.autopilot
+            start = course.start_pos_enu_m
+            stack.enter_context(SitlVehicle(profile=profile, listen=f"udpout:127.0.0.1:{port}", autopilot=autopilot,
+                                            start_pos_enu_m=start, start_yaw_rad=course.start_yaw_rad))
+            connection = parse_connection(f"udpin:127.0.0.1:{port}")
+            print(f"fly: simulated {autopilot} vehicle ({profile.name}) on {connection}", file=sys.stderr)
+        link = stack.enter_context(MavLink(connection, args.autopilot, policy.action_mode, rate_max))
+        if args.dry_run:
+            state = link.wait_for_state()
+            from flight.safety import preflight
+            problems = preflight(course, state, link.battery_v, link.cells)
+            print("dry run: " + ("ready to fly" if not problems else "NOT ready:\n  - " + "\n  - ".join(problems)))
+            return 0 if not problems else 1
+        os.makedirs(args.log, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        log_path = os.path.join(args.log, f"{course.name}-{stamp}.csv")
+        result = fly_course(link, policy, course, profile, log_path, lookahead_m=args.lookahead,
+                            max_time_s=args.max_time, status=StatusLine(),
+                            meta={"policy": policy_path, "policy_sha256": policy.metadata.get("contract_sha256")})
+    summary = result.summary()
+    if not args.no_plot:
+        from calibration.flight_plot import plot_flight
+        summary["picture"] = plot_flight(log_path, os.path.splitext(log_path)[0] + ".png", course)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        outcome = "completed" if result.failsafe is None else f"FAILSAFE: {result.failsafe}"
+        lap = f", lap {result.lap_time_s:.1f} s" if result.lap_time_s else ""
+        print(f"{outcome}: {result.gates_passed}/{result.gates_total} gates{lap}; tick p99 {result.tick_p99_ms:.2f} ms, "
+              f"{result.missed_ticks} missed of {result.ticks}; log {log_path}")
+    return 0 if result.failsafe is None else 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `fly` command (the same as `skyloop fly`)."""
+    from skyloop.cli import main as skyloop
+    return skyloop(["fly"] + list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

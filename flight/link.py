@@ -1,0 +1,338 @@
+"""The MAVLink link to a flight controller (ArduPilot in GUIDED_NOGPS, PX4 in OFFBOARD), over
+UDP, TCP or serial with pymavlink.
+
+    with MavLink(parse_connection("udpin:0.0.0.0:14550"), autopilot="auto") as link:
+        link.wait_for_state()
+        link.start_offboard(send_hold)          # arms and enters the offboard mode
+        link.send_action(action, shadow)        # per control tick
+        link.land_and_disarm()
+
+A receiver thread keeps the newest state, converted once through flight/frames.py into the sim's
+frames (pos/vel ENU, attitude body FLU -> world ENU, body rates FLU), stamped with the monotonic
+time it arrived. We announce ourselves as an onboard controller (1 Hz heartbeat) and measure the
+link's round trip with TIMESYNC. Leaving the `with` block always ends with the vehicle disarmed
+(after LAND if it was flying).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import numpy as np
+
+from flight import frames
+from flight.connection import Connection
+
+log = logging.getLogger(__name__)
+os.environ.setdefault("MAVLINK20", "1")          # pymavlink reads this at import: MAVLink 2 framing
+from pymavlink import mavutil  # noqa: E402
+
+mav = mavutil.mavlink
+ARDUPILOT_MODES = {"GUIDED_NOGPS": 20, "LAND": 9, "STABILIZE": 0}
+PX4_OFFBOARD = 6 << 16                           # custom_mode: main mode in bits 16..23, sub mode 24..31
+PX4_AUTO_LAND = (4 << 16) | (6 << 24)
+TYPE_MASK_RATES_THRUST = 128                     # SET_ATTITUDE_TARGET: ignore the attitude
+STREAMS_HZ = {"LOCAL_POSITION_NED": 100, "ATTITUDE_QUATERNION": 100, "SYS_STATUS": 5, "BATTERY_STATUS": 5,
+              "ESC_TELEMETRY_1_TO_4": 20}
+
+
+class LinkError(ConnectionError):
+    """The vehicle cannot be flown through this link; the message says what to change."""
+
+
+class MavLink:
+    def __init__(self, connection: Connection, autopilot: str = "auto", action_mode: str = "ctbr",
+                 rate_max_rad_s=(10.0, 10.0, 5.0), heartbeat_timeout_s: float = 10.0):
+        self.connection, self.autopilot_wanted, self.action_mode = connection, autopilot, action_mode
+        self.rate_max_rad_s = np.asarray(rate_max_rad_s, float)
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.master = None
+        self.autopilot = None                      # "ardupilot" or "px4" once the heartbeat says
+        self.last_heartbeat_s: float | None = None
+        self.armed = False
+        self.custom_mode = 0
+        self.battery_v: float | None = None
+        self.cells: int | None = None
+        self.hover_throttle: float | None = None
+        self.ground_z_enu_m = 0.0
+        self._rtt_s: list[float] = []
+        self._pos = self._att = None              # (t_s, values) of the newest messages
+        self._rpm = None
+        self._params: dict[str, float] = {}
+        self._acks: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._t0_s = time.monotonic()
+
+    # ---------------------------------------------------------------- connect / close
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if self.master is not None and self.armed:
+                self.land_and_disarm(timeout_s=15.0)
+        finally:
+            self.close()
+        return False
+
+    def open(self) -> None:
+        c = self.connection
+        try:
+            self.master = mavutil.mavlink_connection(c.url, baud=c.baud or 57600, source_system=255,
+                                                     source_component=mav.MAV_COMP_ID_ONBOARD_COMPUTER,
+                                                     autoreconnect=c.kind == "tcp")
+        except Exception as exc:   # pymavlink raises OSError, SerialException, socket errors...
+            raise LinkError(f"cannot open {c}: {exc}") from None
+        self._send_heartbeat()
+        deadline = time.monotonic() + self.heartbeat_timeout_s
+        hb = None
+        while time.monotonic() < deadline and hb is None:
+            self._send_heartbeat()
+            hb = self.master.recv_match(type="HEARTBEAT", blocking=True, timeout=0.5)
+            if hb is not None and hb.type in (mav.MAV_TYPE_GCS, mav.MAV_TYPE_ONBOARD_CONTROLLER):
+                hb = None                          # another ground station, not the vehicle
+        if hb is None:
+            self.close()
+            raise LinkError(f"no heartbeat from a vehicle on {c} in {self.heartbeat_timeout_s:g} s: is it powered, "
+                            "is the connection string right (udpin: listens, udpout: sends), is the baud rate right?")
+        self.autopilot = "px4" if hb.autopilot == mav.MAV_AUTOPILOT_PX4 else "ardupilot"
+        if self.autopilot_wanted not in ("auto", self.autopilot):
+            self.close()
+            raise LinkError(f"--autopilot {self.autopilot_wanted} asked for, but the vehicle's heartbeat says "
+                            f"{self.autopilot}: use --autopilot auto or {self.autopilot}")
+        self._on_heartbeat(hb)
+        self.target = (self.master.target_system, self.master.target_component or 1)
+        for name, hz in STREAMS_HZ.items():
+            msg_id = getattr(mav, f"MAVLINK_MSG_ID_{name}")
+            self._command(mav.MAV_CMD_SET_MESSAGE_INTERVAL, msg_id, 1e6 / hz, wait=False)
+        for fn in (self._receive_loop, self._heartbeat_loop):
+            t = threading.Thread(target=fn, daemon=True, name=fn.__name__)
+            t.start()
+            self._threads.append(t)
+        if self.autopilot == "ardupilot":
+            self._check_ardupilot()
+        log.info("connected to %s on %s (system %d)", self.autopilot, self.connection, self.target[0])
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=1.0)
+        if self.master is not None:
+            self.master.close()
+            self.master = None
+
+    def describe(self) -> dict:
+        return {"connection": str(self.connection), "autopilot": self.autopilot, "action_mode": self.action_mode}
+
+    # ---------------------------------------------------------------- threads
+    def _send_heartbeat(self) -> None:
+        self.master.mav.heartbeat_send(mav.MAV_TYPE_ONBOARD_CONTROLLER, mav.MAV_AUTOPILOT_INVALID, 0, 0,
+                                       mav.MAV_STATE_ACTIVE)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                self._send_heartbeat()
+                self.master.mav.timesync_send(0, time.monotonic_ns())
+            except (OSError, AttributeError):
+                pass
+
+    def _receive_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                msg = self.master.recv_match(blocking=True, timeout=0.05)
+            except (OSError, AttributeError, ValueError) as exc:
+                log.debug("receive: %s", exc)
+                time.sleep(0.01)
+                continue
+            if msg is None:
+                continue
+            self._handle(msg, time.monotonic())
+
+    def _handle(self, msg, now: float) -> None:
+        kind = msg.get_type()
+        if msg.get_srcSystem() != getattr(self, "target", (msg.get_srcSystem(),))[0]:
+            return
+        if kind == "HEARTBEAT":
+            if msg.type not in (mav.MAV_TYPE_GCS, mav.MAV_TYPE_ONBOARD_CONTROLLER):
+                self._on_heartbeat(msg, now)
+        elif kind == "LOCAL_POSITION_NED":
+            pos = frames.ned_to_enu([msg.x, msg.y, msg.z])
+            vel = frames.ned_to_enu([msg.vx, msg.vy, msg.vz])
+            with self._lock:
+                self._pos = (now, pos, vel)
+        elif kind == "ATTITUDE_QUATERNION":
+            q = frames.quat_ned_frd_to_enu_flu([msg.q1, msg.q2, msg.q3, msg.q4])
+            w = frames.frd_to_flu([msg.rollspeed, msg.pitchspeed, msg.yawspeed])
+            with self._lock:
+                self._att = (now, q, w)
+        elif kind == "SYS_STATUS" and msg.voltage_battery not in (0, 65535):
+            self.battery_v = msg.voltage_battery / 1000.0
+        elif kind == "BATTERY_STATUS":
+            cells = [v for v in msg.voltages if v not in (0, 65535, -1)]
+            if cells:
+                self.cells = len(cells) if len(cells) > 1 else self.cells
+        elif kind == "ESC_TELEMETRY_1_TO_4":
+            self._rpm = np.array(msg.rpm[:4], float)
+        elif kind == "TIMESYNC" and msg.tc1 != 0:
+            rtt = (time.monotonic_ns() - msg.ts1) / 1e9
+            if 0 <= rtt < 5:
+                self._rtt_s = (self._rtt_s + [rtt])[-50:]
+        elif kind == "COMMAND_ACK":
+            self._acks[msg.command] = msg.result
+        elif kind == "PARAM_VALUE":
+            self._params[msg.param_id.rstrip("\x00") if isinstance(msg.param_id, str) else
+                         msg.param_id.decode().rstrip("\x00")] = float(msg.param_value)
+
+    def _on_heartbeat(self, msg, now: float | None = None) -> None:
+        self.last_heartbeat_s = now if now is not None else time.monotonic()
+        self.armed = bool(msg.base_mode & mav.MAV_MODE_FLAG_SAFETY_ARMED)
+        self.custom_mode = msg.custom_mode
+
+    # ---------------------------------------------------------------- state
+    def latest_state(self) -> dict | None:
+        with self._lock:
+            pos, att = self._pos, self._att
+        if pos is None or att is None:
+            return None
+        return {"t_s": min(pos[0], att[0]), "pos_enu_m": pos[1], "vel_enu_m_s": pos[2], "quat_wxyz": att[1],
+                "omega_flu_rad_s": att[2], "rpm": self._rpm}
+
+    def wait_for_state(self, timeout_s: float = 10.0) -> dict | None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = self.latest_state()
+            if state is not None and np.all(np.isfinite(state["pos_enu_m"])):
+                if not self.armed:
+                    self.ground_z_enu_m = float(state["pos_enu_m"][2])    # where it stands before take-off
+                return state
+            time.sleep(0.02)
+        return None
+
+    def latency_ms(self) -> float | None:
+        return float(np.median(self._rtt_s) * 1e3) if self._rtt_s else None
+
+    def latency_text(self) -> str:
+        ms = self.latency_ms()
+        return f"{ms:4.1f} ms" if ms is not None else "  ? ms"
+
+    def mode_name(self) -> str:
+        if self.autopilot == "px4":
+            return {PX4_OFFBOARD: "OFFBOARD", PX4_AUTO_LAND: "AUTO.LAND"}.get(self.custom_mode, f"px4:{self.custom_mode}")
+        names = {v: k for k, v in ARDUPILOT_MODES.items()}
+        return names.get(self.custom_mode, f"mode {self.custom_mode}")
+
+    # ---------------------------------------------------------------- commands
+    def _command(self, command: int, *params, wait: bool = True, timeout_s: float = 2.0) -> int | None:
+        p = list(params) + [0.0] * (7 - len(params))
+        self._acks.pop(command, None)
+        self.master.mav.command_long_send(self.target[0], self.target[1], command, 0, *p)
+        if not wait:
+            return None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if command in self._acks:
+                return self._acks.pop(command)
+            time.sleep(0.005)
+        return None
+
+    def _param(self, name: str, timeout_s: float = 2.0) -> float | None:
+        for _ in range(3):
+            self.master.mav.param_request_read_send(self.target[0], self.target[1], name.encode(), -1)
+            deadline = time.monotonic() + timeout_s / 3
+            while time.monotonic() < deadline:
+                if name in self._params:
+                    return self._params[name]
+                time.sleep(0.01)
+        return None
+
+    def _check_ardupilot(self) -> None:
+        options = self._param("GUID_OPTIONS")
+        if options is None or not int(options) & 8:
+            raise LinkError("ArduPilot's GUID_OPTIONS does not have bit 3 set (value "
+                            f"{'unknown' if options is None else int(options)}), so SET_ATTITUDE_TARGET thrust would "
+                            "be read as a climb rate: set it on the vehicle (e.g. MAVProxy: `param set GUID_OPTIONS 8`, "
+                            "or add 8 to the current value) and reboot")
+        self.hover_throttle = self._param("MOT_THST_HOVER")
+
+    def _set_mode(self, custom_mode: int) -> bool:
+        if self.autopilot == "px4":                # main mode, sub mode
+            main, sub = (custom_mode >> 16) & 0xFF, (custom_mode >> 24) & 0xFF
+        else:
+            main, sub = custom_mode, 0
+        result = self._command(mav.MAV_CMD_DO_SET_MODE, mav.MAV_MODE_FLAG_CUSTOM_MODE_ENABLED, main, sub)
+        return result == mav.MAV_RESULT_ACCEPTED
+
+    def start_offboard(self, send_hold, timeout_s: float = 5.0) -> None:
+        """Streams the hold setpoint, enters GUIDED_NOGPS / OFFBOARD and arms; raises LinkError if refused."""
+        offboard = PX4_OFFBOARD if self.autopilot == "px4" else ARDUPILOT_MODES["GUIDED_NOGPS"]
+        start = time.monotonic()
+        while time.monotonic() - start < 1.2:          # PX4 wants a setpoint stream before OFFBOARD
+            send_hold()
+            time.sleep(0.02)
+        if not self._set_mode(offboard):
+            raise LinkError(f"the vehicle refused {self.mode_name_of(offboard)}: check its pre-arm messages "
+                            "(position estimate, RC failsafe settings)")
+        result = None
+        deadline = time.monotonic() + timeout_s
+        while result != mav.MAV_RESULT_ACCEPTED and time.monotonic() < deadline:
+            send_hold()
+            result = self._command(mav.MAV_CMD_COMPONENT_ARM_DISARM, 1, timeout_s=0.5)
+        if result != mav.MAV_RESULT_ACCEPTED:
+            raise LinkError("the vehicle refused to arm: check its pre-arm messages in a ground station")
+        self.armed = True
+
+    def mode_name_of(self, custom_mode: int) -> str:
+        saved, self.custom_mode = self.custom_mode, custom_mode
+        try:
+            return self.mode_name()
+        finally:
+            self.custom_mode = saved
+
+    def send_action(self, action, shadow) -> dict:
+        """Sends one policy action; returns what was sent, for the flight log."""
+        from flight.runner import ctbr_command
+        t_ms = int((time.monotonic() - self._t0_s) * 1000) & 0xFFFFFFFF
+        if self.action_mode == "ctbr":
+            thrust, rates_flu = ctbr_command(action, shadow, self.rate_max_rad_s, self.hover_throttle)
+            rates_frd = frames.flu_to_frd(rates_flu)
+            self.master.mav.set_attitude_target_send(t_ms, self.target[0], self.target[1], TYPE_MASK_RATES_THRUST,
+                                                     [1.0, 0.0, 0.0, 0.0], *[float(r) for r in rates_frd], thrust)
+            return {"thrust": thrust, "rate_frd_rad_s": [float(r) for r in rates_frd]}
+        motors = np.clip((np.asarray(action, float) + 1.0) / 2.0, 0.0, 1.0)
+        self.master.mav.set_actuator_control_target_send(t_ms * 1000, 0, self.target[0], self.target[1],
+                                                         list(motors) + [0.0] * 4)
+        return {"motors": motors.tolist()}
+
+    def land_and_disarm(self, timeout_s: float = 30.0) -> None:
+        """LAND, wait for the autopilot to disarm on the ground (or disarm once it has stood still
+        within 0.3 m of where it took off for 1.5 s); force a disarm only after timeout_s."""
+        if self.master is None:
+            return
+        land = PX4_AUTO_LAND if self.autopilot == "px4" else ARDUPILOT_MODES["LAND"]
+        self._set_mode(land)
+        deadline = time.monotonic() + timeout_s
+        still_since = None
+        while self.armed and time.monotonic() < deadline:
+            state = self.latest_state()
+            on_ground = state is not None and state["pos_enu_m"][2] < self.ground_z_enu_m + 0.3
+            if on_ground and abs(state["vel_enu_m_s"][2]) < 0.05:
+                still_since = still_since or time.monotonic()
+                if time.monotonic() - still_since > 1.5:
+                    self.disarm()
+            else:
+                still_since = None
+            time.sleep(0.05)
+        if self.armed:
+            log.warning("the vehicle did not land and disarm within %.0f s: forcing a disarm", timeout_s)
+            self.disarm(force=True)
+
+    def disarm(self, force: bool = False) -> None:
+        if self.master is None:
+            return
+        self._command(mav.MAV_CMD_COMPONENT_ARM_DISARM, 0, 21196 if force else 0, timeout_s=1.0)

@@ -1,0 +1,250 @@
+"""The control loop: state -> the sim's own observation function -> ONNX policy -> command.
+
+`fly_course` runs one flight on a connected link (flight/link.py, MAVLink): pre-flight checks,
+arm and enter the offboard mode, then at the policy's control rate on a monotonic clock:
+
+    newest state (ENU / FLU, from telemetry through flight/frames.py)
+      -> target: a point sliding along the course (flight/course.py)
+      -> observation: sim.core.observe, the C function the sim itself uses
+      -> action: onnxruntime
+      -> safety supervisor (flight/safety.py): stop, or
+      -> command: ctbr (collective thrust + body rates) or per-motor, sent by the link
+      -> flight log row (with the sim's one-step prediction: the "shadow" model)
+
+Any failsafe stops the setpoint stream, commands LAND and disarms on the ground; Ctrl-C lands, a
+second Ctrl-C disarms. The runner never imports plotting or training code (it runs headless on a
+companion computer); the picture at the end is drawn by flight/plot.py only when asked.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flight.course import Course, CourseProgress
+from flight.safety import Limits, Supervisor, preflight
+from sim.core import ACTION_HISTORY, ACTION_SIZE, observe
+from sim.env import DroneEnv
+from sim.profiles import Profile
+from skyloop.rowlog import RowLogWriter
+
+log = logging.getLogger(__name__)
+FLIGHT_LOG_FORMAT = "skyloop.flight_log/1"
+
+
+def _xyz(name):
+    return [f"{name}_{a}" for a in "xyz"]
+
+
+FLIGHT_COLUMNS = tuple(
+    ["t_s", "tick_ms"] + _xyz("pos_enu_m") + _xyz("vel_enu_m_s") + ["quat_w", "quat_x", "quat_y", "quat_z"]
+    + _xyz("omega_frd_rad_s") + _xyz("target_enu_m") + [f"action_{k}" for k in range(ACTION_SIZE)]
+    + ["sent_thrust"] + _xyz("sent_rate_frd_rad_s") + [f"sent_motor_{k}" for k in range(1, 5)]
+    + [f"rpm_{k}" for k in range(1, 5)] + ["battery_v", "mode", "armed", "gate", "failsafe"]
+    + _xyz("shadow_pos_enu_m") + _xyz("shadow_vel_enu_m_s"))
+
+
+class Shadow:
+    """The sim's one-step prediction: from the last state and the command sent, where the nominal
+    drone would be one control step later. Also gives the nominal hover action (an observation)."""
+
+    def __init__(self, profile: Profile, action_mode: str):
+        self.env = DroneEnv(1, profile.nominal(), action_mode=action_mode, randomize=False,
+                            task={"bounds_m": [1e4, 1e4, 1e4], "episode_s": 1e5})
+        self.env.reset(seed=0)
+        d = self.env.core.drone
+        self.hover_action = float(d["hover_action"][0, 0])
+        self.thrust_max_n = float(d["nom_thrust_max"][0, 0])
+        self.mass_kg = float(d["mass_kg"][0, 0])
+
+    def predict(self, state: dict, action) -> tuple[np.ndarray, np.ndarray]:
+        self.env.set_state(0, pos_enu_m=state["pos_enu_m"], vel_enu_m_s=state["vel_enu_m_s"],
+                           quat_wxyz=state["quat_wxyz"], omega_flu_rad_s=state["omega_flu_rad_s"])
+        self.env.step_physics(np.asarray(action, np.float32).reshape(1, ACTION_SIZE))
+        d = self.env.core.drone
+        return d["pos_enu_m"][:, 0].copy(), d["vel_enu_m_s"][:, 0].copy()
+
+
+@dataclass
+class FlightResult:
+    gates_passed: int
+    gates_total: int
+    laps: int
+    lap_time_s: float | None
+    failsafe: str | None
+    tick_p99_ms: float
+    missed_ticks: int
+    ticks: int
+    log: str
+    link_latency_ms: float | None = None
+    failsafe_at_s: float | None = None           # monotonic time the failsafe fired
+    path_enu_m: list = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict:
+        return {"gates_passed": self.gates_passed, "gates_total": self.gates_total, "laps": self.laps,
+                "lap_time_s": self.lap_time_s, "failsafe": self.failsafe, "tick_p99_ms": self.tick_p99_ms,
+                "missed_ticks": self.missed_ticks, "ticks": self.ticks, "link_latency_ms": self.link_latency_ms,
+                "log": self.log}
+
+
+class StatusLine:
+    """One live line on stderr (a terminal) or a line every few seconds (a log file)."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream, self.tty, self.last = stream, stream.isatty(), 0.0
+
+    def show(self, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < (0.2 if self.tty else 5.0):
+            return
+        self.last = now
+        self.stream.write(("\r" + text + "\x1b[K") if self.tty else text + "\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *, limits: Limits = Limits(),
+               lookahead_m: float = 1.5, max_time_s: float = 300.0,
+               status: StatusLine | None = None, meta: dict | None = None) -> FlightResult:
+    """Flies the course once (all laps) on a connected link. Returns what happened; a failsafe is
+    a result (with its reason), not an exception."""
+    status = status or StatusLine()
+    mode = policy.action_mode
+    shadow = Shadow(profile, mode)
+    dt = 1.0 / policy.control_hz
+    state = link.wait_for_state(timeout_s=10.0)
+    problems = preflight(course, state, link.battery_v, link.cells, limits)
+    if problems:
+        raise PreflightError("pre-flight checks failed, not arming:\n  - " + "\n  - ".join(problems))
+    progress = CourseProgress(course, lookahead_m)
+    supervisor = Supervisor(course, limits, link.cells)
+    last_actions = np.zeros(ACTION_HISTORY * ACTION_SIZE, np.float32)
+    last_actions[:] = np.tile(_hold_action(mode, shadow.hover_action, on_ground=True), ACTION_HISTORY)
+    policy_state = policy.initial_state(1)
+    ticks, missed, tick_ms = 0, 0, []
+    failsafe, path = None, []
+    start_pos = np.asarray(state["pos_enu_m"], float)
+    meta = {**(meta or {}), "course": course.to_json(), "profile": profile.name, "policy_mode": mode,
+            "control_hz": policy.control_hz, "link": link.describe()}
+    interrupts, failsafe_at = 0, None
+    with RowLogWriter(log_path, FLIGHT_COLUMNS, FLIGHT_LOG_FORMAT, meta) as flight_log:
+        link.start_offboard(lambda: link.send_action(_hold_action(mode, shadow.hover_action, True), shadow))
+        t0 = time.monotonic()
+        next_tick = t0
+        try:
+            while True:
+                try:
+                    now = time.monotonic()
+                    t = now - t0
+                    tick_start = time.perf_counter()
+                    state = link.latest_state()
+                    pos = state["pos_enu_m"] if state is not None else start_pos
+                    target = progress.update(pos, t)        # the first leg climbs straight up from the start
+                    action = None
+                    if state is not None:
+                        obs = observe(state["pos_enu_m"], state["vel_enu_m_s"], state["quat_wxyz"],
+                                      state["omega_flu_rad_s"], target, last_actions, shadow.hover_action)
+                        action, policy_state = policy.run(obs[None], policy_state)
+                        action = action[0]
+                    failsafe = supervisor.check(now, state, action, link.last_heartbeat_s, link.battery_v)
+                    if failsafe is None and t > max_time_s:
+                        failsafe = f"time limit: the course was not finished in {max_time_s:g} s"
+                    if failsafe is not None:
+                        failsafe_at = time.monotonic()
+                        log.warning("failsafe: %s", failsafe)
+                        break
+                    sent = link.send_action(action, shadow)
+                    last_actions = np.concatenate([action, last_actions[:-ACTION_SIZE]]).astype(np.float32)
+                    shadow_pos, shadow_vel = shadow.predict(state, action)
+                    elapsed_ms = (time.perf_counter() - tick_start) * 1e3
+                    tick_ms.append(elapsed_ms)
+                    path.append(np.array(state["pos_enu_m"], float))
+                    flight_log.write(**_row(t, elapsed_ms, state, target, action, sent, link, progress, shadow_pos,
+                                            shadow_vel))
+                    ticks += 1
+                    if progress.finished:
+                        break
+                    status.show(f"{link.mode_name():<14} pos {np.round(state['pos_enu_m'], 1).tolist()} m  gate "
+                                f"{min(progress.next_gate + 1, progress.total_gates)}/{progress.total_gates}  "
+                                f"t {t:5.1f} s  link {link.latency_text()}  overruns {missed}")
+                    next_tick += dt
+                    sleep = next_tick - time.monotonic()
+                    if sleep > 0:
+                        time.sleep(sleep)
+                    else:
+                        missed += int(-sleep // dt) + 1
+                        next_tick = time.monotonic()
+                except KeyboardInterrupt:
+                    failsafe_at = time.monotonic()
+                    interrupts += 1
+                    failsafe = "Ctrl-C: landing (press Ctrl-C again to disarm at once)"
+                    break
+            status.done()
+            try:
+                link.land_and_disarm(timeout_s=30.0)
+            except KeyboardInterrupt:
+                interrupts += 1
+            if interrupts > 1:
+                failsafe = "Ctrl-C twice: disarmed"
+                link.disarm(force=True)
+        except BaseException:
+            link.disarm(force=True)
+            raise
+        lap_time = progress.passes[-1][1] - progress.passes[0][1] if progress.finished and len(progress.passes) > 1 \
+            else None
+        flight_log.finish("completed" if failsafe is None else f"failsafe: {failsafe}",
+                          gates_passed=len(progress.passes), missed_ticks=missed)
+    p99 = float(np.percentile(tick_ms, 99)) if tick_ms else 0.0
+    return FlightResult(len(progress.passes), progress.total_gates, course.laps, lap_time, failsafe, p99, missed,
+                        ticks, log_path, link.latency_ms(), failsafe_at, path)
+
+
+class PreflightError(ValueError):
+    """The vehicle or the plan is not ready; nothing was armed."""
+
+
+def _hold_action(mode: str, hover_action: float, on_ground: bool) -> np.ndarray:
+    """The action that idles on the ground (zero thrust) or holds hover, with zero rates."""
+    thrust = -1.0 if on_ground else hover_action
+    return np.array([thrust, 0, 0, 0] if mode == "ctbr" else [thrust] * 4, np.float32)
+
+
+def _row(t, tick_ms, state, target, action, sent, link, progress, shadow_pos, shadow_vel) -> dict:
+    from flight.frames import flu_to_frd
+    row = {"t_s": t, "tick_ms": tick_ms, "battery_v": link.battery_v, "mode": link.mode_name(),
+           "armed": int(link.armed), "gate": progress.next_gate, "failsafe": ""}
+    for name, values in (("pos_enu_m", state["pos_enu_m"]), ("vel_enu_m_s", state["vel_enu_m_s"]),
+                         ("omega_frd_rad_s", flu_to_frd(state["omega_flu_rad_s"])), ("target_enu_m", target),
+                         ("shadow_pos_enu_m", shadow_pos), ("shadow_vel_enu_m_s", shadow_vel)):
+        row.update(zip(_xyz(name), (float(v) for v in values)))
+    row.update(zip(("quat_w", "quat_x", "quat_y", "quat_z"), (float(v) for v in state["quat_wxyz"])))
+    row.update({f"action_{k}": float(a) for k, a in enumerate(action)})
+    if "thrust" in sent:
+        row["sent_thrust"] = sent["thrust"]
+        row.update(zip(_xyz("sent_rate_frd_rad_s"), sent["rate_frd_rad_s"]))
+    if "motors" in sent:
+        row.update({f"sent_motor_{k + 1}": float(m) for k, m in enumerate(sent["motors"])})
+    rpm = state.get("rpm")
+    if rpm is not None:
+        row.update({f"rpm_{k + 1}": float(r) for k, r in enumerate(rpm)})
+    return row
+
+
+def ctbr_command(action, shadow: Shadow, rate_max_rad_s, hover_throttle: float | None) -> tuple[float, np.ndarray]:
+    """The policy's ctbr action -> (normalized thrust 0..1 for SET_ATTITUDE_TARGET, body rates FLU).
+
+    In the sim, a[0] asks for the fraction (a[0] + 1) / 2 of the nominal drone's maximum thrust.
+    A vehicle that reports its hover throttle (ArduPilot MOT_THST_HOVER) gets that fraction
+    rescaled so the policy's hover action lands exactly on the vehicle's hover throttle."""
+    frac = float(np.clip((action[0] + 1.0) / 2.0, 0.0, 1.0))
+    if hover_throttle:
+        frac *= hover_throttle / ((shadow.hover_action + 1.0) / 2.0)
+    rates_flu = np.clip(np.asarray(action[1:4], float), -1.0, 1.0) * np.asarray(rate_max_rad_s, float)
+    return float(np.clip(frac, 0.0, 1.0)), rates_flu

@@ -1,0 +1,190 @@
+"""End to end over loopback UDP: the flight runner flies the simulated MAVLink vehicle (flight/sitl.py),
+with the real pymavlink link, the shipped ONNX policies and the safety supervisor."""
+import contextlib
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from flight.cli import _free_udp_port, default_policy
+from flight.course import load_course, parse_course
+from flight.link import LinkError, MavLink
+from flight.connection import parse_connection
+from flight.runner import PreflightError, fly_course
+from flight.sitl import SitlVehicle
+from policy_export import load_policy
+from sim.profiles import load_profile
+from skyloop.cli import main as skyloop
+from skyloop.rowlog import read_row_log
+
+# Two gates, a start away from the origin and facing north-west: catches ENU/NED and FLU/FRD mix-ups.
+SHORT = {"format": "skyloop.course/1", "name": "short",
+         "bounds_m": {"min": [-6, -6, 0], "max": [10, 8, 5]},
+         "start": {"pos_enu_m": [3.0, 2.0, 0.0], "yaw_deg": 135.0}, "laps": 1,
+         "gates": [{"centre_enu_m": [3.0, 6.0, 1.5], "yaw_deg": 90, "inner_size_m": 1.5},
+                   {"centre_enu_m": [-2.0, 4.0, 1.5], "yaw_deg": 200, "inner_size_m": 1.5}]}
+
+
+class Quiet:
+    def show(self, *a, **k):
+        pass
+
+    def done(self):
+        pass
+
+
+@contextlib.contextmanager
+def vehicle_and_link(course, profile="crazyflie21", autopilot="ardupilot", mode="ctbr", **sitl):
+    port = _free_udp_port()
+    prof = load_profile(profile)
+    policy = load_policy(default_policy(mode), action_modes=(mode,))
+    with SitlVehicle(prof, f"udpout:127.0.0.1:{port}", autopilot, course.start_pos_enu_m, course.start_yaw_rad,
+                     **sitl) as vehicle:
+        rate_max = policy.metadata["action_scaling"].get("rate_max_rad_s", prof.params["rate_max_rad_s"])
+        with MavLink(parse_connection(f"udpin:127.0.0.1:{port}"), autopilot, mode, rate_max) as link:
+            yield vehicle, link, policy, prof
+
+
+def landed_and_disarmed(vehicle, timeout_s=15.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not vehicle.armed and vehicle.state()["pos_enu_m"][2] < vehicle.ground_z_m + 0.1:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_fly_completes_the_hall_course_on_the_simulated_vehicle(tmp_path, capsys):
+    rc = skyloop(["fly", "--course", "hall", "--json", "--log", str(tmp_path)])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0, summary
+    assert summary["gates_passed"] == summary["gates_total"] == 7 and summary["failsafe"] is None
+    assert summary["missed_ticks"] <= 0.001 * summary["ticks"] + 2
+    assert os.path.getsize(summary["picture"]) > 20_000
+    data, meta = read_row_log(summary["log"])
+    assert len(data["t_s"]) == summary["ticks"] and meta["ended"] == "completed"
+    assert meta["course"]["name"] == "hall" and meta["gates_passed"] == 7
+    # the sim's one-step prediction of the vehicle (the same sim here) is within a centimetre
+    shadow = np.stack([data[f"shadow_pos_enu_m_{a}"] for a in "xyz"], 1)[:-1]
+    flown = np.stack([data[f"pos_enu_m_{a}"] for a in "xyz"], 1)[1:]
+    assert np.median(np.linalg.norm(shadow - flown, axis=1)) < 0.01
+
+
+@pytest.mark.parametrize("autopilot,mode,profile", [("px4", "motor", "fpv5"), ("ardupilot", "ctbr", "camera15")])
+def test_rotated_offset_start_and_both_action_modes(tmp_path, autopilot, mode, profile):
+    course = parse_course(SHORT)
+    with vehicle_and_link(course, profile, autopilot, mode) as (vehicle, link, policy, prof):
+        result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=Quiet(), max_time_s=40)
+        assert result.failsafe is None and result.gates_passed == 2
+        assert landed_and_disarmed(vehicle)
+    assert link.autopilot == autopilot
+    data, _ = read_row_log(str(tmp_path / "f.csv"))
+    assert data["mode"][-1] == ("OFFBOARD" if autopilot == "px4" else "GUIDED_NOGPS")
+    # what the vehicle reported (NED, FRD) and what the sim holds (ENU, FLU) agree after the frame change
+    assert np.allclose([data[f"pos_enu_m_{a}"][0] for a in "xyz"], SHORT["start"]["pos_enu_m"], atol=0.05)
+
+
+def test_lost_telemetry_fires_the_failsafe_within_half_a_second_and_the_vehicle_lands(tmp_path):
+    course = parse_course(SHORT)
+    with vehicle_and_link(course) as (vehicle, link, policy, prof):
+        cut = {}
+
+        def cut_after_takeoff():
+            cut["t"] = time.monotonic()
+            vehicle.cut_telemetry()
+        timer = threading.Timer(4.0, cut_after_takeoff)
+        timer.start()
+        result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=Quiet(), max_time_s=20)
+        timer.join()
+        assert "stale telemetry" in result.failsafe
+        latency = result.failsafe_at_s - cut["t"]
+        print(f"telemetry cut -> failsafe: {latency * 1000:.0f} ms")
+        assert 0.2 <= latency <= 0.5
+        assert landed_and_disarmed(vehicle)
+    _, meta = read_row_log(str(tmp_path / "f.csv"))
+    assert meta["ended"].startswith("failsafe: stale telemetry")
+
+
+def test_geofence_breach_fires_the_failsafe(tmp_path):
+    course = parse_course(SHORT)
+    with vehicle_and_link(course) as (vehicle, link, policy, prof):
+        # an updraft over twice the 27 g drone's weight: even with its motors off it rises to the ceiling
+        def gust():
+            time.sleep(3.0)
+            vehicle.set_wind([0.0, 0.0, 0.6])
+            while vehicle._mode_name() != "LAND":       # the updraft dies down once the vehicle lands
+                time.sleep(0.02)
+            vehicle.set_wind([0.0, 0.0, 0.0])
+        threading.Thread(target=gust, daemon=True).start()
+        result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=Quiet(), max_time_s=20)
+        assert result.failsafe.startswith("geofence")
+        assert landed_and_disarmed(vehicle)
+
+
+def test_ctrl_c_lands(tmp_path):
+    import _thread
+    import signal
+    course = parse_course(SHORT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with vehicle_and_link(course) as (vehicle, link, policy, prof):
+            threading.Timer(3.0, _thread.interrupt_main).start()
+            result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=Quiet(), max_time_s=20)
+            assert result.failsafe.startswith("Ctrl-C: landing")
+            assert landed_and_disarmed(vehicle, timeout_s=2.0)    # fly_course returns once it is down
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_ardupilot_without_thrust_means_thrust_is_refused_with_the_fix():
+    course = parse_course(SHORT)
+    port = _free_udp_port()
+    with SitlVehicle("crazyflie21", f"udpout:127.0.0.1:{port}", "ardupilot") as vehicle:
+        vehicle.params["GUID_OPTIONS"] = 0.0
+        with pytest.raises(LinkError, match="param set GUID_OPTIONS 8"):
+            MavLink(parse_connection(f"udpin:127.0.0.1:{port}"), "ardupilot").open()
+        assert not vehicle.armed
+    del course
+
+
+def test_a_policy_whose_contract_does_not_match_is_refused_before_arming(tmp_path, capsys):
+    import onnx
+    model = onnx.load(default_policy("ctbr"))
+    for prop in model.metadata_props:
+        if prop.key == "obs_size":
+            prop.value = "26"
+    bad = tmp_path / "tampered.onnx"
+    onnx.save(model, str(bad))
+    rc = skyloop(["fly", "--course", "hall", "--policy", str(bad), "--log", str(tmp_path)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "tampered.onnx" in err and "INFO flight.link" not in err   # refused before any connection
+
+
+def test_a_malformed_course_is_a_clear_error_before_connecting(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**SHORT, "gates": [{"centre_enu_m": [1, 2], "yaw_deg": 0, "inner_size_m": 1}]}))
+    assert skyloop(["fly", "--course", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "gates[0].centre_enu_m: expected 3 finite numbers" in err and "simulated" not in err
+
+
+def test_preflight_refuses_a_vehicle_outside_the_geofence(tmp_path):
+    course = parse_course(SHORT)
+    elsewhere = parse_course({**SHORT, "start": {"pos_enu_m": [30.0, 0.0, 0.0], "yaw_deg": 0}, "bounds_m":
+                              {"min": [-6, -6, 0], "max": [40, 8, 5]}})
+    port = _free_udp_port()
+    prof = load_profile("crazyflie21")
+    with SitlVehicle(prof, f"udpout:127.0.0.1:{port}", "ardupilot", elsewhere.start_pos_enu_m) as vehicle:
+        with MavLink(parse_connection(f"udpin:127.0.0.1:{port}"), "ardupilot") as link:
+            with pytest.raises(PreflightError, match="outside the course's geofence"):
+                fly_course(link, load_policy(default_policy("ctbr")), course, prof, str(tmp_path / "f.csv"),
+                           status=Quiet())
+        assert not vehicle.armed
+
+
+def test_hall_course_file_is_the_one_flown():
+    assert load_course("hall").name == "hall"
