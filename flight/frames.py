@@ -1,10 +1,15 @@
 """The one place frames are converted. The sim: world ENU (x east, y north, z up), body FLU
 (x forward, y left, z up). MAVLink: world NED (x north, y east, z down), body FRD. Quaternions
-are `w, x, y, z` and rotate body vectors into the world frame.
+are `w, x, y, z` and rotate body vectors into the world frame (body -> world).
 
 Both changes of axes are proper rotations by 180 degrees, each its own inverse:
     ENU <-> NED: swap x and y, negate z  (about the axis (1, 1, 0) / sqrt 2)
     FLU <-> FRD: negate y and z          (about the x axis)
+so an attitude converts as q_ned_frd = Q_NED_ENU * q_enu_flu * Q_FLU_FRD, and the same formula
+goes back. Yaw: ENU yaw is measured from east towards north, NED yaw from north towards east,
+so yaw_ned = pi/2 - yaw_enu.
+
+Everything else in the project calls these functions; nothing else flips a sign.
 """
 from __future__ import annotations
 
@@ -17,8 +22,9 @@ _Q_ENU_NED = np.array([0.0, _S, _S, 0.0])      # rotates NED axes onto ENU axes 
 _Q_FLU_FRD = np.array([0.0, 1.0, 0.0, 0.0])    # rotates FRD axes onto FLU axes (and back)
 
 
+# ---------------------------------------------------------------- vectors
 def ned_to_enu(v) -> np.ndarray:
-    """A world vector (position, velocity, acceleration) from NED to ENU; the same function goes back."""
+    """A world vector (position, velocity, acceleration, force) from NED to ENU; the same function goes back."""
     x, y, z = (float(a) for a in v)
     return np.array([y, x, -z])
 
@@ -27,7 +33,7 @@ enu_to_ned = ned_to_enu
 
 
 def frd_to_flu(v) -> np.ndarray:
-    """A body vector (body rates, specific force) from FRD to FLU; the same function goes back."""
+    """A body vector (body rates, specific force, torque) from FRD to FLU; the same function goes back."""
     x, y, z = (float(a) for a in v)
     return np.array([x, -y, -z])
 
@@ -35,11 +41,18 @@ def frd_to_flu(v) -> np.ndarray:
 flu_to_frd = frd_to_flu
 
 
+# ---------------------------------------------------------------- quaternions
 def quat_multiply(a, b) -> np.ndarray:
+    """Hamilton product a * b (apply b first, then a)."""
     aw, ax, ay, az = a
     bw, bx, by, bz = b
     return np.array([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
                      aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw])
+
+
+def quat_conjugate(q) -> np.ndarray:
+    """The inverse rotation of a unit quaternion."""
+    return np.asarray(q, float) * [1.0, -1.0, -1.0, -1.0]
 
 
 def quat_ned_frd_to_enu_flu(q_wxyz) -> np.ndarray:
@@ -52,6 +65,27 @@ def quat_ned_frd_to_enu_flu(q_wxyz) -> np.ndarray:
 quat_enu_flu_to_ned_frd = quat_ned_frd_to_enu_flu   # the same two 180-degree turns undo themselves
 
 
+def quat_from_axis_angle(axis, angle_rad: float) -> np.ndarray:
+    axis = np.asarray(axis, float)
+    n = np.linalg.norm(axis)
+    if n < 1e-12 or angle_rad == 0.0:
+        return np.array([1.0, 0.0, 0.0, 0.0])
+    s = math.sin(angle_rad / 2) / n
+    return np.array([math.cos(angle_rad / 2), axis[0] * s, axis[1] * s, axis[2] * s])
+
+
+def rotate(q_wxyz, v) -> np.ndarray:
+    """A body vector into the world frame of the quaternion (body -> world)."""
+    qv = quat_multiply(quat_multiply(q_wxyz, [0.0, *v]), quat_conjugate(q_wxyz))
+    return qv[1:]
+
+
+def rotate_inverse(q_wxyz, v) -> np.ndarray:
+    """A world vector into the body frame of the quaternion (world -> body)."""
+    return rotate(quat_conjugate(q_wxyz), v)
+
+
+# ---------------------------------------------------------------- Euler angles
 def quat_to_euler_rpy(q_wxyz) -> tuple[float, float, float]:
     """Roll, pitch, yaw [rad] (Z-Y-X, intrinsic) of a body->world quaternion, in that quaternion's frames."""
     w, x, y, z = (float(a) for a in q_wxyz)
@@ -62,13 +96,17 @@ def quat_to_euler_rpy(q_wxyz) -> tuple[float, float, float]:
 
 
 def euler_rpy_to_quat(roll: float, pitch: float, yaw: float) -> np.ndarray:
+    """The body->world quaternion of Z-Y-X Euler angles [rad] (inverse of quat_to_euler_rpy)."""
     cr, sr, cp, sp, cy, sy = (math.cos(roll / 2), math.sin(roll / 2), math.cos(pitch / 2), math.sin(pitch / 2),
                               math.cos(yaw / 2), math.sin(yaw / 2))
     return np.array([cr * cp * cy + sr * sp * sy, sr * cp * cy - cr * sp * sy, cr * sp * cy + sr * cp * sy,
                      cr * cp * sy - sr * sp * cy])
 
 
-def rotate(q_wxyz, v) -> np.ndarray:
-    """A body vector into the world frame of the quaternion."""
-    qv = quat_multiply(quat_multiply(q_wxyz, [0.0, *v]), np.asarray(q_wxyz) * [1, -1, -1, -1])
-    return qv[1:]
+def yaw_enu_to_ned(yaw_enu_rad: float) -> float:
+    """Heading from ENU (0 = east, counter-clockwise) to NED (0 = north, clockwise), in (-pi, pi];
+    the same function goes back."""
+    return math.atan2(math.cos(yaw_enu_rad), math.sin(yaw_enu_rad))
+
+
+yaw_ned_to_enu = yaw_enu_to_ned

@@ -260,12 +260,12 @@ class MavLink:
                             "or add 8 to the current value) and reboot")
         self.hover_throttle = self._param("MOT_THST_HOVER")
 
-    def _set_mode(self, custom_mode: int) -> bool:
+    def _set_mode(self, custom_mode: int, wait: bool = True) -> bool:
         if self.autopilot == "px4":                # main mode, sub mode
             main, sub = (custom_mode >> 16) & 0xFF, (custom_mode >> 24) & 0xFF
         else:
             main, sub = custom_mode, 0
-        result = self._command(mav.MAV_CMD_DO_SET_MODE, mav.MAV_MODE_FLAG_CUSTOM_MODE_ENABLED, main, sub)
+        result = self._command(mav.MAV_CMD_DO_SET_MODE, mav.MAV_MODE_FLAG_CUSTOM_MODE_ENABLED, main, sub, wait=wait)
         return result == mav.MAV_RESULT_ACCEPTED
 
     def start_offboard(self, send_hold, timeout_s: float = 5.0) -> None:
@@ -309,28 +309,37 @@ class MavLink:
                                                          list(motors) + [0.0] * 4)
         return {"motors": motors.tolist()}
 
-    def land_and_disarm(self, timeout_s: float = 30.0) -> None:
-        """LAND, wait for the autopilot to disarm on the ground (or disarm once it has stood still
-        within 0.3 m of where it took off for 1.5 s); force a disarm only after timeout_s."""
+    def land_and_disarm(self, timeout_s: float = 30.0) -> bool:
+        """LAND, then wait for the autopilot to disarm on the ground (or disarm it once it has stood
+        still within 0.3 m of where it took off for 1.5 s). Never forces a disarm in the air: if the
+        vehicle is not down in timeout_s, or telemetry is gone, it is left landing under its own
+        failsafe and this returns False."""
         if self.master is None:
-            return
+            return not self.armed
         land = PX4_AUTO_LAND if self.autopilot == "px4" else ARDUPILOT_MODES["LAND"]
-        self._set_mode(land)
         deadline = time.monotonic() + timeout_s
-        still_since = None
+        still_since, next_land = None, 0.0
         while self.armed and time.monotonic() < deadline:
+            now = time.monotonic()
+            if now >= next_land and self.custom_mode != land:   # repeat LAND until the vehicle reports it
+                self._set_mode(land, wait=False)
+                next_land = now + 1.0
             state = self.latest_state()
-            on_ground = state is not None and state["pos_enu_m"][2] < self.ground_z_enu_m + 0.3
-            if on_ground and abs(state["vel_enu_m_s"][2]) < 0.05:
-                still_since = still_since or time.monotonic()
-                if time.monotonic() - still_since > 1.5:
+            if state is None or now - state["t_s"] > 3.0:
+                if now - (self.last_heartbeat_s or 0.0) > 3.0:
+                    log.warning("no telemetry while landing: LAND was sent; the vehicle lands under its own "
+                                "failsafe. Watch it, and disarm it from the RC or a ground station if needed")
+                    return False
+            elif state["pos_enu_m"][2] < self.ground_z_enu_m + 0.3 and abs(state["vel_enu_m_s"][2]) < 0.05:
+                still_since = still_since or now
+                if now - still_since > 1.5:
                     self.disarm()
             else:
                 still_since = None
             time.sleep(0.05)
         if self.armed:
-            log.warning("the vehicle did not land and disarm within %.0f s: forcing a disarm", timeout_s)
-            self.disarm(force=True)
+            log.warning("the vehicle is still armed %.0f s after LAND: it keeps landing on its own; watch it", timeout_s)
+        return not self.armed
 
     def disarm(self, force: bool = False) -> None:
         if self.master is None:

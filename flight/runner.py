@@ -194,8 +194,8 @@ def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *,
             if interrupts > 1:
                 failsafe = "Ctrl-C twice: disarmed"
                 link.disarm(force=True)
-        except BaseException:
-            link.disarm(force=True)
+        except BaseException:                # a bug or a dead link: land, never drop it from the air
+            link.land_and_disarm(timeout_s=10.0)
             raise
         lap_time = progress.passes[-1][1] - progress.passes[0][1] if progress.finished and len(progress.passes) > 1 \
             else None
