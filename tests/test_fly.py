@@ -188,3 +188,37 @@ def test_preflight_refuses_a_vehicle_outside_the_geofence(tmp_path):
 
 def test_hall_course_file_is_the_one_flown():
     assert load_course("hall").name == "hall"
+
+
+def test_flies_through_mavproxy_and_its_tlog_reads_back(tmp_path, capsys):
+    import shutil
+    import subprocess
+    import sys
+    from pymavlink import mavutil
+    mavproxy = shutil.which("mavproxy.py") or os.path.join(os.path.dirname(sys.executable), "mavproxy.py")
+    if not os.path.exists(mavproxy):
+        pytest.skip("MAVProxy is not installed (pip install -e '.[test]' installs it)")
+    course_path = tmp_path / "short.json"
+    course_path.write_text(json.dumps(SHORT))
+    p_vehicle, p_runner = _free_udp_port(), _free_udp_port()
+    tlog = tmp_path / "session.tlog"
+    with SitlVehicle("crazyflie21", f"udpout:127.0.0.1:{p_vehicle}", "ardupilot", SHORT["start"]["pos_enu_m"],
+                     np.radians(SHORT["start"]["yaw_deg"])) as vehicle:
+        proxy = subprocess.Popen([sys.executable, mavproxy, f"--master=udpin:127.0.0.1:{p_vehicle}",
+                                  f"--out=udpout:127.0.0.1:{p_runner}", "--daemon", "--non-interactive",
+                                  f"--logfile={tlog}", f"--state-basedir={tmp_path}"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=tmp_path)
+        try:
+            rc = skyloop(["fly", "--course", str(course_path), "--connect", f"udpin:127.0.0.1:{p_runner}",
+                          "--profile", "crazyflie21", "--json", "--no-plot", "--log", str(tmp_path)])
+        finally:
+            proxy.terminate()
+            proxy.wait(10)
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert rc == 0 and summary["gates_passed"] == 2 and summary["failsafe"] is None
+        assert landed_and_disarmed(vehicle)
+    log = mavutil.mavlink_connection(str(tlog))
+    kinds = {}
+    while (msg := log.recv_match()) is not None:
+        kinds[msg.get_type()] = kinds.get(msg.get_type(), 0) + 1
+    assert kinds.get("SET_ATTITUDE_TARGET", 0) > 200 and kinds.get("LOCAL_POSITION_NED", 0) > 100
