@@ -88,16 +88,16 @@ def run(args) -> int:
                                             start_pos_enu_m=start, start_yaw_rad=course.start_yaw_rad))
             connection = parse_connection(f"udpin:127.0.0.1:{port}")
             print(f"fly: simulated {autopilot} vehicle ({profile.name}) on {connection}", file=sys.stderr)
-        link = stack.enter_context(MavLink(connection, args.autopilot, policy.action_mode, rate_max))
+        os.makedirs(args.log, exist_ok=True)
+        log_path = os.path.join(args.log, f"{course.name}-{time.strftime('%Y%m%d-%H%M%S')}.csv")
+        link = stack.enter_context(MavLink(connection, args.autopilot, policy.action_mode, rate_max,
+                                           tlog_path=None if args.dry_run else os.path.splitext(log_path)[0] + ".tlog"))
         if args.dry_run:
             state = link.wait_for_state()
             from flight.safety import preflight
             problems = preflight(course, state, link.battery_v, link.cells)
             print("dry run: " + ("ready to fly" if not problems else "NOT ready:\n  - " + "\n  - ".join(problems)))
             return 0 if not problems else 1
-        os.makedirs(args.log, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        log_path = os.path.join(args.log, f"{course.name}-{stamp}.csv")
         result = fly_course(link, policy, course, profile, log_path, lookahead_m=args.lookahead,
                             max_time_s=args.max_time, status=StatusLine(),
                             meta={"policy": policy_path, "policy_sha256": policy.metadata.get("contract_sha256")})

@@ -44,7 +44,7 @@ class LinkError(ConnectionError):
 
 class MavLink:
     def __init__(self, connection: Connection, autopilot: str = "auto", action_mode: str = "ctbr",
-                 rate_max_rad_s=(10.0, 10.0, 5.0), heartbeat_timeout_s: float = 10.0):
+                 rate_max_rad_s=(10.0, 10.0, 5.0), heartbeat_timeout_s: float = 10.0, tlog_path: str | None = None):
         self.connection, self.autopilot_wanted, self.action_mode = connection, autopilot, action_mode
         self.rate_max_rad_s = np.asarray(rate_max_rad_s, float)
         self.heartbeat_timeout_s = heartbeat_timeout_s
@@ -66,6 +66,8 @@ class MavLink:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._t0_s = time.monotonic()
+        self._tlog = open(tlog_path, "wb") if tlog_path else None    # every message both ways, as MAVProxy logs
+        self._tlog_lock = threading.Lock()
 
     # ---------------------------------------------------------------- connect / close
     def __enter__(self):
@@ -88,6 +90,8 @@ class MavLink:
                                                      autoreconnect=c.kind == "tcp")
         except Exception as exc:   # pymavlink raises OSError, SerialException, socket errors...
             raise LinkError(f"cannot open {c}: {exc}") from None
+        if self._tlog is not None:
+            self.master.mav.set_send_callback(self._log_message)
         self._send_heartbeat()
         deadline = time.monotonic() + self.heartbeat_timeout_s
         hb = None
@@ -125,6 +129,16 @@ class MavLink:
         if self.master is not None:
             self.master.close()
             self.master = None
+        if self._tlog is not None:
+            with self._tlog_lock:
+                self._tlog.close()
+
+    def _log_message(self, msg) -> None:
+        """A .tlog record: big-endian microseconds since the epoch, then the message as on the wire."""
+        with self._tlog_lock:
+            if not self._tlog.closed:
+                self._tlog.write(int(time.time() * 1e6).to_bytes(8, "big") + msg.get_msgbuf())
+                self._tlog.flush()
 
     def describe(self) -> dict:
         return {"connection": str(self.connection), "autopilot": self.autopilot, "action_mode": self.action_mode}
@@ -152,6 +166,8 @@ class MavLink:
                 continue
             if msg is None:
                 continue
+            if self._tlog is not None and msg.get_type() != "BAD_DATA":
+                self._log_message(msg)
             self._handle(msg, time.monotonic())
 
     def _handle(self, msg, now: float) -> None:

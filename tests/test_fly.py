@@ -67,6 +67,12 @@ def test_fly_completes_the_hall_course_on_the_simulated_vehicle(tmp_path, capsys
     data, meta = read_row_log(summary["log"])
     assert len(data["t_s"]) == summary["ticks"] and meta["ended"] == "completed"
     assert meta["course"]["name"] == "hall" and meta["gates_passed"] == 7
+    from pymavlink import mavutil
+    tlog = mavutil.mavlink_connection(summary["log"].replace(".csv", ".tlog"))
+    kinds = set()
+    while (msg := tlog.recv_match()) is not None:
+        kinds.add(msg.get_type())
+    assert {"SET_ATTITUDE_TARGET", "LOCAL_POSITION_NED", "HEARTBEAT", "COMMAND_ACK"} <= kinds   # both directions
     # the sim's one-step prediction of the vehicle (the same sim here) is within a centimetre
     shadow = np.stack([data[f"shadow_pos_enu_m_{a}"] for a in "xyz"], 1)[:-1]
     flown = np.stack([data[f"pos_enu_m_{a}"] for a in "xyz"], 1)[1:]
