@@ -12,9 +12,9 @@ It behaves like the flight controllers users own, as far as a companion computer
   real ones: ArduPilot STABILIZE 0, GUIDED 4, LAND 9, GUIDED_NOGPS 20; PX4 STABILIZED, OFFBOARD,
   AUTO.LAND (main mode in bits 16..23, sub mode in 24..31).
 - COMMAND_LONG, answered with COMMAND_ACK: COMPONENT_ARM_DISARM (disarm only on the ground unless
-  forced with 21196), DO_SET_MODE, SET_MESSAGE_INTERVAL (0 = default, -1 = off; at most one per
-  control step), REQUEST_MESSAGE, DO_MOTOR_TEST (disarmed only). SET_MODE. PARAM_REQUEST_READ /
-  PARAM_REQUEST_LIST / PARAM_SET -> PARAM_VALUE, for the parameters the runner checks
+  forced with 21196), DO_SET_MODE, SET_MESSAGE_INTERVAL (0 = default, -1 = off; at most one
+  per control step, i.e. 100 Hz), REQUEST_MESSAGE, DO_MOTOR_TEST (disarmed only). SET_MODE.
+  PARAM_REQUEST_READ / PARAM_REQUEST_LIST / PARAM_SET -> PARAM_VALUE, for the parameters the runner checks
   (ArduPilot GUID_OPTIONS, GUID_TIMEOUT, MOT_THST_HOVER, ...; PX4 COM_OF_LOSS_T, MPC_THR_HOVER, ...);
   they drive the behaviour. TIMESYNC requests (tc1 = 0) are answered.
 - SET_ATTITUDE_TARGET, only in GUIDED / GUIDED_NOGPS / OFFBOARD (ignored elsewhere, as the real
@@ -73,7 +73,7 @@ import numpy as np
 
 from flight import frames
 from flight.connection import parse_connection
-from flight.sitl_models import Battery, Gusts, Realism, climb_rate_thrust, attitude_rates, velocity_hold
+from flight.sitl_models import Battery, Gusts, Realism, VelocityController, attitude_rates
 
 os.environ.setdefault("MAVLINK20", "1")          # pymavlink reads this at import: MAVLink 2 framing
 from pymavlink import mavutil  # noqa: E402
@@ -162,10 +162,13 @@ class SitlVehicle:
         self.hover_frac = (float(d["hover_action"][0, 0]) + 1.0) / 2.0
         self.rate_max_rad_s = np.asarray(self.profile.params["rate_max_rad_s"], float)
         self.drag = np.asarray(d["drag_n_per_m_s"][:, 0], float)
-        self._kv = {m: float(e.core.drone["omega_scale"][0, 0]) * (self.profile.params["battery_v_nominal"] /
-                                                                   float(e.core.drone["battery_v"][0, 0])
-                                                                   if m == "motor" else 1.0)
-                    for m, e in self.envs.items()}
+        self._drawn_force_n = np.asarray(d["force_n"][:, 0], float)   # a randomized drone's constant disturbance
+        # the drawn motors' KV spread (1 for the nominal drone): omega_scale less the battery ratio
+        # that motor mode folds into it (ctbr's rate loop compensates the battery); see drone.h
+        self._kv = {}
+        for m, e in self.envs.items():
+            v_ratio = float(e.core.drone["battery_v"][0, 0]) / self.profile.params["battery_v_nominal"]
+            self._kv[m] = float(e.core.drone["omega_scale"][0, 0]) / (v_ratio if m == "motor" else 1.0)
         q0 = frames.quat_from_axis_angle([0, 0, 1], start_yaw_rad)
         for env in self.envs.values():
             env.set_state(0, pos_enu_m=start_pos_enu_m, vel_enu_m_s=[0, 0, 0], quat_wxyz=q0,
@@ -199,6 +202,7 @@ class SitlVehicle:
         self._ground_since_s: float | None = None
         self._motor_test: tuple[int, float, float] | None = None   # (motor index, throttle 0..1, until sim time)
         self._accel_enu = np.zeros(3)
+        self._velocity = VelocityController(self.dt_s)
         self._last_action = np.array([-1.0, 0, 0, 0], np.float32)
         self._outbox: list[tuple[float, object]] = []     # (due sim time, message) for latency
         self._latest: dict[str, object] = {}              # last message of each stream, for lockstep re-sends
@@ -215,6 +219,9 @@ class SitlVehicle:
     @property
     def mode(self) -> str:
         return {v: k for k, v in MODES[self.autopilot].items()}.get(self.custom_mode, f"mode {self.custom_mode}")
+
+    def _mode_name(self) -> str:              # the older name tests/test_fly.py still calls; use .mode
+        return self.mode
 
     @property
     def setpoint_timeout_s(self) -> float:
@@ -355,11 +362,10 @@ class SitlVehicle:
         d = self.env.core.drone
         v_before = np.asarray(d["vel_enu_m_s"][:, 0], float)
         wind = self.realism.wind_enu_m_s + self._gusts.step(self.dt_s)
-        d["force_n"][:, 0] = (self.drag * wind + self._extra_force_enu_n).astype(np.float32)
-        volts = self.battery.voltage_v
-        d["battery_v"][0, 0] = volts
-        d["omega_scale"][0, 0] = self._kv[self.action_mode] * (
-            volts / self.profile.params["battery_v_nominal"] if self.action_mode == "motor" else 1.0)
+        d["force_n"][:, 0] = (self._drawn_force_n + self.drag * wind + self._extra_force_enu_n).astype(np.float32)
+        ratio = self.battery.sim_ratio
+        d["battery_v"][0, 0] = self.profile.params["battery_v_nominal"] * ratio
+        d["omega_scale"][0, 0] = self._kv[self.action_mode] * (ratio if self.action_mode == "motor" else 1.0)
         self._last_action = action
         self.env.step_physics(action.reshape(1, 4))
         self.sim_time_s = (self.steps + 1) * self.dt_s
@@ -371,6 +377,8 @@ class SitlVehicle:
 
     def _control(self) -> tuple[np.ndarray, str]:
         """The action flown this step (sim ctbr or motor) from the mode, the setpoint and failsafes."""
+        integral = self._velocity.integral
+        self._velocity.reset()                # kept only by the branches that fly the velocity loop
         now = self.sim_time_s
         if self._motor_test is not None and not self.armed:
             motor, throttle, until = self._motor_test
@@ -393,14 +401,18 @@ class SitlVehicle:
                 return self._control()
             sp = self._setpoint
             if self._hold is not None:
-                thrust, rates = velocity_hold(state, [0.0, 0.0, 0.0], self.hover_frac, brake_horizontal=self._hold[1])
+                self._velocity.integral = integral
+                thrust, rates = self._velocity.hold(state, [0.0, 0.0, 0.0], self.hover_frac,
+                                                    brake_horizontal=self._hold[1])
                 return self._ctbr(thrust, rates), "ctbr"
             if sp is not None:
+                self._velocity.integral = integral if sp.climb else 0.0
                 return self._fly(sp, state)
         elif mode == LANDING[self.autopilot]:
             speed = (self.params["LAND_SPEED"] / 100.0 if self.autopilot == "ardupilot"
                      else self.params["MPC_LAND_SPEED"])
-            thrust, rates = velocity_hold(state, [0.0, 0.0, -speed], self.hover_frac)
+            self._velocity.integral = integral
+            thrust, rates = self._velocity.hold(state, [0.0, 0.0, -speed], self.hover_frac)
             return self._ctbr(thrust, rates), "ctbr"
         return off, "ctbr"                    # armed and idle (no RC here): motors at their minimum
 
@@ -410,7 +422,7 @@ class SitlVehicle:
         rates = sp.rates_flu if sp.rates_flu is not None else np.zeros(3)
         if sp.kind == "attitude":
             rates = rates + attitude_rates(state["quat_wxyz"], sp.q_enu_flu)
-        thrust = climb_rate_thrust(state, sp.thrust, self.hover_frac) if sp.climb else sp.thrust
+        thrust = self._velocity.climb_thrust(state, sp.thrust, self.hover_frac) if sp.climb else sp.thrust
         return self._ctbr(thrust, rates), "ctbr"
 
     def _ctbr(self, thrust: float, rates_flu) -> np.ndarray:
@@ -457,6 +469,8 @@ class SitlVehicle:
 
     def _fail(self, reason: str, land: bool, brake: bool) -> None:
         """A failsafe: LAND, or stop (hold) in the mode."""
+        if not land and self._hold == (reason, brake):
+            return                            # the same bad setpoint again: already stopped
         self.failsafe, self.failsafe_t_s = reason, self.sim_time_s
         if land:
             log.warning("failsafe at %.2f s: %s -> %s", self.sim_time_s, reason, LANDING[self.autopilot])
@@ -685,7 +699,8 @@ class SitlVehicle:
 
     def _on_timesync(self, msg) -> None:
         if msg.tc1 == 0:
-            self._send(self.master.mav.timesync_encode(int(self.sim_time_s * 1e9), msg.ts1))
+            now_ns = max(1, int(self.sim_time_s * 1e9))   # tc1 != 0 marks a reply
+            self._send(self.master.mav.timesync_encode(now_ns, msg.ts1))
 
     # ------------------------------------------------------------------ messages out
     def _send(self, msg) -> None:
@@ -705,13 +720,14 @@ class SitlVehicle:
         self._send(self.master.mav.statustext_encode(severity, text[:50].encode()))
 
     def _stream(self, force: bool = False) -> None:
-        """After a step: the streams that fall due (every n-th step), through latency and loss."""
+        """After a step: the streams that fall due (on average at the requested rate, at most one per
+        step), through latency and loss."""
         r = self.realism
         for name, hz in self.rates_hz.items():
             if hz <= 0:
                 continue
-            every = max(1, int(round(1.0 / (hz * self.dt_s))))
-            if not force and self.steps % every:
+            per_step = min(1.0, hz * self.dt_s)             # due when the count of sends ticks over
+            if not force and math.floor(self.steps * per_step + 1e-9) == math.floor((self.steps - 1) * per_step + 1e-9):
                 continue
             msg = self._build(name)
             self._latest[name] = msg
@@ -808,13 +824,17 @@ class SitlVehicle:
             return m.highres_imu_encode(t_us, *frames.flu_to_frd(specific_flu), *s["gyro_frd"], 0.0, 0.0, 0.0,
                                         pressure_hpa, 0.0, alt_m, 20.0, 0x1E3F)
         if name == "ESC_TELEMETRY_1_TO_4":
-            rpm = [int(min(65535, abs(w) * 60.0 / (2 * math.pi))) for w in s["rotor_rad_s"]]
+            # the sim's rotors idle at the throttle curve's lowest speed; a disarmed vehicle reports
+            # the motors it does not spin as stopped, as a real one would
+            spinning = [self.armed or (self._motor_test is not None and self._motor_test[0] == k) for k in range(4)]
+            rpm = [int(min(65535, abs(w) * 60.0 / (2 * math.pi))) if on else 0
+                   for w, on in zip(s["rotor_rad_s"], spinning)]
             amps_each = int(amps * 25)
             return m.esc_telemetry_1_to_4_encode([25] * 4, [int(volts * 100)] * 4, [amps_each] * 4,
                                                  [int(self.battery.consumed_mah / 4)] * 4, rpm, [0] * 4)
         if name == "SERVO_OUTPUT_RAW":
-            spinning = self.armed or self._motor_test is not None
-            pwm = [int(1000 + 1000 * u) if spinning else 1000 for u in self._throttle(s["rotor_rad_s"])]
+            spinning = [self.armed or (self._motor_test is not None and self._motor_test[0] == k) for k in range(4)]
+            pwm = [int(1000 + 1000 * u) if on else 1000 for u, on in zip(self._throttle(s["rotor_rad_s"]), spinning)]
             return m.servo_output_raw_encode(t_us & 0xFFFFFFFF, 0, *pwm, 0, 0, 0, 0)
         raise SitlError(f"no stream named {name}")
 
@@ -872,7 +892,8 @@ def run(args) -> int:
                 time.sleep(0.5)
                 if sys.stderr.isatty():
                     s = vehicle.state()
-                    print(f"\r t {vehicle.sim_time_s:7.1f} s  {vehicle.mode:12s} {'ARMED' if vehicle.armed else 'disarmed'}"
+                    armed = "ARMED" if vehicle.armed else "disarmed"
+                    print(f"\r t {vehicle.sim_time_s:7.1f} s  {vehicle.mode:12s} {armed:8s}"
                           f"  pos ENU {s['pos_enu_m'][0]:6.2f} {s['pos_enu_m'][1]:6.2f} {s['pos_enu_m'][2]:6.2f} m"
                           f"  battery {vehicle.battery.voltage_v:5.2f} V ", end="", file=sys.stderr)
         except KeyboardInterrupt:

@@ -1,6 +1,6 @@
 """What the simulated vehicle (flight/sitl.py) adds around the sim: the battery, the realism
 knobs (sensor noise and bias, telemetry latency and loss, wind and gusts) and the autopilot's
-own small controllers (attitude P loop, velocity hold for LAND and for stopping), all in the
+own small controllers (attitude P loop, velocity loop for LAND, stopping and climb rates), all in the
 sim's frames (world ENU, body FLU).
 """
 from __future__ import annotations
@@ -13,8 +13,7 @@ import numpy as np
 from flight import frames
 
 G_M_S2 = 9.81
-ATTITUDE_KP_PER_S = 6.0          # attitude error [rad] -> body rate [rad/s]; well inside the rate loop's bandwidth
-VELOCITY_KP_PER_S = 2.0          # velocity error [m/s] -> acceleration [m/s^2]
+ATTITUDE_KP_PER_S = 4.0          # attitude error [rad] -> body rate [rad/s]; inside the rate loop's bandwidth
 TILT_MAX_RAD = math.radians(25)  # the velocity hold never leans further
 
 
@@ -60,7 +59,8 @@ class Realism:
                 number = float(value)
             except ValueError:
                 number = math.nan
-            if not sep or name not in fields or not math.isfinite(number) or number < 0 and not name.startswith("wind"):
+            negative = number < 0 and not name.startswith("wind")      # only the wind has a direction
+            if not sep or name not in fields or not math.isfinite(number) or negative:
                 raise RealismError(f"--noise {part!r}: use a preset ({', '.join(cls.PRESETS)}) or NAME=VALUE with a "
                                    f"non-negative number, NAME one of {', '.join(sorted(fields))}")
             values[name] = number
@@ -92,33 +92,37 @@ class Gusts:
 class Battery:
     """A LiPo pack: open-circuit voltage from the state of charge, sag from the load, capacity.
 
-    The profile's battery_v_nominal is taken as the charged pack's resting voltage (the voltage
-    the sim's throttle curve and top speed refer to); an empty pack rests at 85 % of it, the band
-    the sim's battery randomization trains over. The internal resistance is chosen so the pack
-    sags by `sag_at_hover` (4 %) at hover; the current is the rotors' mechanical power
-    (km * omega^3 each) over a 70 % efficient drive. The default capacity stores 150 Wh/kg in a
-    quarter of the take-off mass (a Crazyflie gets ~270 mAh, a 1.5 kg quad ~3800 mAh at 4S).
+    Cells: battery_v_nominal / 3.7 V. What the vehicle reports is a real pack: 4.20 V per cell
+    charged, 3.27 V empty, minus the internal resistance times the current. What the sim's
+    motors feel is the same voltage relative to the charged pack at rest, which the profile's
+    battery_v_nominal (the reference of its throttle curve and top speed) stands for; an empty
+    pack (3.7 V per cell at 10 %) then gives 88 %, inside the band the sim's randomization trains
+    over. The resistance makes the pack sag by `sag_at_hover` (4 %) at hover; the current is the
+    rotors' mechanical power (km * omega^3 each) over a 70 % efficient drive. The default capacity
+    stores 150 Wh/kg in a quarter of the take-off mass (a Crazyflie gets ~270 mAh, a 1.5 kg quad
+    ~3800 mAh at 4S).
     """
-    SOC = (0.0, 0.1, 0.3, 0.7, 1.0)
-    OCV_FRAC = (0.85, 0.90, 0.93, 0.96, 1.0)
+    SOC = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
+    OCV_PER_CELL_V = (3.27, 3.61, 3.69, 3.73, 3.77, 3.84, 3.95, 4.11, 4.20)
     EFFICIENCY = 0.7
 
     def __init__(self, params: dict, soc: float = 1.0, capacity_mah: float | None = None,
                  sag_at_hover: float = 0.04):
-        self.v_nominal = float(params["battery_v_nominal"])
-        self.cells = max(1, round(self.v_nominal / 3.7))
+        v_nominal = float(params["battery_v_nominal"])
+        self.cells = max(1, round(v_nominal / 3.7))
+        self.v_full = self.cells * self.OCV_PER_CELL_V[-1]
         self.km = float(params["km_nm_per_rad2s2"])
-        self.capacity_mah = capacity_mah or 1000.0 * 0.25 * params["mass_kg"] * 150.0 / self.v_nominal
+        self.capacity_mah = capacity_mah or 1000.0 * 0.25 * params["mass_kg"] * 150.0 / v_nominal
         omega_hover = math.sqrt(params["mass_kg"] * G_M_S2 / (4 * params["kf_n_per_rad2s2"]))
         self.hover_current_a = self.current_a(np.full(4, omega_hover))
-        self.r_ohm = sag_at_hover * self.v_nominal / self.hover_current_a
+        self.r_ohm = sag_at_hover * self.v_full / self.hover_current_a
         self.soc = float(np.clip(soc, 0.0, 1.0))
         self.consumed_mah = 0.0
         self.load_a = 0.0
 
     def current_a(self, rotor_rad_s) -> float:
         power_w = self.km * float(np.sum(np.abs(np.asarray(rotor_rad_s, float)) ** 3))
-        return power_w / (self.EFFICIENCY * self.v_nominal)
+        return power_w / (self.EFFICIENCY * self.cells * 3.7)
 
     def step(self, rotor_rad_s, dt: float) -> None:
         self.load_a = self.current_a(rotor_rad_s)
@@ -129,7 +133,12 @@ class Battery:
     @property
     def voltage_v(self) -> float:
         """Terminal voltage under the present load."""
-        return self.v_nominal * float(np.interp(self.soc, self.SOC, self.OCV_FRAC)) - self.r_ohm * self.load_a
+        return self.cells * float(np.interp(self.soc, self.SOC, self.OCV_PER_CELL_V)) - self.r_ohm * self.load_a
+
+    @property
+    def sim_ratio(self) -> float:
+        """The voltage the motors see, relative to the charged pack at rest (the profile's nominal)."""
+        return max(0.0, self.voltage_v / self.v_full)
 
 
 # ---------------------------------------------------------------------------------------- control
@@ -151,30 +160,53 @@ def level_attitude(q_now, up_enu) -> np.ndarray:
     return frames.quat_multiply(q_yaw, q_tilt)
 
 
-def velocity_hold(state: dict, v_target_enu, hover_frac: float, brake_horizontal: bool = True
-                  ) -> tuple[float, np.ndarray]:
-    """(thrust fraction, body rates FLU) that fly the velocity v_target_enu: what LAND, the loss
-    failsafe and a stop use. Without brake_horizontal only the vertical speed is held (level)."""
-    v = np.asarray(state["vel_enu_m_s"], float)
-    accel = VELOCITY_KP_PER_S * (np.asarray(v_target_enu, float) - v)
-    if not brake_horizontal:
-        accel[:2] = 0.0
-    limit = G_M_S2 * math.tan(TILT_MAX_RAD)
-    horizontal = np.linalg.norm(accel[:2])
-    if horizontal > limit:
-        accel[:2] *= limit / horizontal
-    force = accel + [0.0, 0.0, G_M_S2]                    # specific force wanted, ENU
-    force[2] = max(force[2], 0.2 * G_M_S2)
-    q = np.asarray(state["quat_wxyz"], float)
-    rates = attitude_rates(q, level_attitude(q, force))
-    body_up = frames.rotate(q, [0.0, 0.0, 1.0])
-    thrust = hover_frac * max(0.0, float(np.dot(force, body_up))) / G_M_S2
-    return float(np.clip(thrust, 0.0, 1.0)), rates
+class VelocityController:
+    """The autopilot's velocity loop, used by LAND, the failsafes and ArduPilot's climb-rate
+    reading of the thrust field: P on the velocity error, plus an integral on the vertical one
+    (drag and a thrust-curve mismatch would otherwise leave a steady error); the horizontal loop
+    is slower, outside the attitude and rate loops it leans through. reset() when unused."""
+    KP_HORIZONTAL_PER_S = 1.0
+    KP_VERTICAL_PER_S = 4.0
+    KI_VERTICAL_PER_S2 = 4.0
+    INTEGRAL_LIMIT_M_S2 = 3.0
 
+    def __init__(self, dt_s: float):
+        self.dt_s = dt_s
+        self.integral = 0.0
 
-def climb_rate_thrust(state: dict, climb_m_s: float, hover_frac: float) -> float:
-    """ArduPilot without GUID_OPTIONS bit 3: the thrust field is a climb rate; the thrust that flies it."""
-    q = np.asarray(state["quat_wxyz"], float)
-    accel_up = VELOCITY_KP_PER_S * (climb_m_s - float(state["vel_enu_m_s"][2]))
-    up_z = max(0.3, frames.rotate(q, [0.0, 0.0, 1.0])[2])
-    return float(np.clip(hover_frac * (1.0 + accel_up / G_M_S2) / up_z, 0.0, 1.0))
+    def reset(self) -> None:
+        self.integral = 0.0
+
+    def _vertical(self, climb_error_m_s: float) -> float:
+        self.integral = float(np.clip(self.integral + self.KI_VERTICAL_PER_S2 * climb_error_m_s * self.dt_s,
+                                      -self.INTEGRAL_LIMIT_M_S2, self.INTEGRAL_LIMIT_M_S2))
+        return self.KP_VERTICAL_PER_S * climb_error_m_s + self.integral
+
+    def hold(self, state: dict, v_target_enu, hover_frac: float, brake_horizontal: bool = True
+             ) -> tuple[float, np.ndarray]:
+        """(thrust fraction, body rates FLU) that fly the velocity v_target_enu; without
+        brake_horizontal only the vertical speed is held, level."""
+        v = np.asarray(state["vel_enu_m_s"], float)
+        target = np.asarray(v_target_enu, float)
+        accel = np.zeros(3)
+        if brake_horizontal:
+            accel[:2] = self.KP_HORIZONTAL_PER_S * (target[:2] - v[:2])
+        accel[2] = self._vertical(target[2] - v[2])
+        limit = G_M_S2 * math.tan(TILT_MAX_RAD)
+        horizontal = np.linalg.norm(accel[:2])
+        if horizontal > limit:
+            accel[:2] *= limit / horizontal
+        force = accel + [0.0, 0.0, G_M_S2]                # specific force wanted, ENU
+        force[2] = max(force[2], 0.2 * G_M_S2)
+        q = np.asarray(state["quat_wxyz"], float)
+        rates = attitude_rates(q, level_attitude(q, force))
+        body_up = frames.rotate(q, [0.0, 0.0, 1.0])
+        thrust = hover_frac * max(0.0, float(np.dot(force, body_up))) / G_M_S2
+        return float(np.clip(thrust, 0.0, 1.0)), rates
+
+    def climb_thrust(self, state: dict, climb_m_s: float, hover_frac: float) -> float:
+        """The thrust fraction that flies a climb rate at the present attitude."""
+        q = np.asarray(state["quat_wxyz"], float)
+        accel_up = self._vertical(climb_m_s - float(state["vel_enu_m_s"][2]))
+        up_z = max(0.3, frames.rotate(q, [0.0, 0.0, 1.0])[2])
+        return float(np.clip(hover_frac * (1.0 + accel_up / G_M_S2) / up_z, 0.0, 1.0))

@@ -121,7 +121,7 @@ def test_geofence_breach_fires_the_failsafe(tmp_path):
         def gust():
             time.sleep(3.0)
             vehicle.set_wind([0.0, 0.0, 0.6])
-            while vehicle._mode_name() != "LAND":       # the updraft dies down once the vehicle lands
+            while vehicle.mode != "LAND":       # the updraft dies down once the vehicle lands
                 time.sleep(0.02)
             vehicle.set_wind([0.0, 0.0, 0.0])
         threading.Thread(target=gust, daemon=True).start()
