@@ -4,6 +4,7 @@ built-in simulated one (the default, when no --connect is given).
     fly --course hall.json                                   # the simulated vehicle, the shipped policy
     fly --course hall.json --connect udpin:0.0.0.0:14550     # a real flight controller (or MAVProxy --out)
     fly --course hall.json --connect /dev/ttyAMA0,921600 --policy my.onnx --profile my_quad.json
+    fly --teleop                                             # drag the target on a web page (flight/teleop.py)
 
 Exit status: 0 when the course was completed, 3 when a failsafe fired, 1 on an error before
 arming (bad course, policy, connection), 2 on bad arguments.
@@ -28,7 +29,10 @@ def default_policy(mode: str) -> str:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--course", required=True, help="course JSON (a built-in name like hall, or a path)")
+    parser.add_argument("--course", default=None,
+                        help="course JSON (a built-in name like hall, or a path); required unless --teleop, where it "
+                             "only gives the geofence box and the start (default: a 10 x 10 x 3.5 m box, x and y "
+                             "from -5 to 5 m, z up to 3.5 m, ENU, around the vehicle's local origin)")
     parser.add_argument("--policy", default=None,
                         help="exported policy (.onnx); default: the shipped one for --mode (flight/policies/)")
     parser.add_argument("--connect", default=None,
@@ -42,12 +46,20 @@ def add_arguments(parser) -> None:
                         help="the drone flown (profile name or JSON; its hover thrust is an observation); "
                              "default: crazyflie21 for the simulated vehicle, required for a real one")
     parser.add_argument("--lookahead", type=float, default=1.5, help="how far ahead along the course the target leads [m]")
-    parser.add_argument("--max-time", type=float, default=180.0, help="failsafe if the course is not done by then [s]")
+    parser.add_argument("--max-time", type=float, default=180.0,
+                        help="failsafe if the course (with --teleop: the flight) is not done by then [s]")
     parser.add_argument("--log", default="flights", help="folder for the flight log (CSV + JSON) and the picture")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG at the end (headless companion computer)")
     parser.add_argument("--dry-run", action="store_true",
                         help="connect, load and check everything, then stop before arming")
     parser.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    parser.add_argument("--teleop", action="store_true",
+                        help="fly to a target dragged on a web page the runner serves (its URL is printed at start)")
+    parser.add_argument("--teleop-port", type=int, default=8765, help="the teleop page's port (0: any free one)")
+    parser.add_argument("--teleop-bind", default="127.0.0.1",
+                        help="the teleop page's address; any non-loopback one requires the token printed at start")
+    parser.add_argument("--teleop-land-after", type=float, default=10.0,
+                        help="with the teleop page closed or silent for 1 s the target holds; land after this long [s]")
 
 
 def _free_udp_port() -> int:
@@ -64,7 +76,14 @@ def run(args) -> int:
     from policy_export import load_policy
     from sim.profiles import load_profile
 
-    course = load_course(args.course)                 # a malformed course fails here, before connecting
+    if args.course is None and not args.teleop:
+        print("fly: error: --course is required (or --teleop, to drag the target on a web page)", file=sys.stderr)
+        return 2
+    if args.course is not None:
+        course = load_course(args.course)             # a malformed course fails here, before connecting
+    else:
+        from flight.teleop import default_box_course
+        course = default_box_course()
     policy_path = args.policy or default_policy(args.mode or "ctbr")
     modes = (args.mode,) if args.mode else ("ctbr", "motor")
     policy = load_policy(policy_path, action_modes=modes)
@@ -98,9 +117,15 @@ def run(args) -> int:
             problems = preflight(course, state, link.battery_v, link.cells)
             print("dry run: " + ("ready to fly" if not problems else "NOT ready:\n  - " + "\n  - ".join(problems)))
             return 0 if not problems else 1
-        result = fly_course(link, policy, course, profile, log_path, lookahead_m=args.lookahead,
-                            max_time_s=args.max_time, status=StatusLine(),
-                            meta={"policy": policy_path, "policy_sha256": policy.metadata.get("contract_sha256")})
+        meta = {"policy": policy_path, "policy_sha256": policy.metadata.get("contract_sha256")}
+        if args.teleop:
+            result = _teleop(args, stack, link, policy, course, profile, log_path, meta)
+            if result is None:
+                print("teleop: ended before take-off; nothing flew", file=sys.stderr)
+                return 0
+        else:
+            result = fly_course(link, policy, course, profile, log_path, lookahead_m=args.lookahead,
+                                max_time_s=args.max_time, status=StatusLine(), meta=meta)
     summary = result.summary()
     if not args.no_plot:
         from calibration.flight_plot import plot_flight
@@ -110,9 +135,26 @@ def run(args) -> int:
     else:
         outcome = "completed" if result.failsafe is None else f"FAILSAFE: {result.failsafe}"
         lap = f", lap {result.lap_time_s:.1f} s" if result.lap_time_s else ""
-        print(f"{outcome}: {result.gates_passed}/{result.gates_total} gates{lap}; tick p99 {result.tick_p99_ms:.2f} ms, "
+        gates = f"{result.gates_passed}/{result.gates_total} gates" if result.gates_total else "teleop flight"
+        print(f"{outcome}: {gates}{lap}; tick p99 {result.tick_p99_ms:.2f} ms, "
               f"{result.missed_ticks} missed of {result.ticks}; log {log_path}")
     return 0 if result.failsafe is None else 3
+
+
+def _teleop(args, stack, link, policy, course, profile, log_path, meta):
+    """Serves the teleop page, prints its URL on a line of its own, waits for Take off, flies."""
+    from flight.runner import StatusLine
+    from flight.teleop import TeleopServer, TeleopTargets, run_teleop, vehicle_status
+    targets = TeleopTargets(course, land_after_s=args.teleop_land_after)
+    server = stack.enter_context(TeleopServer(targets, lambda: vehicle_status(link, course), args.teleop_bind,
+                                              args.teleop_port))
+    token_note = "; it carries the token that commands need" if server.token else ""
+    if args.teleop_bind in ("0.0.0.0", "::"):
+        token_note += "; from another machine, put this machine's address in place of 127.0.0.1"
+    print(f"teleop: open this page, then press Take off (Ctrl-C quits){token_note}:", file=sys.stderr)
+    print(server.url, flush=True)
+    return run_teleop(link, policy, course, profile, log_path, targets, max_time_s=args.max_time, status=StatusLine(),
+                      meta={**meta, "teleop": {"bind": args.teleop_bind, "port": server.port}})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,3 +110,27 @@ def yaw_enu_to_ned(yaw_enu_rad: float) -> float:
 
 
 yaw_ned_to_enu = yaw_enu_to_ned
+
+
+# ---------------------------------------------------------------- motor order
+#: where each of the sim's motors (1 front-right CCW, 2 back-left CCW, 3 front-left CW, 4 back-right
+#: CW: the PX4 / ArduPilot quad-X order) sits in another order, as 0-based indices into it
+MOTOR_ORDERS = {
+    "sim": (0, 1, 2, 3), "px4": (0, 1, 2, 3), "ardupilot": (0, 1, 2, 3),
+    "crazyflie": (0, 2, 3, 1),    # Bitcraze: M1 front-right, M2 back-right, M3 back-left, M4 front-left
+    "betaflight": (1, 2, 3, 0),   # Betaflight quad-X: 1 back-right, 2 front-right, 3 back-left, 4 front-left
+}
+
+
+def motors_to_sim_order(values, order: str) -> np.ndarray:
+    """Per-motor values (last axis: 4 motors) from another vehicle's motor order into the sim's."""
+    if order not in MOTOR_ORDERS:
+        raise ValueError(f"unknown motor order {order!r}: use one of {sorted(MOTOR_ORDERS)}")
+    return np.asarray(values)[..., list(MOTOR_ORDERS[order])]
+
+
+def motors_from_sim_order(values, order: str) -> np.ndarray:
+    """The inverse of motors_to_sim_order: per-motor values from the sim's order into `order`."""
+    out = np.empty_like(np.asarray(values))
+    out[..., list(MOTOR_ORDERS[order])] = np.asarray(values)
+    return out

@@ -44,7 +44,8 @@ FLIGHT_COLUMNS = tuple(
     + _xyz("omega_frd_rad_s") + _xyz("target_enu_m") + [f"action_{k}" for k in range(ACTION_SIZE)]
     + ["sent_thrust"] + _xyz("sent_rate_frd_rad_s") + [f"sent_motor_{k}" for k in range(1, 5)]
     + [f"rpm_{k}" for k in range(1, 5)] + ["battery_v", "mode", "armed", "gate", "failsafe"]
-    + _xyz("shadow_pos_enu_m") + _xyz("shadow_vel_enu_m_s"))
+    + _xyz("shadow_pos_enu_m") + _xyz("shadow_vel_enu_m_s")
+    + _xyz("goal_enu_m") + ["target_event"])     # teleop (flight/teleop.py): the operator's goal, its changes
 
 
 class Shadow:
@@ -112,9 +113,14 @@ class StatusLine:
 
 def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *, limits: Limits = Limits(),
                lookahead_m: float = 1.5, max_time_s: float = 300.0,
-               status: StatusLine | None = None, meta: dict | None = None) -> FlightResult:
+               status: StatusLine | None = None, meta: dict | None = None, targets=None) -> FlightResult:
     """Flies the course once (all laps) on a connected link. Returns what happened; a failsafe is
-    a result (with its reason), not an exception."""
+    a result (with its reason), not an exception.
+
+    `targets` replaces the course's sliding target (CourseProgress) with another source of the
+    same interface (update(pos, t) -> target, finished, passes, next_gate, total_gates) that may
+    also have `failsafe` (a reason to stop and land), `log_fields()` (extra log columns for this
+    tick) and `stopped(reason)` (told when the loop ends): flight/teleop.py's TeleopTargets."""
     status = status or StatusLine()
     mode = policy.action_mode
     shadow = Shadow(profile, mode)
@@ -123,7 +129,7 @@ def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *,
     problems = preflight(course, state, link.battery_v, link.cells, limits)
     if problems:
         raise PreflightError("pre-flight checks failed, not arming:\n  - " + "\n  - ".join(problems))
-    progress = CourseProgress(course, lookahead_m)
+    progress = targets if targets is not None else CourseProgress(course, lookahead_m)
     supervisor = Supervisor(course, limits, link.cells)
     last_actions = np.zeros(ACTION_HISTORY * ACTION_SIZE, np.float32)
     last_actions[:] = np.tile(_hold_action(mode, shadow.hover_action, on_ground=True), ACTION_HISTORY)
@@ -156,6 +162,7 @@ def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *,
                     failsafe = supervisor.check(now, state, action, link.last_heartbeat_s, link.battery_v)
                     if failsafe is None and t > max_time_s:
                         failsafe = f"time limit: the course was not finished in {max_time_s:g} s"
+                    failsafe = failsafe or getattr(progress, "failsafe", None)
                     if failsafe is not None:
                         failsafe_at = time.monotonic()
                         log.warning("failsafe: %s", failsafe)
@@ -166,8 +173,9 @@ def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *,
                     elapsed_ms = (time.perf_counter() - tick_start) * 1e3
                     tick_ms.append(elapsed_ms)
                     path.append(np.array(state["pos_enu_m"], float))
+                    extra = progress.log_fields() if hasattr(progress, "log_fields") else {}
                     flight_log.write(**_row(t, elapsed_ms, state, target, action, sent, link, progress, shadow_pos,
-                                            shadow_vel))
+                                            shadow_vel), **extra)
                     ticks += 1
                     if progress.finished:
                         break
@@ -187,6 +195,8 @@ def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *,
                     failsafe = "Ctrl-C: landing (press Ctrl-C again to disarm at once)"
                     break
             status.done()
+            if hasattr(progress, "stopped"):
+                progress.stopped(failsafe)
             try:
                 link.land_and_disarm(timeout_s=30.0)
             except KeyboardInterrupt:

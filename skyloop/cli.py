@@ -21,8 +21,10 @@ VERBS = {
     "export": ("policy_export.cli", "export a trained policy to ONNX (or C) with its contract; --inspect a model"),
     "sitl": ("flight.sitl", "a simulated MAVLink quadrotor on our sim (ArduPilot- or PX4-like)"),
     "fly": ("flight.cli", "fly a course with an exported policy (the simulated vehicle unless --connect)"),
+    "teleop": ("flight.teleop", "fly to a target dragged on a web page (fly --teleop; prints the page's URL)"),
     "stand": ("thrust_stand.cli", "drive a motor on a thrust stand and record it (stand run / stand import)"),
     "calibrate": ("calibration.cli", "fit motor constants from stand logs into a drone profile"),
+    "compare": ("calibration.compare_cli", "replay a real flight log in the sim and report where they differ"),
 }
 
 

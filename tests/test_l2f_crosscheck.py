@@ -80,7 +80,8 @@ def test_trajectory_agrees_with_l2f_within_a_centimetre_after_a_hover_plus_step_
     prof = load_profile("crazyflie21").nominal()
     # what both models express exactly: no delay, drag or rotor inertia; different up / down lags are fine
     prof.params.update(motor_delay_s=0.0, drag_n_per_m_s=[0.0, 0.0, 0.0], rotor_inertia_kg_m2=0.0,
-                       motor_tau_up_s=0.03, motor_tau_down_s=0.08)
+                       motor_tau_up_s=0.03, motor_tau_down_s=0.08,
+                       throttle_to_omega_rad_s=prof.params["throttle_to_omega_rad_s"][:2] + [0.0])   # L2F's map is linear
     p = prof.params
     dt = 0.002
     env = DroneEnv(1, prof, task={"control_hz": 1.0 / dt, "ground_start_prob": 0.0, "init_tilt_max_rad": 0.0,

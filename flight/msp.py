@@ -1,0 +1,735 @@
+"""MSP (MultiWii Serial Protocol, as Betaflight speaks it): framing, the rate curves, and the link
+the flight runner flies a Betaflight quad through.
+
+    with MspLink(parse_connection("tcp:127.0.0.1:5761"), truth=TruthReceiver(9005)) as link:
+        link.wait_for_state()
+        link.start_offboard(send_hold)          # streams MSP_SET_RAW_RC, raises the ARM switch
+        link.send_action(action, shadow)        # per control tick: ctbr -> sticks
+        link.land_and_disarm()
+
+Framing (Betaflight src/main/msp/msp_serial.c):
+    v1  '$' 'M' dir size:u8 cmd:u8 payload xor(size, cmd, payload)
+    v2  '$' 'X' dir flag:u8 cmd:u16le size:u16le payload crc8_dvb_s2(flag .. payload)
+dir is '<' to the flight controller, '>' from it, '!' for an error reply.
+
+Betaflight takes no offboard setpoints: the link is a virtual radio. It streams MSP_SET_RAW_RC
+(receiver RX_MSP) at `rc_hz` (>= 50 Hz; 60 by default) and turns the policy's body rates into stick deflections
+through the inverse of the flight controller's own rate curve (read with MSP_RC_TUNING), so the
+commanded rate is the rate Betaflight flies. Arming is the configured ARM mode range on an AUX
+channel (read with MSP_MODE_RANGES). If the stream stops, Betaflight's own RX failsafe takes over
+(stage 1 after its signal timeout, then stage 2: its failsafe procedure, drop by default).
+
+Betaflight's body frame is FLU (x forward, y left, z up: roll right, pitch nose down and yaw
+counter-clockwise are positive in its gyro and PID loop); its yaw stick is reversed (stick right =
+yaw clockwise). Betaflight knows no position: pose and velocity come from an external source
+(motion capture, or the SITL bridge's truth stream: flight/betaflight_sitl.py).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from flight import frames
+from flight.connection import Connection
+
+log = logging.getLogger(__name__)
+
+# message ids (Betaflight src/main/msp/msp_protocol.h)
+MSP_API_VERSION, MSP_FC_VARIANT = 1, 2
+MSP_MODE_RANGES, MSP_SET_MODE_RANGE, MSP_FEATURE_CONFIG = 34, 35, 36
+MSP_STATUS, MSP_RAW_IMU, MSP_MOTOR, MSP_RC, MSP_ATTITUDE, MSP_ANALOG, MSP_RC_TUNING = 101, 102, 104, 105, 108, 110, 111
+MSP_BATTERY_STATE, MSP_MOTOR_TELEMETRY, MSP_STATUS_EX = 130, 139, 150
+MSP_SET_ARMING_DISABLED, MSP_SET_RAW_RC, MSP_MULTIPLE_MSP = 99, 200, 230
+
+FEATURE_RX_MSP = 1 << 14
+BOX_ARM, BOX_FAILSAFE = 0, 27                # permanent box ids (src/main/fc/rc_modes.h)
+# arming disable flags (src/main/fc/runtime_config.h), bit -> name
+ARMING_DISABLED = ("NO_GYRO", "FAILSAFE", "RX_FAILSAFE", "NOT_DISARMED", "BOXFAILSAFE", "RUNAWAY_TAKEOFF",
+                   "CRASH_DETECTED", "THROTTLE", "ANGLE", "BOOT_GRACE_TIME", "NOPREARM", "LOAD", "CALIBRATING",
+                   "CLI", "CMS_MENU", "BST", "MSP", "PARALYZE", "GPS", "RESC", "DSHOT_TELEM", "REBOOT_REQUIRED",
+                   "DSHOT_BITBANG", "ACC_CALIBRATION", "MOTOR_PROTOCOL", "CRASHFLIP", "ALTHOLD", "POSHOLD", "ARM_SWITCH")
+ARM_SWITCH_ONLY = 1 << ARMING_DISABLED.index("ARM_SWITCH")
+GYRO_DEG_S_PER_LSB = 2000.0 / 32768    # MSP_RAW_IMU sends gyro / scale: the +-2000 deg/s range's units
+# Betaflight handles ONE MSP command per port per serial task run (msp_serial.c, mspProcessPacket),
+# and that task runs at serial_update_rate_hz, 100 by default: 100 commands a second. The link keeps
+# at most MAX_OUTSTANDING commands unanswered and asks for its telemetry in one MSP_MULTIPLE_MSP,
+# only when the flight controller has answered everything, so requests never queue up behind RC.
+MAX_OUTSTANDING = 2
+STALE_REPLY_S = 0.5                          # unanswered longer than this: lost, stop waiting for it
+RC_CHANNELS = 8                              # AETR + AUX1..4 (Betaflight's default map, AETR1234)
+RC_MID_US, RC_MIN_US, RC_MAX_US = 1500, 1000, 2000
+RATES_TYPES = ("betaflight", "raceflight", "kiss", "actual", "quick")
+RC_RATE_INCREMENTAL = 14.54                  # src/main/fc/rc.c
+# Betaflight's quad-X motor order is 1 rear-right, 2 front-right, 3 rear-left, 4 front-left; the sim's
+# (PX4 / ArduPilot) is 1 front-right, 2 back-left, 3 front-left, 4 back-right. sim[k] = betaflight[_BF_OF_SIM[k]]
+_BF_OF_SIM = (1, 2, 3, 0)
+
+
+class MspError(ValueError):
+    """A malformed MSP frame or reply; the message says what was wrong with it."""
+
+
+class LinkError(ConnectionError):
+    """The flight controller cannot be flown through this link; the message says what to change."""
+
+
+def motors_betaflight_to_sim(values) -> np.ndarray:
+    """Per-motor values from Betaflight's order to the sim's (the one permutation function)."""
+    v = np.asarray(values, float)
+    return v[list(_BF_OF_SIM)]
+
+
+def motors_sim_to_betaflight(values) -> np.ndarray:
+    v = np.asarray(values, float)
+    out = np.empty(4)
+    out[list(_BF_OF_SIM)] = v
+    return out
+
+
+# ------------------------------------------------------------------------------------ framing
+def crc8_dvb_s2(data: bytes, crc: int = 0) -> int:
+    """CRC-8/DVB-S2 (polynomial 0xD5), MSP v2's checksum."""
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0xD5) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
+
+
+def _xor(data: bytes) -> int:
+    x = 0
+    for byte in data:
+        x ^= byte
+    return x
+
+
+def encode_v1(cmd: int, payload: bytes = b"", direction: str = "<") -> bytes:
+    if not 0 <= cmd <= 255 or len(payload) > 254:
+        raise MspError(f"MSP v1 carries ids 0..255 and at most 254 payload bytes (id {cmd}, {len(payload)} bytes): "
+                       "use encode_v2")
+    body = bytes([len(payload), cmd]) + payload
+    return b"$M" + direction.encode() + body + bytes([_xor(body)])
+
+
+def encode_v2(cmd: int, payload: bytes = b"", direction: str = "<", flag: int = 0) -> bytes:
+    if not 0 <= cmd <= 0xFFFF or len(payload) > 0xFFFF:
+        raise MspError(f"MSP v2 carries ids 0..65535 and at most 65535 payload bytes (id {cmd}, {len(payload)} bytes)")
+    body = struct.pack("<BHH", flag, cmd, len(payload)) + payload
+    return b"$X" + direction.encode() + body + bytes([crc8_dvb_s2(body)])
+
+
+@dataclass(frozen=True)
+class Frame:
+    version: int          # 1 or 2
+    direction: str        # '<' request, '>' reply, '!' error reply
+    cmd: int
+    payload: bytes
+
+
+class MspParser:
+    """Byte stream -> frames. Frames with a bad checksum are dropped and counted in `bad_frames`;
+    bytes between frames are skipped (counted in `skipped_bytes`)."""
+
+    def __init__(self):
+        self.buffer = bytearray()
+        self.bad_frames = 0
+        self.skipped_bytes = 0
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self.buffer += data
+        out = []
+        while True:
+            start = self.buffer.find(b"$")
+            if start < 0:
+                self.skipped_bytes += len(self.buffer)
+                self.buffer.clear()
+                return out
+            if start:
+                self.skipped_bytes += start
+                del self.buffer[:start]
+            frame, used = self._one()
+            if used == 0:
+                return out              # incomplete: wait for more bytes
+            if frame is not None:
+                out.append(frame)
+            del self.buffer[:used]
+
+    def _one(self) -> tuple[Frame | None, int]:
+        b = self.buffer
+        if len(b) < 3:
+            return None, 0
+        if b[1:2] not in (b"M", b"X") or b[2:3] not in (b"<", b">", b"!"):
+            self.skipped_bytes += 1
+            return None, 1                        # not a header: skip the '$'
+        direction = chr(b[2])
+        if b[1:2] == b"M":
+            if len(b) < 6 or len(b) < 6 + b[3]:
+                return None, 0
+            size, cmd = b[3], b[4]
+            end = 5 + size
+            if _xor(b[3:end]) != b[end]:
+                self.bad_frames += 1
+                return None, end + 1
+            return Frame(1, direction, cmd, bytes(b[5:end])), end + 1
+        if len(b) < 9:
+            return None, 0
+        _flag, cmd, size = struct.unpack_from("<BHH", b, 3)
+        end = 8 + size
+        if len(b) < end + 1:
+            return None, 0
+        if crc8_dvb_s2(b[3:end]) != b[end]:
+            self.bad_frames += 1
+            return None, end + 1
+        return Frame(2, direction, cmd, bytes(b[8:end])), end + 1
+
+
+# ------------------------------------------------------------------------------------ rate curves
+@dataclass(frozen=True)
+class RateProfile:
+    """Betaflight's rate profile (MSP_RC_TUNING), per axis roll, pitch, yaw, as the firmware stores it."""
+    rates_type: str                   # one of RATES_TYPES
+    rc_rate: tuple                    # rcRates[3]
+    rc_expo: tuple                    # rcExpo[3]
+    rate: tuple                       # rates[3] ("super rate" / "max rate")
+    rate_limit_deg_s: tuple           # rate_limit[3]
+
+    @classmethod
+    def from_msp(cls, payload: bytes) -> "RateProfile":
+        if len(payload) < 23:
+            raise MspError(f"MSP_RC_TUNING reply has {len(payload)} bytes; Betaflight 4.2+ (API 1.43+) sends at least "
+                           "23: update the flight controller's firmware")
+        p = payload
+        rc_rate = (p[0], p[12], p[11])
+        rc_expo = (p[1], p[13], p[10])
+        limits = struct.unpack_from("<3H", p, 16)
+        return cls(RATES_TYPES[p[22]], rc_rate, rc_expo, (p[2], p[3], p[4]), limits)
+
+    def rate_deg_s(self, axis: int, deflection: float) -> float:
+        """Betaflight's setpoint [deg/s] for a stick deflection in [-1, 1] (src/main/fc/rc.c, applyRates)."""
+        d = float(np.clip(deflection, -1.0, 1.0))
+        a = abs(d)
+        rc_rate, expo, rate = self.rc_rate[axis], self.rc_expo[axis] / 100.0, self.rate[axis]
+        if self.rates_type == "actual":
+            center = rc_rate * 10.0
+            stick_movement = max(0.0, rate * 10.0 - center)
+            out = d * center + stick_movement * a * (d ** 5 * expo + d * (1 - expo))
+        elif self.rates_type == "betaflight":
+            if expo:
+                d = d * a ** 3 * expo + d * (1 - expo)
+            r = rc_rate / 100.0
+            if r > 2.0:
+                r += RC_RATE_INCREMENTAL * (r - 2.0)
+            out = 200.0 * r * d
+            if rate:
+                out /= min(max(1.0 - a * rate / 100.0, 0.01), 1.0)
+        else:
+            raise LinkError(f"Betaflight rates type {self.rates_type!r} is not supported by the ctbr link: set "
+                            "rates_type to ACTUAL or BETAFLIGHT on the flight controller (Configurator: Rateprofile)")
+        limit = self.rate_limit_deg_s[axis]
+        return float(np.clip(out, -limit, limit))
+
+    def max_rate_deg_s(self, axis: int) -> float:
+        return self.rate_deg_s(axis, 1.0)
+
+    def deflection(self, axis: int, rate_deg_s: float) -> float:
+        """The inverse: the stick deflection in [-1, 1] that makes Betaflight fly this rate (clipped to
+        what full stick gives). The curves are odd and increasing, so bisection on |deflection| is exact."""
+        target = abs(float(rate_deg_s))
+        if target >= self.max_rate_deg_s(axis):
+            return math.copysign(1.0, rate_deg_s)
+        lo, hi = 0.0, 1.0
+        for _ in range(40):                       # 1e-12 in deflection
+            mid = 0.5 * (lo + hi)
+            if self.rate_deg_s(axis, mid) < target:
+                lo = mid
+            else:
+                hi = mid
+        return math.copysign(0.5 * (lo + hi), rate_deg_s)
+
+
+def rates_flu_to_channels(rates_flu_rad_s, profile: RateProfile) -> list[int]:
+    """Body rates FLU [rad/s] -> roll, pitch, yaw channel values [us]. Betaflight's axes are FLU
+    (roll right, pitch nose down, yaw counter-clockwise positive) and its yaw stick is reversed."""
+    sign = (1.0, 1.0, -1.0)
+    return [int(round(RC_MID_US + 500.0 * sign[k] * profile.deflection(k, math.degrees(float(r)))))
+            for k, r in enumerate(rates_flu_rad_s)]
+
+
+# ------------------------------------------------------------------------------------ transports
+class TcpTransport:
+    def __init__(self, host: str, port: int, timeout_s: float = 3.0):
+        try:
+            self.sock = socket.create_connection((host, port), timeout=timeout_s)
+        except OSError as exc:
+            raise LinkError(f"cannot connect to the flight controller at tcp:{host}:{port} ({exc}): is the "
+                            "Betaflight SITL running (`skyloop sitl --betaflight`), is the port its UART's (5761)?") from None
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(0.005)
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self) -> bytes:
+        try:
+            data = self.sock.recv(65536)
+        except (socket.timeout, BlockingIOError):
+            return b""
+        if not data:
+            raise ConnectionError("the flight controller closed the TCP connection")
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class SerialTransport:
+    def __init__(self, device: str, baud: int):
+        import serial
+        try:
+            self.port = serial.Serial(device, baud, timeout=0.005, write_timeout=0.1)
+        except (OSError, serial.SerialException) as exc:
+            raise LinkError(f"cannot open {device} at {baud} baud ({exc}): is the flight controller plugged in, "
+                            "is MSP enabled on that UART (Betaflight Ports tab)?") from None
+
+    def write(self, data: bytes) -> None:
+        self.port.write(data)
+
+    def read(self) -> bytes:
+        return self.port.read(max(1, self.port.in_waiting))
+
+    def close(self) -> None:
+        self.port.close()
+
+
+def open_transport(connection: Connection):
+    if connection.kind == "tcp":
+        return TcpTransport(connection.host, connection.port)
+    if connection.kind == "serial":
+        return SerialTransport(connection.device, connection.baud)
+    raise LinkError(f"MSP runs over a serial port or TCP (tcp:127.0.0.1:5761 for the SITL), not {connection.kind}: "
+                    f"{connection}")
+
+
+# ------------------------------------------------------------------------------------ pose source
+TRUTH_FORMAT = "<d3d3d4d3d4d"     # t_s, pos_enu_m, vel_enu_m_s, quat_wxyz (FLU -> ENU), omega_flu_rad_s, rotor_rpm (sim order)
+TRUTH_SIZE = struct.calcsize(TRUTH_FORMAT)
+
+
+def pack_truth(t_s, pos_enu_m, vel_enu_m_s, quat_wxyz, omega_flu_rad_s, rotor_rpm) -> bytes:
+    """A pose packet (motion capture, or the Betaflight SITL bridge's ground truth). Unknown
+    fields (a motion capture has no rotor speeds) are NaN."""
+    return struct.pack(TRUTH_FORMAT, t_s, *pos_enu_m, *vel_enu_m_s, *quat_wxyz, *omega_flu_rad_s, *rotor_rpm)
+
+
+def unpack_truth(data: bytes) -> dict:
+    if len(data) != TRUTH_SIZE:
+        raise MspError(f"pose packet of {len(data)} bytes, expected {TRUTH_SIZE} ({TRUTH_FORMAT})")
+    v = np.array(struct.unpack(TRUTH_FORMAT, data))
+    return {"t_s": v[0], "pos_enu_m": v[1:4], "vel_enu_m_s": v[4:7], "quat_wxyz": v[7:11],
+            "omega_flu_rad_s": v[11:14], "rotor_rpm": v[14:18]}
+
+
+class PoseReceiver:
+    """Listens for pose packets (TRUTH_FORMAT) on a UDP port; keeps the newest, stamped on arrival."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1"):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self.sock.bind((host, port))
+        except OSError as exc:
+            raise LinkError(f"cannot listen for the pose stream on udp {host}:{port} ({exc}): another program "
+                            "holds the port; stop it or pick another one") from None
+        self.sock.settimeout(0.05)
+        self.latest: tuple[float, dict] | None = None
+        self.bad_packets = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="pose")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(1024)
+                self.latest = (time.monotonic(), unpack_truth(data))
+            except socket.timeout:
+                continue
+            except MspError:
+                self.bad_packets += 1
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+        self.sock.close()
+
+
+# ------------------------------------------------------------------------------------ the link
+def decode_status(payload: bytes, box_ids: list[int]) -> dict:
+    """MSP_STATUS_EX -> armed, Betaflight's failsafe mode, arming-disable flag names."""
+    if len(payload) < 16:
+        raise MspError(f"MSP_STATUS_EX reply of {len(payload)} bytes is too short")
+    extra = payload[15] & 0x0F
+    flags = int.from_bytes(payload[6:10] + payload[16:16 + extra], "little")
+    o = 16 + extra
+    disable = struct.unpack_from("<I", payload, o + 1)[0] if len(payload) >= o + 5 else 0
+
+    def box_on(permanent_id):
+        return permanent_id in box_ids and bool(flags >> box_ids.index(permanent_id) & 1)
+    return {"armed": box_on(BOX_ARM), "failsafe_mode": box_on(BOX_FAILSAFE), "arming_disable_bits": disable,
+            "arming_disabled": [n for k, n in enumerate(ARMING_DISABLED) if disable >> k & 1]}
+
+
+def attitude_to_quat_enu_flu(payload: bytes) -> np.ndarray:
+    """MSP_ATTITUDE (roll right, pitch nose down [0.1 deg], heading [deg] clockwise from north) ->
+    quaternion FLU -> ENU."""
+    roll, pitch, heading = struct.unpack_from("<hhh", payload)
+    q_ned_frd = frames.euler_rpy_to_quat(math.radians(roll / 10), -math.radians(pitch / 10), math.radians(heading))
+    return frames.quat_ned_frd_to_enu_flu(q_ned_frd)
+
+
+class MspLink:
+    """Flies a Betaflight flight controller over MSP, with the interface of flight.link.MavLink."""
+
+    def __init__(self, connection: Connection, profile, action_mode: str = "ctbr", rate_max_rad_s=(10.0, 10.0, 5.0),
+                 pose=None, rc_hz: float = 60.0, arm_timeout_s: float = 10.0):
+        if action_mode != "ctbr":
+            raise LinkError("Betaflight flies sticks (body rates + throttle): use a ctbr policy (--mode ctbr); "
+                            "MSP cannot command single motors in flight")
+        if rc_hz < 50:
+            raise LinkError(f"rc_hz {rc_hz:g} is below 50 Hz: Betaflight's RX would see a choppy link")
+        self.connection, self.action_mode, self.rc_hz = connection, action_mode, float(rc_hz)
+        self.pose, self.arm_timeout_s = pose, arm_timeout_s
+        self.rate_max_rad_s = np.asarray(rate_max_rad_s, float)      # the policy's ctbr scaling
+        self._curve = np.asarray(profile.params["throttle_to_omega_rad_s"], float)
+        self.autopilot = "betaflight"
+        self.transport = None
+        self.parser = MspParser()
+        self.rates: RateProfile | None = None
+        self.box_ids: list[int] = []
+        self.arm_channel: int | None = None          # index into the RC channels (4 = AUX1)
+        self.arm_us = RC_MIN_US
+        self.channels = [RC_MID_US, RC_MID_US, RC_MIN_US, RC_MID_US] + [RC_MIN_US] * (RC_CHANNELS - 4)  # AETR + AUX
+        self.armed = False
+        self.status: dict = {}
+        self.fc_failsafe: str | None = None
+        self.battery_v: float | None = None
+        self.cells: int | None = None
+        self.hover_throttle = None                   # the stick mapping already puts hover where it belongs
+        self.idle_frac = 0.055                       # Betaflight's default motor idle; measured at arming
+        self.last_heartbeat_s: float | None = None   # newest reply from the flight controller
+        self.ground_z_enu_m = 0.0
+        self.uplink = True                           # False: RC frames are no longer sent (tests, link loss)
+        self._att = self._gyro = self._motors = self._rpm = None
+        self._replies: dict[int, bytes] = {}
+        self._rtt_s: list[float] = []
+        self._sent_at: dict[int, float] = {}
+        self._outstanding, self._last_io_s = 0, 0.0  # commands sent and not yet answered; last send / reply
+        self._telemetry_cmds: tuple[int, ...] = ()   # what the MSP_MULTIPLE_MSP in flight asked for
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.rc_frames_sent = 0
+
+    # ---------------------------------------------------------------- connect / close
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if self.transport is not None and self.armed:
+                self.land_and_disarm(timeout_s=15.0)
+        finally:
+            self.close()
+        return False
+
+    def open(self) -> None:
+        self.transport = open_transport(self.connection)
+        try:
+            variant = self.request(MSP_FC_VARIANT)
+            if variant[:4] != b"BTFL":
+                raise LinkError(f"the flight controller on {self.connection} runs {variant[:4]!r}, not Betaflight")
+            api = self.request(MSP_API_VERSION)
+            if (api[1], api[2]) < (1, 43):
+                raise LinkError(f"Betaflight MSP API {api[1]}.{api[2]} is too old: 1.43 (Betaflight 4.2) or newer")
+            features = struct.unpack("<I", self.request(MSP_FEATURE_CONFIG)[:4])[0]
+            if not features & FEATURE_RX_MSP:
+                raise LinkError("the receiver is not MSP: set Receiver -> MSP in Betaflight Configurator "
+                                "(CLI: `feature RX_MSP`, `save`), or use MSP override on a real radio")
+            self.rates = RateProfile.from_msp(self.request(MSP_RC_TUNING))
+            self.rates.max_rate_deg_s(0)             # refuses a rates type the inversion does not know
+            self.box_ids = list(self.request(119))   # MSP_BOXIDS: permanent ids, in status-flag order
+            self.arm_channel, self.arm_us = self._arm_switch(self.request(MSP_MODE_RANGES))
+        except BaseException:
+            self.transport.close()
+            self.transport = None
+            raise
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="msp")
+        self._thread.start()
+        log.info("connected to Betaflight on %s: %s rates, ARM on AUX%d", self.connection, self.rates.rates_type,
+                 self.arm_channel - 3)
+
+    @staticmethod
+    def _arm_switch(ranges: bytes) -> tuple[int, int]:
+        for k in range(0, len(ranges) - 3, 4):
+            box, aux, start, end = ranges[k:k + 4]
+            if box == BOX_ARM and end > start:
+                return 4 + aux, 900 + 25 * (start + end) // 2
+        raise LinkError("no ARM switch is configured: assign ARM to an AUX channel (Configurator Modes tab, "
+                        "or CLI `aux 0 0 0 1700 2100 0 0`)")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        if self.pose is not None:
+            self.pose.close()
+
+    def describe(self) -> dict:
+        return {"connection": str(self.connection), "autopilot": "betaflight", "action_mode": self.action_mode,
+                "rates": self.rates.__dict__ if self.rates else None, "arm_channel": self.arm_channel,
+                "rc_hz": self.rc_hz}
+
+    # ---------------------------------------------------------------- I/O
+    def _send(self, cmd: int, payload: bytes = b"") -> None:
+        with self._write_lock:
+            self._sent_at.setdefault(cmd, time.monotonic())
+            self._outstanding += 1
+            self._last_io_s = time.monotonic()
+            self.transport.write(encode_v1(cmd, payload))
+
+    def _receive(self) -> None:
+        for frame in self.parser.feed(self.transport.read()):
+            now = time.monotonic()
+            self._outstanding, self._last_io_s = max(0, self._outstanding - 1), now
+            if frame.direction != ">":
+                continue
+            if frame.cmd == MSP_MULTIPLE_MSP:
+                self._handle(frame, now)
+                p, k = frame.payload, 0
+                for cmd in self._telemetry_cmds:     # [size][payload] per command asked, in order
+                    if k >= len(p) or k + 1 + p[k] > len(p):
+                        break
+                    self._handle(Frame(frame.version, ">", cmd, bytes(p[k + 1:k + 1 + p[k]])), now)
+                    k += 1 + p[k]
+            else:
+                self._handle(frame, now)
+
+    def request(self, cmd: int, payload: bytes = b"", timeout_s: float = 1.0) -> bytes:
+        """One request and its reply (before the loop thread runs, or from it)."""
+        self._replies.pop(cmd, None)
+        self._send(cmd, payload)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._thread is None or not self._thread.is_alive():
+                self._receive()
+            if cmd in self._replies:
+                return self._replies.pop(cmd)
+            time.sleep(0.001)
+        raise LinkError(f"no reply to MSP {cmd} from {self.connection} in {timeout_s:g} s: is it a Betaflight "
+                        "flight controller, is MSP enabled on that port, is the baud rate right?")
+
+    def _handle(self, frame: Frame, now: float) -> None:
+        self.last_heartbeat_s = now
+        sent = self._sent_at.pop(frame.cmd, None)
+        if sent is not None and frame.cmd == MSP_MULTIPLE_MSP:
+            self._rtt_s = (self._rtt_s + [now - sent])[-50:]
+        p = frame.payload
+        if frame.cmd == MSP_ATTITUDE and len(p) >= 6:
+            self._att = (now, attitude_to_quat_enu_flu(p))
+        elif frame.cmd == MSP_RAW_IMU and len(p) >= 12:
+            raw = np.array(struct.unpack_from("<3h", p, 6), float)          # sensor units, Betaflight's axes (FLU)
+            self._gyro = (now, np.radians(raw * GYRO_DEG_S_PER_LSB))
+        elif frame.cmd == MSP_MOTOR and len(p) >= 8:
+            raw = np.array(struct.unpack_from("<4H", p), float)
+            self._motors = motors_betaflight_to_sim(np.clip((raw - 1000.0) / 1000.0, 0.0, 1.0))
+        elif frame.cmd == MSP_MOTOR_TELEMETRY and len(p) >= 1 + 4 * 15:
+            rpm = [struct.unpack_from("<I", p, 1 + 15 * k)[0] for k in range(4)]
+            self._rpm = motors_betaflight_to_sim(rpm) if any(rpm) else None
+        elif frame.cmd == MSP_STATUS_EX:
+            self._on_status(decode_status(p, self.box_ids))
+        elif frame.cmd == MSP_ANALOG and len(p) >= 9:
+            volts = struct.unpack_from("<H", p, 7)[0] / 100.0
+            self.battery_v = volts or None
+        self._replies[frame.cmd] = p
+
+    def _on_status(self, status: dict) -> None:
+        was_armed = self.armed
+        self.status, self.armed = status, status["armed"]
+        rx_lost = {"RX_FAILSAFE", "FAILSAFE"} & set(status["arming_disabled"])
+        # a glitch of a few frames is Betaflight's stage 1 and passes; stage 2 (FAILSAFE mode, then its
+        # procedure: drop by default) or a disarm with the RX lost is the failsafe the runner reports
+        if (status["failsafe_mode"] or (rx_lost and was_armed and not self.armed)) and self.fc_failsafe is None:
+            self.fc_failsafe = ("Betaflight's RX failsafe engaged (" + ", ".join(sorted(rx_lost) or ["FAILSAFE mode"])
+                                + "): it lost our RC stream")
+            log.warning("%s", self.fc_failsafe)
+
+    def _loop(self) -> None:
+        """RC frames every 1 / rc_hz (first); telemetry whenever the flight controller has answered
+        all; never more than MAX_OUTSTANDING unanswered (a late RC frame is dropped, the next one
+        supersedes it). Each pass waits for replies up to the transport's read timeout (5 ms)."""
+        period, tick, next_rc = 1.0 / self.rc_hz, 0, time.monotonic()
+        while not self._stop.is_set():
+            try:
+                now = time.monotonic()
+                if self._outstanding and now - self._last_io_s > STALE_REPLY_S:
+                    self._outstanding = 0                # lost replies (a corrupted frame): stop waiting
+                if now >= next_rc:
+                    next_rc = max(next_rc + period, now - period)   # after a stall: no burst of old frames
+                    if self.uplink and self._outstanding < MAX_OUTSTANDING:
+                        self._send(MSP_SET_RAW_RC, struct.pack(f"<{RC_CHANNELS}H", *self.channels))
+                        self.rc_frames_sent += 1
+                elif self._outstanding == 0:
+                    self._telemetry_cmds = (MSP_ATTITUDE, MSP_RAW_IMU, MSP_MOTOR,
+                                            (MSP_STATUS_EX, MSP_ANALOG, MSP_STATUS_EX, MSP_MOTOR_TELEMETRY)[tick % 4])
+                    self._send(MSP_MULTIPLE_MSP, bytes(self._telemetry_cmds))
+                    tick += 1
+                self._receive()
+            except (OSError, ConnectionError) as exc:
+                log.warning("MSP link: %s", exc)
+                self._stop.wait(0.1)
+
+    # ---------------------------------------------------------------- state
+    def latest_state(self) -> dict | None:
+        """The runner's state: pose, velocity, and (when the pose source has them: the SITL bridge)
+        attitude and body rates from the pose source, else Betaflight's attitude and gyro. Betaflight's
+        own attitude, gyro and motor outputs are always there too (fc_*), for the flight log."""
+        pose = self.pose.latest if self.pose is not None else None
+        gyro, att = self._gyro, self._att
+        if pose is None or gyro is None or att is None:
+            return None
+        t_pose, p = pose
+        have_q = np.all(np.isfinite(p["quat_wxyz"]))
+        rpm = p["rotor_rpm"] if np.all(np.isfinite(p["rotor_rpm"])) else self._rpm
+        have_omega = np.all(np.isfinite(p["omega_flu_rad_s"]))
+        return {"t_s": min(t_pose, gyro[0]), "pos_enu_m": p["pos_enu_m"], "vel_enu_m_s": p["vel_enu_m_s"],
+                "quat_wxyz": p["quat_wxyz"] if have_q else att[1],
+                "omega_flu_rad_s": p["omega_flu_rad_s"] if have_omega else gyro[1], "rpm": rpm,
+                "fc_quat_wxyz": att[1], "fc_omega_flu_rad_s": gyro[1], "fc_motors": self._motors}
+
+    def wait_for_state(self, timeout_s: float = 10.0) -> dict | None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = self.latest_state()
+            if state is not None and np.all(np.isfinite(state["pos_enu_m"])):
+                if not self.armed:
+                    self.ground_z_enu_m = float(state["pos_enu_m"][2])
+                return state
+            time.sleep(0.02)
+        return None
+
+    def latency_ms(self) -> float | None:
+        return float(np.median(self._rtt_s) * 1e3) if self._rtt_s else None
+
+    def latency_text(self) -> str:
+        ms = self.latency_ms()
+        return f"{ms:4.1f} ms" if ms is not None else "  ? ms"
+
+    def mode_name(self) -> str:
+        if self.fc_failsafe:
+            return "FAILSAFE"
+        return "ACRO armed" if self.armed else "disarmed"
+
+    # ---------------------------------------------------------------- commands
+    def throttle_stick(self, thrust_frac: float) -> float:
+        """Fraction of the maximum thrust -> throttle stick 0..1: the rotor speed that gives this thrust
+        (thrust ~ omega^2), the profile's throttle -> speed curve inverted, and Betaflight's motor range
+        (idle .. full) undone."""
+        c0, c1, c2 = self._curve
+        omega = math.sqrt(max(thrust_frac, 0.0)) * (c0 + c1 + c2)
+        u = (omega - c0) / c1 if abs(c2) < 1e-12 else \
+            (-c1 + math.sqrt(max(c1 * c1 - 4 * c2 * (c0 - omega), 0.0))) / (2 * c2)
+        return float(np.clip((u - self.idle_frac) / (1.0 - self.idle_frac), 0.0, 1.0))
+
+    def send_action(self, action, shadow) -> dict:
+        """A ctbr action -> sticks (streamed by the loop thread); returns what was sent, for the log."""
+        from flight.runner import ctbr_command
+        rate_max = [math.radians(self.rates.max_rate_deg_s(k)) for k in range(3)]
+        thrust, rates_flu = ctbr_command(action, shadow, self.rate_max_rad_s, None)
+        rates_flu = np.clip(rates_flu, -np.asarray(rate_max), rate_max)
+        roll, pitch, yaw = rates_flu_to_channels(rates_flu, self.rates)
+        throttle = int(round(RC_MIN_US + 1000.0 * self.throttle_stick(thrust)))
+        self.channels[:4] = [roll, pitch, throttle, yaw]
+        return {"thrust": thrust, "rate_frd_rad_s": [float(r) for r in frames.flu_to_frd(rates_flu)],
+                "channels_us": list(self.channels[:4])}
+
+    def _set_arm_switch(self, on: bool) -> None:
+        self.channels[self.arm_channel] = self.arm_us if on else RC_MIN_US
+
+    def start_offboard(self, send_hold, timeout_s: float | None = None) -> None:
+        """Streams throttle-low sticks, then raises the ARM switch; raises LinkError with Betaflight's
+        arming-disable reasons if it will not arm."""
+        deadline = time.monotonic() + (timeout_s or self.arm_timeout_s)
+        while not self.armed and time.monotonic() < deadline:
+            self._try_arm(send_hold, deadline)
+        if not self.armed:
+            self._set_arm_switch(False)
+            reasons = ", ".join(self.status.get("arming_disabled", [])) or "unknown"
+            raise LinkError(f"Betaflight refused to arm (arming disabled: {reasons}): see the Configurator's "
+                            "Setup tab or `status` in the CLI")
+        time.sleep(0.1)
+        if self._motors is not None:                 # motors at idle, throttle low: measure the idle
+            self.idle_frac = float(np.clip(np.min(self._motors), 0.0, 0.3))
+
+    def _try_arm(self, send_hold, deadline: float) -> None:
+        """Switch low until Betaflight reports nothing blocking for 0.3 s, then high for up to 1 s (a
+        glitch while it rises leaves NOT_DISARMED: the next try lowers the switch again)."""
+        self._set_arm_switch(False)
+        ready_since = None
+        while time.monotonic() < deadline and (ready_since is None or time.monotonic() - ready_since < 0.3):
+            send_hold()
+            self.channels[2] = RC_MIN_US
+            status = self.status
+            ready = status and status["arming_disable_bits"] & ~ARM_SWITCH_ONLY == 0
+            ready_since = (ready_since or time.monotonic()) if ready else None
+            time.sleep(0.02)
+        self._set_arm_switch(True)
+        give_up = min(deadline, time.monotonic() + 1.0)
+        while not self.armed and time.monotonic() < give_up:
+            send_hold()
+            self.channels[2] = RC_MIN_US
+            time.sleep(0.02)
+
+    def land_and_disarm(self, timeout_s: float = 30.0) -> bool:
+        """Betaflight has no LAND: descend at the pose source's vertical speed of -0.4 m/s by
+        throttle (a small P loop on the vertical speed), level sticks, and lower the ARM switch once
+        on the ground. Without a pose, it lowers the throttle gently and disarms after timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        still_since = None
+        self.channels[0] = self.channels[1] = self.channels[3] = RC_MID_US
+        while self.armed and time.monotonic() < deadline:
+            state = self.latest_state()
+            now = time.monotonic()
+            if state is None:
+                self.channels[2] = max(RC_MIN_US, self.channels[2] - 2)
+            else:
+                vz = float(state["vel_enu_m_s"][2])
+                step = int(round(np.clip((-0.4 - vz) * 20.0, -5, 5)))
+                self.channels[2] = int(np.clip(self.channels[2] + step, RC_MIN_US, RC_MAX_US))
+                on_ground = state["pos_enu_m"][2] < self.ground_z_enu_m + 0.15 and abs(vz) < 0.1
+                still_since = (still_since or now) if on_ground else None
+                if still_since and now - still_since > 0.5:
+                    break
+            time.sleep(0.02)
+        self.disarm()
+        return not self.armed
+
+    def disarm(self, force: bool = False) -> None:
+        self.channels[2] = RC_MIN_US
+        self._set_arm_switch(False)
+        deadline = time.monotonic() + 1.0
+        while self.armed and time.monotonic() < deadline and self.transport is not None:
+            time.sleep(0.02)
+

@@ -1,0 +1,240 @@
+"""Sim vs real (`skyloop compare`): the flight-log readers on real files, the three comparisons on a
+flight with a known truth (flown by the sim itself), an own flight flown through the simulated
+MAVLink vehicle, broken logs, and the real-data goals on the Crazyflie figure-8."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from calibration.compare import compare_flight, model_check, replay, simulate_flight
+from calibration.compare_report import plot_trajectory
+from calibration.flightlogs import FlightLogError, read_flight_log
+from flight.frames import motors_from_sim_order, motors_to_sim_order
+from sim.profiles import Profile, load_profile
+from skyloop.cli import main as skyloop
+
+REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real")
+CF_FLIGHT = os.path.join(REAL, "cf21_brushed_jana00_fixedFrequency.csv")
+ARDUPILOT = os.path.join(REAL, "erle_pxf_copter_5-12-2014_218.BIN")
+PX4 = os.path.join(REAL, "pyulog_sample.ulg")
+G = 9.80665
+
+
+def real(path):
+    if not os.path.exists(path):
+        pytest.skip(f"real data {os.path.basename(path)} not found in ../shared/data/real/ (see the project README)")
+    return path
+
+
+def perturbed(profile: Profile, **params) -> Profile:
+    p = profile.nominal()
+    p.params.update(params)
+    return p
+
+
+# ---------------------------------------------------------------- readers on real files
+
+def test_crazyflie_csv_reads_in_si_enu_flu_with_motors_in_sim_order():
+    traj = read_flight_log(real(CF_FLIGHT), "crazyflie_usd")
+    assert traj.n == 4643 and traj.t_s[0] == 0.0 and 9.1 < traj.t_s[-1] < 9.2
+    assert np.median(np.diff(traj.t_s)) == pytest.approx(0.002)
+    assert 0.65 < np.median(traj.pos_enu_m[:, 2]) < 0.75                  # the figure-8 at 0.7 m: z up, positive
+    assert np.median(traj.accel_flu_m_s2[:, 2]) == pytest.approx(G, rel=0.03)   # hovering reads +g on body z
+    assert np.allclose(np.linalg.norm(traj.quat_wxyz, axis=1), 1.0) and np.median(traj.quat_wxyz[:, 0]) > 0.99
+    assert 1800 < np.median(traj.rotor_rad_s) < 2300                      # rpm -> rad/s
+    assert np.all(np.abs(traj.omega_flu_rad_s) < 1.1)                     # deg/s -> rad/s (60 deg/s at most)
+    assert 0.55 < np.median(traj.motor_throttle) < 0.85 and 3.5 < np.median(traj.battery_v) < 3.7
+    # Crazyflie M1 FR, M2 BR, M3 BL, M4 FL -> sim FR, BL, FL, BR: the sim's 2nd motor is the log's rpm.m3
+    raw = np.genfromtxt(CF_FLIGHT, delimiter=",", names=True, max_rows=5)
+    assert traj.rotor_rad_s[0, 1] == pytest.approx(raw["rpmm3"][0] * 2 * np.pi / 60)
+    assert list(motors_to_sim_order(["M1", "M2", "M3", "M4"], "crazyflie")) == ["M1", "M3", "M4", "M2"]
+    assert list(motors_from_sim_order(["M1", "M3", "M4", "M2"], "crazyflie")) == ["M1", "M2", "M3", "M4"]
+    assert traj.meta["mass_kg"] == 0.0347
+    assert any("gap of 14 ms" in i for i in traj.issues) and traj.segment.max() == 1   # split there, not bridged
+
+
+def test_ardupilot_bin_and_px4_ulog_load_and_draw_a_trajectory(tmp_path):
+    ap = read_flight_log(real(ARDUPILOT))
+    assert ap.log_format == "ardupilot dataflash" and 330 < ap.t_s[-1] < 340
+    assert np.nanmax(ap.pos_enu_m[:, 2]) > 8.0 and np.nanmedian(ap.pos_enu_m[:, 2]) > 2.0   # flying: up is +z
+    assert np.nanmedian(ap.accel_flu_m_s2[:, 2]) == pytest.approx(G, rel=0.05)              # FRD -g -> FLU +g
+    throttle = ap.motor_throttle[np.isfinite(ap.motor_throttle)]
+    assert np.all((throttle >= 0) & (throttle <= 1)) and np.median(throttle) > 0.3          # PWM us -> 0..1
+    assert any("estimator not initialised" in i for i in ap.issues)     # EKF zeros before it had a position
+    px4 = read_flight_log(real(PX4))
+    assert px4.log_format == "px4 ulog" and px4.n > 6000
+    assert np.nanmedian(px4.accel_flu_m_s2[:, 2]) == pytest.approx(G, rel=0.05)   # on the ground, FLU: +g up
+    assert np.allclose(np.linalg.norm(px4.quat_wxyz, axis=1), 1.0)
+    for traj, name in ((ap, "ap.png"), (px4, "px4.png")):
+        assert os.path.getsize(plot_trajectory(traj, str(tmp_path / name))) > 20_000
+
+
+# ---------------------------------------------------------------- a flight with a known truth
+
+@pytest.fixture(scope="module")
+def synthetic():
+    """2 s at 500 Hz of the nominal Crazyflie flown open loop: hover plus small motor wiggles."""
+    prof = load_profile("crazyflie21").nominal()
+    t = np.arange(1000) / 500.0
+    hover = 2 * 0.44 - 1
+    actions = np.full((1000, 4), hover) + 0.02 * np.sin(2 * np.pi * 3 * t)[:, None] * [1.0, 1.0, 1.0, 1.0]
+    actions[:, [0, 3]] += 0.004 * np.sin(2 * np.pi * 2 * t)[:, None]          # a small roll / pitch wobble
+    from calibration.compare import _omega_to_throttle
+    w_hover = np.sqrt(prof.params["mass_kg"] * G / (4 * prof.params["kf_n_per_rad2s2"]))
+    actions += 2 * _omega_to_throttle(prof.params, w_hover) - 1 - hover     # centred on the hover command
+    return prof, simulate_flight(prof, actions, 500.0, start_pos_enu_m=(0, 0, 2))
+
+
+def test_a_sim_flight_compares_to_itself_with_almost_no_error(synthetic):
+    prof, traj = synthetic
+    m, _ = model_check(traj, prof)
+    mc = m["model_check"]
+    assert mc["r2"]["z"] > 0.99 and mc["rmse_m_s2"]["z"] < 0.02
+    assert abs(m["hover_closure"]["closure"] - 1.0) < 0.01
+    rp, _ = replay(traj, prof, every_s=0.25)
+    assert rp["windows"]["1"] >= 3 and rp["error_m"]["1"] < 1e-4 and rp["attitude_error_deg"]["1"] < 1e-3
+
+
+def test_a_perturbed_profile_shows_the_expected_error(synthetic):
+    prof, traj = synthetic
+    strong = perturbed(prof, kf_n_per_rad2s2=1.1 * prof.params["kf_n_per_rad2s2"])
+    m, _ = model_check(traj, strong)
+    assert m["hover_closure"]["closure"] == pytest.approx(1.1, abs=0.01)
+    assert m["model_check"]["bias_m_s2"]["z"] == pytest.approx(0.1 * G, rel=0.1)   # 10 % more thrust than weight
+    rp, _ = replay(traj, strong, every_s=0.25, translational=True)
+    assert rp["error_m"]["1"] == pytest.approx(0.5 * 0.1 * G * 1.0 ** 2, rel=0.25)  # s = a t^2 / 2
+
+
+# ---------------------------------------------------------------- broken logs
+
+def test_truncated_and_corrupt_logs_say_where_and_keep_what_was_read(tmp_path, capsys):
+    lines = open(real(CF_FLIGHT), encoding="utf-8").read().splitlines()
+    cut = tmp_path / "cut.csv"
+    cut.write_text("\n".join(lines[:1200]) + "\n" + lines[1200][:25])        # the writer died mid-row
+    traj = read_flight_log(str(cut), "crazyflie_usd")
+    assert traj.n == 1199 and any("line 1201" in i and "truncated" in i for i in traj.issues)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(lines[:700] + ["804999,\x00\x17garbage" + "," * 24] + lines[700:]) + "\n")
+    with pytest.raises(FlightLogError, match="corrupt at line 701") as err:
+        read_flight_log(str(bad), "crazyflie_usd")
+    assert err.value.partial.n == 699
+    out = tmp_path / "report"
+    rc = skyloop(["compare", str(bad), "--mapping", "crazyflie_usd", "--profile", "crazyflie21", "-o", str(out)])
+    assert rc == 1 and "line 701" in capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "line 701" in metrics["log"]["broken"] and metrics["log"]["samples"] == 699
+    garbage = tmp_path / "x.ulg"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(FlightLogError, match="not a readable ULog"):
+        read_flight_log(str(garbage))
+    with pytest.raises(FlightLogError, match="--mapping"):
+        read_flight_log(str(cut))
+
+
+# ---------------------------------------------------------------- the real-data goals
+
+def test_crazyflie_figure8_with_the_calibrated_profile_beats_the_datasheet_one(tmp_path):
+    traj = read_flight_log(real(CF_FLIGHT), "crazyflie_usd")
+    calibrated = load_profile("crazyflie21")
+    assert calibrated.source["kf_n_per_rad2s2"]["file"] == "imrc_bitcraze2021_cf2.1-stock-prop.csv"
+    # what the profile held before calibration (Foerster 2015's Crazyflie 2.0 identification)
+    datasheet = perturbed(calibrated, kf_n_per_rad2s2=2.88e-8, throttle_to_omega_rad_s=[426.0, 1843.0, 0.0],
+                          omega_max_rad_s=2600.0)
+    datasheet.name = "datasheet"
+    results, summary = compare_flight(traj, [calibrated, datasheet])
+    cal, old = summary["by_profile"]["crazyflie21"], summary["by_profile"]["datasheet"]
+    assert summary["mass_kg"] == 0.0347
+    print(json.dumps({k: summary[k] for k in ("model_check", "hover_closure", "replay", "replay_translational")}))
+    assert abs(cal["hover_closure"]["error_pct"]) < 5.0                     # the goal: closure within 5 %
+    assert abs(old["hover_closure"]["error_pct"]) > 30.0
+    assert cal["model_check"]["rmse_m_s2"]["z"] < 0.25 * old["model_check"]["rmse_m_s2"]["z"]
+    assert cal["model_check"]["r2"]["x"] > 0.7                              # the horizontal thrust tilt is right
+    assert cal["replay_translational"]["error_m"]["1"] < 0.5 * old["replay_translational"]["error_m"]["1"]
+    from calibration.compare_report import write_report
+    paths = write_report(traj, results, summary, str(tmp_path))
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "<img" in page and 'src="http' not in page
+    assert {"trajectory.png", "model_check.png", "replay.png", "metrics.json", "report.html"} <= \
+        {os.path.basename(p) for p in paths}
+
+
+# ---------------------------------------------------------------- our own flight, flown through the simulated vehicle
+
+HOP = {"format": "skyloop.course/1", "name": "hop", "bounds_m": {"min": [-4, -4, 0], "max": [4, 6, 4]},
+       "start": {"pos_enu_m": [0.5, 0.0, 0.0], "yaw_deg": 90.0}, "laps": 1,
+       "gates": [{"centre_enu_m": [0.5, 2.0, 1.0], "yaw_deg": 90, "inner_size_m": 1.5},
+                 {"centre_enu_m": [-1.0, 3.5, 1.2], "yaw_deg": 180, "inner_size_m": 1.5}]}
+
+
+@pytest.fixture(scope="module")
+def own_flight(tmp_path_factory):
+    """A short flight of the shipped policy on the simulated vehicle over loopback, with its flight
+    log and .tlog. Real time, as `fly` runs it (the runner does not drive a lockstep vehicle); a
+    machine so loaded that the link-loss failsafe fires gets one more try."""
+    from flight.cli import _free_udp_port, default_policy
+    from flight.connection import parse_connection
+    from flight.course import parse_course
+    from flight.link import MavLink
+    from flight.runner import fly_course
+    from flight.sitl import SitlVehicle
+    from policy_export import load_policy
+
+    class Quiet:
+        def show(self, *a, **k):
+            pass
+
+        def done(self):
+            pass
+    out = tmp_path_factory.mktemp("own")
+    course, prof = parse_course(HOP), load_profile("crazyflie21")
+    policy_path = default_policy("ctbr")
+    policy = load_policy(policy_path, action_modes=("ctbr",))
+    rate_max = policy.metadata["action_scaling"].get("rate_max_rad_s", prof.params["rate_max_rad_s"])
+    for _attempt in range(2):
+        port = _free_udp_port()
+        with SitlVehicle(prof, f"udpout:127.0.0.1:{port}", "ardupilot", course.start_pos_enu_m, course.start_yaw_rad):
+            with MavLink(parse_connection(f"udpin:127.0.0.1:{port}"), "ardupilot", "ctbr", rate_max,
+                         tlog_path=str(out / "hop.tlog")) as link:
+                result = fly_course(link, policy, course, prof, str(out / "hop.csv"), status=Quiet(),
+                                    max_time_s=20, meta={"policy": policy_path})
+        if not (result.failsafe or "").startswith(("link lost", "stale telemetry")):
+            break
+    assert result.failsafe is None and result.gates_passed == 2
+    return out
+
+
+def test_own_flight_log_and_its_tlog_read_with_z_up(own_flight):
+    own = read_flight_log(str(own_flight / "hop.csv"))
+    assert own.log_format == "skyloop" and own.meta["course"]["name"] == "hop" and own.action.shape == (own.n, 4)
+    assert np.nanmax(own.pos_enu_m[:, 2]) > 0.8 and own.pos_enu_m[0, 2] < 0.1     # took off: z up, positive
+    assert np.allclose(own.pos_enu_m[0, :2], HOP["start"]["pos_enu_m"][:2], atol=0.05)
+    tlog = read_flight_log(str(own_flight / "hop.tlog"))
+    assert tlog.log_format == "mavlink tlog" and np.nanmax(tlog.pos_enu_m[:, 2]) > 0.8
+    assert np.nanmedian(tlog.accel_flu_m_s2[:, 2]) == pytest.approx(G, rel=0.05)
+    assert np.nanmax(tlog.rotor_rad_s) > 1000                                    # ESC telemetry rpm -> rad/s
+    m, _ = model_check(tlog, load_profile("crazyflie21"))                        # the vehicle IS the sim: it closes
+    assert m["model_check"]["r2"]["z"] > 0.95 and abs(m["hover_closure"]["error_pct"]) < 3
+
+
+def test_compare_cli_on_an_own_flight_reports_all_three_comparisons(own_flight, tmp_path, capsys):
+    out = tmp_path / "report"
+    rc = skyloop(["compare", str(own_flight / "hop.csv"), "--profile", "crazyflie21", "-o", str(out), "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(summary["model_check"]["r2"]) == {"x", "y", "z"} and summary["hover_closure"]["closure"] > 0
+    assert set(summary["replay"]["error_m"]) == {"0.1", "0.5", "1"} and summary["replay"]["error_m"]["0.1"] < 0.05
+    cl = summary["closed_loop"]
+    assert cl["real"]["gates_passed"] == cl["sim"]["gates_passed"] == 2              # same policy, same course
+    assert all(abs(d) < 0.5 for d in cl["gate_time_diff_s"]) and cl["path_error_m"]["median"] < 0.3
+    assert json.loads((out / "metrics.json").read_text())["closed_loop"] == cl
+    assert (out / "closed_loop.png").stat().st_size > 20_000
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+
+
+def test_compare_help_and_a_missing_mapping_are_clear(capsys):
+    with pytest.raises(SystemExit) as exc:
+        skyloop(["compare", "--help"])
+    assert exc.value.code == 0 and "--mapping" in capsys.readouterr().out
+    assert skyloop(["compare", real(CF_FLIGHT), "--profile", "crazyflie21", "--mapping", "nosuch"]) == 1
+    assert "shipped mappings: ['crazyflie_usd']" in capsys.readouterr().err
