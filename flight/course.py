@@ -148,6 +148,14 @@ def parse_course(data, where: str = "<dict>") -> Course:
         yaw_rad = math.radians(yaw)
         gates.append(Gate(centre, np.array([math.cos(yaw_rad), math.sin(yaw_rad), 0.0]), float(size[0]),
                           float(size[1])))
+    for i, a in enumerate(gates):                  # two gates closer than their openings' half diagonals overlap
+        for j in range(i + 1, len(gates)):
+            b = gates[j]
+            gap = float(np.linalg.norm(a.centre_enu_m - b.centre_enu_m))
+            reach = 0.5 * (math.hypot(a.width_m, a.height_m) + math.hypot(b.width_m, b.height_m))
+            if gap < reach:
+                problems.append(f"gates[{i}] and gates[{j}] overlap: centres {gap:.2f} m apart, their openings need "
+                                f"at least {reach:.2f} m; move one of them")
     if not (np.all(start_pos >= lo) and np.all(start_pos <= hi)):
         problems.append(f"start.pos_enu_m {start_pos.tolist()} lies outside bounds_m")
     if problems:

@@ -21,15 +21,22 @@ import time
 
 import numpy as np
 
-from sim.core import bytes_per_drone
-from sim.env import DroneEnv
+from sim.core import TASKS, bytes_per_drone
+from sim.env import DroneEnv, parse_tasks
+
+#: the shared space the mixed-task row flies: 512 drones, every task, one 40 x 40 x 10 m box
+SHARED = {"drones": 512, "bounds_m": [20.0, 20.0, 10.0]}
 
 
 def bench_sim(drones=(1, 64, 1024, 8192), seconds: float = 2.0, profile: str = "size_family",
-              action_mode: str = "motor", report=None) -> list[dict]:
+              action_mode: str = "motor", report=None, tasks: str = "hover", drones_per_space: int = 1,
+              bounds_m=None) -> list[dict]:
     results = []
     for n in drones:
-        env = DroneEnv(n, profile, action_mode=action_mode)
+        task = {"task_prob": parse_tasks(tasks), "drones_per_space": float(min(drones_per_space, n))}
+        if bounds_m:
+            task["bounds_m"] = list(bounds_m)
+        env = DroneEnv(n, profile, action_mode=action_mode, task=task)
         env.reset(seed=0)
         rng = np.random.default_rng(0)
         hover = env.core.drone["hover_action"][0]
@@ -52,7 +59,8 @@ def bench_sim(drones=(1, 64, 1024, 8192), seconds: float = 2.0, profile: str = "
                 break
         row = {"drones": n, "agent_steps_per_s": steps * n / elapsed,
                "substeps_per_s": steps * n * core.substeps / elapsed, "bytes_per_drone": bytes_per_drone(),
-               "action_mode": action_mode, "physics_dt_s": core.physics_dt_s, "control_dt_s": core.control_dt_s}
+               "action_mode": action_mode, "physics_dt_s": core.physics_dt_s, "control_dt_s": core.control_dt_s,
+               "tasks": tasks, "drones_per_space": int(task["drones_per_space"])}
         results.append(row)
         if report:
             report(row)
@@ -98,6 +106,8 @@ def add_arguments(parser) -> None:
     p.add_argument("--drones", type=int, nargs="+", default=[1, 64, 1024, 8192], help="batch sizes")
     p.add_argument("--seconds", type=float, default=2.0, help="time per batch size")
     p.add_argument("--profile", default="size_family", help="drone profile")
+    p.add_argument("--no-tasks", action="store_true",
+                   help="only the hover sweep (skip each task at 1024 drones and the 512-drone shared space, all tasks)")
     p.add_argument("--mode", default="motor", choices=["motor", "ctbr"], help="action mode")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p = sub.add_parser("train", help="train with the defaults; time to 95 %% success, steps/s, time split",
@@ -126,13 +136,20 @@ def run(args, extra: list[str]) -> int:
         return bench_policy(args)
 
     def show(row):
-        print(f"{row['drones']:>7} drones  {row['agent_steps_per_s'] / 1e6:8.2f} M agent-steps/s  "
+        space = "own worlds" if row["drones_per_space"] == 1 else f"{row['drones_per_space']} per space"
+        print(f"{row['drones']:>7} drones  {row['tasks']:<9} {space:<14} {row['agent_steps_per_s'] / 1e6:8.2f} M agent-steps/s  "
               f"{row['substeps_per_s'] / 1e6:8.2f} M substeps/s  {row['bytes_per_drone']:6d} B/drone", flush=True)
 
     if not args.json:
         print(f"skyloop bench sim: one core, {args.mode} mode, profile {args.profile}, "
-              f"{args.seconds:g} s per size (full env step: physics, rewards, resets, observations)")
-    results = bench_sim(args.drones, args.seconds, args.profile, args.mode, report=None if args.json else show)
+              f"{args.seconds:g} s per row (full env step: physics, tasks, sensing, resets, observations)")
+    report = None if args.json else show
+    results = bench_sim(args.drones, args.seconds, args.profile, args.mode, report=report)
+    if not args.no_tasks:
+        for task in TASKS[1:]:
+            results += bench_sim([1024], args.seconds, args.profile, args.mode, report=report, tasks=task)
+        results += bench_sim([SHARED["drones"]], args.seconds, args.profile, args.mode, report=report, tasks="all",
+                             drones_per_space=SHARED["drones"], bounds_m=SHARED["bounds_m"])
     if args.json:
         print(json.dumps({"results": results}))
     return 0

@@ -25,6 +25,8 @@ typedef struct {
     float dt_s, control_dt_s;
     float *obs; float *actions; float *rewards; uint8_t *terminals; uint8_t *truncations; float *final_obs;
     float *f; uint32_t *rng; float *ring;
+    int space_size, n_spaces;
+    float *gates; int *n_gates; float *obstacles; int *n_obstacles; float *formation;
     ...;
 } SlEnv;
 
@@ -37,6 +39,12 @@ typedef struct {
 #define SL_N_MOTORS ...
 #define SL_DELAY_SLOTS ...
 #define SL_N_ROWS ...
+#define SL_N_TASKS ...
+#define SL_MAX_GATES ...
+#define SL_GATE_FLOATS ...
+#define SL_OBS_GATES ...
+#define SL_OBS_OBSTACLES ...
+#define SL_MAX_OBSTACLES ...
 
 const SlField *sl_param_fields(int *n);
 const SlField *sl_randomization_fields(int *n);
@@ -56,7 +64,13 @@ void sl_motor_response(const SlParams *p, const float *throttle, int n_steps, fl
                        float omega0, float *omega_out);
 void sl_observe_state(const float pos_enu_m[3], const float vel_enu_m_s[3], const float quat_wxyz[4],
                       const float omega_flu_rad_s[3], const float target_enu_m[3], const float *last_actions,
-                      float hover_action, float *out);
+                      float hover_action, const float target_vel_enu_m_s[3], const float *gates, int n_gates,
+                      const float *obstacles, int n_obstacles, float *out);
+int sl_env_set_course(SlEnv *e, int n, const float *gates, char *err, int errlen);
+int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, int use_grid, uint8_t *collided,
+                 int *nearest, float *nearest_dist);
+const char *sl_task_name(int k);
+int sl_gate_check(const float gate[8], const float p0[3], const float p1[3], float radius_m, float frame_m);
 """
 
 

@@ -25,6 +25,12 @@ OBS_LAYOUT_VERSION: int = lib.SL_OBS_LAYOUT_VERSION
 ACTION_SIZE: int = lib.SL_ACTION_SIZE
 ACTION_HISTORY: int = lib.SL_ACTION_HISTORY
 ACTION_MODES = {"motor": lib.SL_ACTION_MOTOR, "ctbr": lib.SL_ACTION_CTBR}
+#: The tasks, in the C core's order (task ids index this list).
+TASKS: list[str] = [ffi.string(lib.sl_task_name(k)).decode() for k in range(lib.SL_N_TASKS)]
+OBS_GATES: int = lib.SL_OBS_GATES              # next gates in an observation
+OBS_OBSTACLES: int = lib.SL_OBS_OBSTACLES      # nearest obstacles in an observation
+GATE_FLOATS: int = lib.SL_GATE_FLOATS          # a gate: centre xyz, normal xyz, half width, half height
+MAX_GATES: int = lib.SL_MAX_GATES
 
 
 class SimError(ValueError):
@@ -106,7 +112,8 @@ class CoreEnv:
 
     obs [n, OBS_SIZE], actions [n, 4], rewards [n], terminals [n], truncations [n], final_obs [n, OBS_SIZE],
     and `drone[name]`, a [width, n] view of each per-drone array (state, true parameters, task,
-    last-episode records): see DRONE_FIELDS.
+    last-episode records): see DRONE_FIELDS; and per shared space: gates [spaces, MAX_GATES,
+    GATE_FLOATS] with n_gates, obstacles [spaces, MAX_OBSTACLES, 4] with n_obstacles, formation slots.
     """
 
     def __init__(self, n: int, params: dict, randomization: dict, task: dict, action_mode: str = "motor"):
@@ -132,9 +139,25 @@ class CoreEnv:
         block = _view(env.f, np.float32, (lib.SL_N_ROWS, n_pad))
         self.drone = {name: block[_DRONE_ROWS[name]:_DRONE_ROWS[name] + width, :n]
                       for name, width in DRONE_FIELDS.items()}
+        # the shared spaces (drone i flies in space i // space_size): gates, spheres, formation slots
+        self.space_size, self.n_spaces = env.space_size, env.n_spaces
+        ns = self.n_spaces
+        self.gates = _view(env.gates, np.float32, (ns, lib.SL_MAX_GATES, GATE_FLOATS))
+        self.n_gates = _view(env.n_gates, np.int32, (ns,))
+        self.obstacles = _view(env.obstacles, np.float32, (ns, lib.SL_MAX_OBSTACLES, 4))
+        self.n_obstacles = _view(env.n_obstacles, np.int32, (ns,))
+        self.formation = _view(env.formation, np.float32, (ns, self.space_size, 3))
 
     def reset(self, seed: int = 0) -> None:
         lib.sl_env_reset(self._env, int(seed) & 0xFFFFFFFFFFFFFFFF)
+
+    def set_course(self, gates) -> None:
+        """The course every race flies from the next reset: gates [n, GATE_FLOATS] in the env's
+        frame (centre, unit normal, half width, half height); an empty array: random courses."""
+        g = np.ascontiguousarray(gates, dtype=np.float32).reshape(-1, GATE_FLOATS)
+        err = ffi.new("char[512]")
+        if lib.sl_env_set_course(self._env, len(g), ffi.from_buffer("float[]", g), err, 512):
+            raise SimError(ffi.string(err).decode())
 
     def _check(self, bad: int) -> None:
         if bad:
@@ -147,7 +170,10 @@ class CoreEnv:
 
     def step(self) -> None:
         """One agent step with the task (rewards, terminations, automatic resets). Reads self.actions."""
-        self._check(lib.sl_env_step(self._env))
+        bad = lib.sl_env_step(self._env)
+        if bad < 0:
+            raise MemoryError("the simulator ran out of memory sensing the shared spaces")
+        self._check(bad)
 
     def step_physics(self) -> None:
         """One control step of physics only (no task, no reset): for replaying commands."""
@@ -185,8 +211,41 @@ def motor_response(params: dict, throttle, dt_s: float, v_frac: float = 1.0, ome
     return out
 
 
-def observe(pos_enu_m, vel_enu_m_s, quat_wxyz, omega_flu_rad_s, target_enu_m, last_actions, hover_action) -> np.ndarray:
-    """One observation from a vehicle's state, built by the same C function as the sim's."""
+def neighbors(pos, radius, sense_m: float, use_grid: bool = True):
+    """Drone-drone contacts and neighbours of n drones (the sim's own check): positions [n, 3],
+    radii [n]. Returns (collided [n] bool, nearest [n, OBS_OBSTACLES] ids, -1 for none, and
+    their surface distances). use_grid=False checks all pairs (the reference)."""
+    p = np.ascontiguousarray(pos, dtype=np.float32).reshape(-1, 3)
+    r = np.ascontiguousarray(radius, dtype=np.float32).reshape(-1)
+    if len(r) != len(p):
+        raise SimError(f"neighbors: {len(p)} positions but {len(r)} radii")
+    hit = np.zeros(len(p), np.uint8)
+    ids = np.zeros((len(p), OBS_OBSTACLES), np.int32)
+    dist = np.zeros((len(p), OBS_OBSTACLES), np.float32)
+    if lib.sl_neighbors(len(p), ffi.from_buffer("float[]", p), ffi.from_buffer("float[]", r), float(sense_m),
+                        int(use_grid), ffi.from_buffer("uint8_t[]", hit), ffi.from_buffer("int[]", ids),
+                        ffi.from_buffer("float[]", dist)):
+        raise MemoryError("neighbors: out of memory")
+    return hit.astype(bool), ids, dist
+
+
+def gate_check(gate, p0_enu_m, p1_enu_m, radius_m: float, frame_m: float) -> int:
+    """The sim's gate rule for the path p0 -> p1 of a drone of radius_m: +1 passed through the
+    opening in the flight direction, -1 hit the frame or went through backwards, 0 neither."""
+    g, a, b = (np.ascontiguousarray(x, dtype=np.float32).reshape(-1) for x in (gate, p0_enu_m, p1_enu_m))
+    if g.shape != (GATE_FLOATS,) or a.shape != (3,) or b.shape != (3,):
+        raise SimError(f"gate_check: a gate has {GATE_FLOATS} numbers and points 3")
+    return int(lib.sl_gate_check(ffi.from_buffer("float[]", g), ffi.from_buffer("float[]", a),
+                                 ffi.from_buffer("float[]", b), float(radius_m), float(frame_m)))
+
+
+def observe(pos_enu_m, vel_enu_m_s, quat_wxyz, omega_flu_rad_s, target_enu_m, last_actions, hover_action,
+            target_vel_enu_m_s=(0.0, 0.0, 0.0), gates=None, obstacles=None) -> np.ndarray:
+    """One observation from a vehicle's state, built by the same C function as the sim's.
+
+    gates: the next gates to pass, [k, GATE_FLOATS] world ENU (at most OBS_GATES are used);
+    obstacles: the nearest obstacles, [m, 4] centre ENU + radius, nearest first (at most
+    OBS_OBSTACLES). Absent ones are observed as empty slots, as in the sim's other tasks."""
     def arr(x, n, name):
         a = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
         if a.shape != (n,):
@@ -195,7 +254,14 @@ def observe(pos_enu_m, vel_enu_m_s, quat_wxyz, omega_flu_rad_s, target_enu_m, la
     args = [arr(pos_enu_m, 3, "pos_enu_m"), arr(vel_enu_m_s, 3, "vel_enu_m_s"), arr(quat_wxyz, 4, "quat_wxyz"),
             arr(omega_flu_rad_s, 3, "omega_flu_rad_s"), arr(target_enu_m, 3, "target_enu_m"),
             arr(last_actions, ACTION_HISTORY * ACTION_SIZE, "last_actions")]
+    g = np.ascontiguousarray(np.zeros((0, GATE_FLOATS)) if gates is None else gates, np.float32).reshape(-1, GATE_FLOATS)
+    o = np.ascontiguousarray(np.zeros((0, 4)) if obstacles is None else obstacles, np.float32).reshape(-1, 4)
+    g, o = g[:OBS_GATES].copy(), o[:OBS_OBSTACLES].copy()
     out = np.empty(OBS_SIZE, dtype=np.float32)
     ptrs = [ffi.from_buffer("float[]", a) for a in args]
-    lib.sl_observe_state(*ptrs, float(hover_action), ffi.from_buffer("float[]", out))
+    tv = arr(target_vel_enu_m_s, 3, "target_vel_enu_m_s")
+    lib.sl_observe_state(*ptrs, float(hover_action), ffi.from_buffer("float[]", tv),
+                         ffi.from_buffer("float[]", g if len(g) else np.zeros(GATE_FLOATS, np.float32)), len(g),
+                         ffi.from_buffer("float[]", o if len(o) else np.zeros(4, np.float32)), len(o),
+                         ffi.from_buffer("float[]", out))
     return out

@@ -1,5 +1,6 @@
 /* drone.h -- the Skyloop quadrotor simulator: physics, motors, flight-controller inner loop,
- * domain randomization, observations and the hover / go-to task, top to bottom.
+ * domain randomization, observations and the tasks (hover / go-to, race through gates, orbit,
+ * follow, formation, obstacles; mixed per episode, many drones per shared space), top to bottom.
  *
  * Conventions (see DESIGN.md):
  *   - SI units everywhere, units in names.
@@ -41,8 +42,24 @@
 #define SL_DELAY_SLOTS 32      /* motor-command ring buffer, in physics steps (power of two) */
 #define SL_ACTION_HISTORY 2    /* K: the last K actions are part of the observation */
 #define SL_ACTION_SIZE 4
+#define SL_MAX_GATES 16        /* gates per course */
+#define SL_MAX_OBSTACLES 32    /* sphere obstacles per space */
+#define SL_OBS_GATES 2         /* K: the next K gates are observed */
+#define SL_OBS_OBSTACLES 4     /* M: the nearest M obstacles (spheres and other drones) are observed */
+#define SL_GATE_FLOATS 8       /* a gate: centre xyz (ENU), unit normal xyz (direction of flight), half width, half height */
+#define SL_RADIUS_PER_ARM 1.5f /* a drone's collision radius: arm plus propeller, about 1.5 arm lengths */
 
 enum { SL_ACTION_MOTOR = 0, SL_ACTION_CTBR = 1 };
+
+/* The tasks. Each reduces to "where should I be, and what must I avoid": a target (which may
+ * move), the next gates, and the nearest obstacles, all in one observation layout. */
+#define SL_TASKS(X) X(hover) X(race) X(orbit) X(follow) X(formation) X(obstacles)
+#define SL_TASK_ENUM(name) SL_TASK_##name,
+enum { SL_TASKS(SL_TASK_ENUM) SL_N_TASKS };
+#undef SL_TASK_ENUM
+#define SL_TASK_NAME(name) #name,
+static const char *const SL_TASK_NAMES[] = {SL_TASKS(SL_TASK_NAME)};
+#undef SL_TASK_NAME
 
 /* min / max / clamp as selects (they vectorize; fminf and fmaxf do not without fast-math) */
 SL_INLINE float sl_min(float a, float b) { return a < b ? a : b; }
@@ -107,7 +124,7 @@ typedef struct {
     float obs_noise_rate_rad_s;
 } SlRandomization;
 
-/* The hover / go-to task and the time step. */
+/* The tasks, their mix and the time step. */
 typedef struct {
     float physics_dt_s;               /* RK4 step */
     float control_hz;                 /* agent steps per second; substeps = 1 / (hz * dt) */
@@ -129,6 +146,29 @@ typedef struct {
     float reward_action_change_per_s; /* penalty on |a - a_prev|^2 per second */
     float reward_crash;               /* penalty on a crash or leaving the bounds */
     float end_on_success;             /* 1: the episode ends at success; 0: hold until timeout */
+    /* the mix and the shared space */
+    float task_prob[SL_N_TASKS];      /* probability of each task per episode (normalized), in SL_TASKS order */
+    float drones_per_space;           /* 1: every drone in its own world; > 1: this many drones share a space and collide */
+    float sense_range_m;              /* obstacles (and other drones) closer than this (surface to surface) are observed */
+    /* race */
+    float race_laps;
+    float race_time_per_gate_s;       /* a race episode lasts this long per gate to pass */
+    float gate_count_range[2];        /* random courses: number of gates */
+    float gate_spacing_m_range[2];    /* ... distance between successive gates */
+    float gate_size_m;                /* ... inner side of the opening, plus 4 arm lengths of the drone drawn */
+    float gate_frame_m;               /* width of a gate's frame around its opening (hitting it is a crash) */
+    float reward_gate;                /* bonus per gate passed */
+    /* orbit and follow: a moving target c + A sin(W t + phase) */
+    float orbit_radius_m_range[2];
+    float orbit_speed_m_s_range[2];
+    float follow_speed_m_s_max;
+    float track_radius_m;             /* closer than this to the moving target counts as on track */
+    float track_success_frac;         /* success: on track for at least this fraction of the episode */
+    /* formation and obstacles */
+    float formation_spacing_m;
+    float obstacle_count;             /* spheres in an obstacles world */
+    float obstacle_radius_m_range[2];
+    float obstacle_goal_dist_m_range[2];
 } SlTaskConfig;
 
 /* Field tables: one row per field, read by the Python loader. */
@@ -202,6 +242,25 @@ static const SlField SL_TASK_FIELDS[] = {
     SL_F(SlTaskConfig, reward_action_change_per_s, 1, 0.f, 1e4f, ""),
     SL_F(SlTaskConfig, reward_crash, 1, 0.f, 1e6f, ""),
     SL_F(SlTaskConfig, end_on_success, 1, 0.f, 1.f, ""),
+    SL_F(SlTaskConfig, task_prob, SL_N_TASKS, 0.f, 1e6f, "relative frequency of each task"),
+    SL_F(SlTaskConfig, drones_per_space, 1, 1.f, 65536.f, "drones sharing one space (1: separate worlds)"),
+    SL_F(SlTaskConfig, sense_range_m, 1, 0.f, 100.f, "obstacles nearer than this are observed"),
+    SL_F(SlTaskConfig, race_laps, 1, 1.f, 100.f, ""),
+    SL_F(SlTaskConfig, race_time_per_gate_s, 1, 0.1f, 1e3f, ""),
+    SL_F(SlTaskConfig, gate_count_range, 2, 1.f, (float)SL_MAX_GATES, ""),
+    SL_F(SlTaskConfig, gate_spacing_m_range, 2, 0.5f, 1e3f, ""),
+    SL_F(SlTaskConfig, gate_size_m, 1, 0.1f, 100.f, ""),
+    SL_F(SlTaskConfig, gate_frame_m, 1, 0.f, 10.f, ""),
+    SL_F(SlTaskConfig, reward_gate, 1, 0.f, 1e4f, ""),
+    SL_F(SlTaskConfig, orbit_radius_m_range, 2, 0.1f, 1e3f, ""),
+    SL_F(SlTaskConfig, orbit_speed_m_s_range, 2, 0.f, 100.f, ""),
+    SL_F(SlTaskConfig, follow_speed_m_s_max, 1, 0.f, 100.f, ""),
+    SL_F(SlTaskConfig, track_radius_m, 1, 1e-3f, 100.f, ""),
+    SL_F(SlTaskConfig, track_success_frac, 1, 0.f, 1.f, ""),
+    SL_F(SlTaskConfig, formation_spacing_m, 1, 0.05f, 100.f, ""),
+    SL_F(SlTaskConfig, obstacle_count, 1, 0.f, (float)SL_MAX_OBSTACLES, ""),
+    SL_F(SlTaskConfig, obstacle_radius_m_range, 2, 0.01f, 100.f, ""),
+    SL_F(SlTaskConfig, obstacle_goal_dist_m_range, 2, 0.f, 1e4f, ""),
 };
 #undef SL_F
 #define SL_N_PARAM_FIELDS ((int)(sizeof SL_PARAM_FIELDS / sizeof SL_PARAM_FIELDS[0]))
@@ -212,14 +271,19 @@ static const SlField SL_TASK_FIELDS[] = {
  * 3. Observation layout. The one definition; the sim, trainer, exporter and flight runner
  *    all read it from here. Bump SL_OBS_LAYOUT_VERSION when it changes.
  * ========================================================================================== */
-#define SL_OBS_LAYOUT_VERSION 1
+#define SL_OBS_LAYOUT_VERSION 2
+#define SL_OBS_GATE_SIZE 9     /* per gate: centre offset body (squashed, 3), normal body (3), half width, half height (m), present */
+#define SL_OBS_OBSTACLE_SIZE 5 /* per obstacle: centre offset body (m, 3), radius (m), present */
 #define SL_OBS_FIELDS(X)                                                                         \
     X(target_body, 3)       /* target - position, body FLU, squashed: d / (1 + |d|) (metres) */ \
     X(vel_body_m_s, 3)      /* velocity in body FLU */                                          \
     X(rot_body_to_world, 9) /* rotation matrix, row-major: attitude without a double cover */  \
     X(omega_body_rad_s, 3)  /* body rates FLU (gyro) */                                         \
     X(last_actions, SL_ACTION_HISTORY * SL_ACTION_SIZE) /* newest first */                      \
-    X(hover_action, 1)      /* the action that hovers the nominal drone (from its profile) */
+    X(hover_action, 1)      /* the action that hovers the nominal drone (from its profile) */   \
+    X(target_vel_body_m_s, 3) /* the target's velocity, body FLU (orbit, follow; else 0) */     \
+    X(gates, SL_OBS_GATES * SL_OBS_GATE_SIZE) /* the next K gates (race; else 0) */            \
+    X(obstacles, SL_OBS_OBSTACLES * SL_OBS_OBSTACLE_SIZE) /* the nearest M, nearest first */
 
 #define SL_OBS_ENUM_OFFSET(name, n) SL_OBS_##name, SL_OBS_##name##_END = SL_OBS_##name + (n)-1,
 enum { SL_OBS_FIELDS(SL_OBS_ENUM_OFFSET) SL_OBS_SIZE };
@@ -455,12 +519,20 @@ SL_INLINE void sl_ctbr_command(const float a[4], const SlNominal *n, const SlPar
     X(nom_inertia, 3) X(nom_thrust_max, 1) X(hover_action, 1)                                    \
     /* actions: current (transposed from the action buffer) and previous (for latency) */       \
     X(action_now, 4) X(action_prev, 4) X(action_hist, SL_ACTION_HISTORY * SL_ACTION_SIZE)       \
-    /* task */                                                                                   \
-    X(target_enu_m, 3) X(prev_dist_m, 1) X(time_s, 1) X(hold_s, 1) X(time_to_target_s, 1)       \
-    X(ep_return, 1) X(ep_success, 1)                                                             \
+    /* task: the target is c + A sin(W t + phase) (A = 0: a fixed point) */                      \
+    X(task_id, 1) X(radius_m, 1) X(target_enu_m, 3) X(target_vel_enu_m_s, 3)                    \
+    X(move_centre_enu_m, 3) X(move_amp_m, 3) X(move_w_rad_s, 3) X(move_phase_rad, 3)            \
+    X(prev_pos_enu_m, 3) X(next_gate, 1) X(gates_passed, 1) X(gates_to_pass, 1) X(episode_s, 1) \
+    X(prev_dist_m, 1) X(time_s, 1) X(hold_s, 1) X(track_s, 1) X(time_to_target_s, 1)            \
+    X(ep_return, 1) X(ep_success, 1) X(collided, 1) X(gate_event, 1)                             \
+    /* what the drone senses: the nearest obstacles (centre ENU, radius), nearest first */       \
+    X(near, SL_OBS_OBSTACLES * 4) X(near_count, 1)                                               \
+    /* the next gates of a race, copied from its course (so observing needs no gather) */       \
+    X(next_gates, SL_OBS_GATES * SL_GATE_FLOATS) X(next_gates_count, 1)                         \
     /* record of each drone's last finished episode (valid where done) */                       \
     X(last_return, 1) X(last_length_s, 1) X(last_success, 1) X(last_crash, 1)                   \
-    X(last_time_to_target_s, 1) X(last_final_error_m, 1) X(last_arm_m, 1) X(last_mass_kg, 1)
+    X(last_time_to_target_s, 1) X(last_final_error_m, 1) X(last_arm_m, 1) X(last_mass_kg, 1)   \
+    X(last_task, 1) X(last_gates, 1) X(last_collision, 1)
 
 #define SL_ROW_ENUM(name, w) SL_ROW_##name, SL_ROW_##name##_END = SL_ROW_##name + (w)-1,
 enum { SL_DRONE_FLOATS(SL_ROW_ENUM) SL_N_ROWS };
@@ -486,6 +558,17 @@ typedef struct {
     float *f;           /* [SL_N_ROWS][n_pad]: every per-drone field */
     uint32_t *rng;      /* [n_pad] one random stream per drone */
     float *ring;        /* [SL_DELAY_SLOTS][4][n_pad] rotor-speed commands */
+    /* the shared spaces: drones i * space_size .. (i + 1) * space_size - 1 fly in space i */
+    int space_size, n_spaces;
+    float *gates;       /* [n_spaces][SL_MAX_GATES][SL_GATE_FLOATS] world ENU */
+    int *n_gates;       /* [n_spaces] */
+    float *obstacles;   /* [n_spaces][SL_MAX_OBSTACLES][4]: centre ENU, radius */
+    int *n_obstacles;   /* [n_spaces] */
+    float *formation;   /* [n_spaces][space_size][3]: each drone's slot, ENU */
+    uint32_t *space_rng;/* [n_spaces] one random stream per space (its course, obstacles, formation) */
+    int course_n;       /* > 0: a course was set; its gates replace random ones */
+    float course[SL_MAX_GATES * SL_GATE_FLOATS];
+    float task_cdf[SL_N_TASKS];
 } SlEnv;
 
 /* Each per-drone field's name, width and first row, for Python's views. */
@@ -547,8 +630,10 @@ SL_INLINE void sl_physics(SlEnv *e, const int MODE, const int i0, const int i1) 
     const float dt = e->dt_s, v_nominal = e->nominal.battery_v_nominal;
     const SlParams p = e->nominal;
     const uint32_t head = e->head;
-    for (int i = i0; i < i1; i++)
+    for (int i = i0; i < i1; i++) {
         for (int m = 0; m < 4; m++) SL_D(action_now, m) = actions[i * 4 + m];
+        for (int a = 0; a < 3; a++) SL_D(prev_pos_enu_m, a) = SL_D(pos_enu_m, a); /* for gate crossings */
+    }
     for (int k = 0; k < S; k++) {
         float *restrict ring_w = ring + (size_t)((head + (uint32_t)k) & (SL_DELAY_SLOTS - 1)) * 4 * np;
         const int w_slot = (int)((head + (uint32_t)k) & (SL_DELAY_SLOTS - 1));
@@ -593,35 +678,69 @@ typedef struct {
     float pos_enu_m[3], vel_enu_m_s[3], quat_wxyz[4], omega_flu_rad_s[3], target_enu_m[3];
     float last_actions[SL_ACTION_HISTORY * SL_ACTION_SIZE]; /* newest first */
     float hover_action;
+    float target_vel_enu_m_s[3];
+    float gates[SL_OBS_GATES][SL_GATE_FLOATS]; /* the next gates, world ENU */
+    float n_gates;                             /* how many of them are present (0..K) */
+    float near[SL_OBS_OBSTACLES][4];           /* the nearest obstacles: centre ENU, radius */
+    float n_near;
 } SlObsInput;
+
+/* world -> body FLU is R^T: column a of R */
+SL_INLINE float sl_to_body(const float R[9], const float v[3], int a) { return R[a] * v[0] + R[3 + a] * v[1] + R[6 + a] * v[2]; }
 
 SL_INLINE void sl_observe(const SlObsInput *in, float *restrict out) {
     float R[9];
     sl_quat_to_rot(in->quat_wxyz, R);
-    float d[3], vb[3];
+    float d[3];
     for (int a = 0; a < 3; a++) d[a] = in->target_enu_m[a] - in->pos_enu_m[a];
     float squash = 1.f / (1.f + sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]));
     for (int a = 0; a < 3; a++) {
-        /* world -> body is R^T: column a of R */
-        out[SL_OBS_target_body + a] = squash * (R[a] * d[0] + R[3 + a] * d[1] + R[6 + a] * d[2]);
-        vb[a] = R[a] * in->vel_enu_m_s[0] + R[3 + a] * in->vel_enu_m_s[1] + R[6 + a] * in->vel_enu_m_s[2];
-        out[SL_OBS_vel_body_m_s + a] = vb[a];
+        out[SL_OBS_target_body + a] = squash * sl_to_body(R, d, a);
+        out[SL_OBS_vel_body_m_s + a] = sl_to_body(R, in->vel_enu_m_s, a);
         out[SL_OBS_omega_body_rad_s + a] = in->omega_flu_rad_s[a];
+        out[SL_OBS_target_vel_body_m_s + a] = sl_to_body(R, in->target_vel_enu_m_s, a);
     }
     for (int k = 0; k < 9; k++) out[SL_OBS_rot_body_to_world + k] = R[k];
     for (int k = 0; k < SL_ACTION_HISTORY * SL_ACTION_SIZE; k++) out[SL_OBS_last_actions + k] = in->last_actions[k];
     out[SL_OBS_hover_action] = in->hover_action;
+    /* absent slots are all zeros, present flag 0 */
+    for (int g = 0; g < SL_OBS_GATES; g++) {
+        const float *gate = in->gates[g];
+        float present = (float)g < in->n_gates ? 1.f : 0.f, dg[3];
+        for (int a = 0; a < 3; a++) dg[a] = gate[a] - in->pos_enu_m[a];
+        float sq = present / (1.f + sqrtf(dg[0] * dg[0] + dg[1] * dg[1] + dg[2] * dg[2]));
+        float *o = out + SL_OBS_gates + g * SL_OBS_GATE_SIZE;
+        for (int a = 0; a < 3; a++) {
+            o[a] = sq * sl_to_body(R, dg, a);
+            o[3 + a] = present * sl_to_body(R, gate + 3, a);
+        }
+        o[6] = present * gate[6];
+        o[7] = present * gate[7];
+        o[8] = present;
+    }
+    for (int k = 0; k < SL_OBS_OBSTACLES; k++) {
+        float present = (float)k < in->n_near ? 1.f : 0.f, dk[3];
+        for (int a = 0; a < 3; a++) dk[a] = present * (in->near[k][a] - in->pos_enu_m[a]);
+        float *o = out + SL_OBS_obstacles + k * SL_OBS_OBSTACLE_SIZE;
+        for (int a = 0; a < 3; a++) o[a] = sl_to_body(R, dk, a);
+        o[3] = present * in->near[k][3];
+        o[4] = present;
+    }
 }
 
-/* Drone i's observation as the sim sees it: the state plus the randomized observation noise. */
-SL_INLINE void sl_observe_drone(const float *restrict F, int np, int i, const SlRandomization *r, uint32_t *rng,
-                                float *restrict out) {
+/* Drone i's observation as the sim sees it: the state plus the randomized observation noise,
+ * the next gates of its course (race) and what it senses. */
+SL_INLINE void sl_observe_drone(const SlEnv *e, int i, uint32_t *rng, float *restrict out) {
+    const float *restrict F = e->f;
+    const int np = e->n_pad;
+    const SlRandomization *r = &e->rnd;
     SlObsInput in;
     for (int a = 0; a < 3; a++) {
         in.pos_enu_m[a] = SL_D(pos_enu_m, a) + r->obs_noise_pos_m * sl_normalish(rng);
         in.vel_enu_m_s[a] = SL_D(vel_enu_m_s, a) + r->obs_noise_vel_m_s * sl_normalish(rng);
         in.omega_flu_rad_s[a] = SL_D(omega_flu_rad_s, a) + r->obs_noise_rate_rad_s * sl_normalish(rng);
         in.target_enu_m[a] = SL_D(target_enu_m, a);
+        in.target_vel_enu_m_s[a] = SL_D(target_vel_enu_m_s, a);
     }
     float qn = 0.f;
     for (int a = 0; a < 4; a++) {
@@ -632,20 +751,23 @@ SL_INLINE void sl_observe_drone(const float *restrict F, int np, int i, const Sl
     for (int a = 0; a < 4; a++) in.quat_wxyz[a] *= qn;
     for (int k = 0; k < SL_ACTION_HISTORY * SL_ACTION_SIZE; k++) in.last_actions[k] = SL_D(action_hist, k);
     in.hover_action = SL_D(hover_action, 0);
+    in.n_gates = SL_D(next_gates_count, 0);
+    for (int g = 0; g < SL_OBS_GATES; g++)
+        for (int c = 0; c < SL_GATE_FLOATS; c++) in.gates[g][c] = SL_D(next_gates, g * SL_GATE_FLOATS + c);
+    in.n_near = SL_D(near_count, 0);
+    for (int k = 0; k < SL_OBS_OBSTACLES; k++)
+        for (int c = 0; c < 4; c++) in.near[k][c] = SL_D(near, k * 4 + c);
     sl_observe(&in, out);
 }
 
 /* Observe drones i0..i1-1 into e->obs (vectorized across drones). */
 static void sl_observe_range(SlEnv *e, const int i0, const int i1) {
-    const float *restrict F = e->f;
     uint32_t *restrict rngs = e->rng;
     float *restrict obs = e->obs;
-    const int np = e->n_pad;
-    const SlRandomization r = e->rnd;
 #pragma GCC ivdep
     for (int i = i0; i < i1; i++) {
         uint32_t rng = rngs[i];
-        sl_observe_drone(F, np, i, &r, &rng, obs + (size_t)i * SL_OBS_SIZE);
+        sl_observe_drone(e, i, &rng, obs + (size_t)i * SL_OBS_SIZE);
         rngs[i] = rng;
     }
 }
@@ -677,6 +799,7 @@ static void sl_randomize_drone(SlEnv *e, int i) {
 
     /* nominal: what the user's profile says about this drone */
     SL_D(arm_m, 0) = arm;
+    SL_D(radius_m, 0) = SL_RADIUS_PER_ARM * arm;
     SL_D(nom_kf, 0) = kf;
     SL_D(nom_km, 0) = km;
     SL_D(nom_omega_max, 0) = omega_max;
@@ -755,32 +878,437 @@ static void sl_settle_commands(SlEnv *e, int i, const float held[4]) {
 }
 
 /* ============================================================================================
- * 10. The hover / go-to task: reset, reward, termination, episode statistics.
+ * 10. Worlds and sensing. A space is a box (|x| <= bx, |y| <= by, 0 <= z <= bz) that holds a
+ *     course of gates, a field of sphere obstacles and a formation's slots. With
+ *     drones_per_space = 1 every drone has its own world, drawn anew for each episode's task;
+ *     with more, the drones of a space share one world (drawn at reset) and are obstacles to
+ *     each other. Collisions are checked once per control step.
  * ========================================================================================== */
+#define SL_PI 3.14159265f
+
+SL_INLINE float sl_norm3(const float v[3]) { return sqrtf(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]); }
+SL_INLINE float sl_dist3(const float *a, const float *b) {
+    float d[3] = {a[0] - b[0], a[1] - b[1], a[2] - b[2]};
+    return sl_norm3(d);
+}
+
+/* A vertical gate at centre c, flown through towards yaw (counter-clockwise from east). */
+static void sl_set_gate(float *g, const float c[3], float yaw_rad, float width_m, float height_m) {
+    for (int a = 0; a < 3; a++) g[a] = c[a];
+    g[3] = cosf(yaw_rad); g[4] = sinf(yaw_rad); g[5] = 0.f;
+    g[6] = 0.5f * width_m; g[7] = 0.5f * height_m;
+}
+
+/* The box inside the bounds that keeps `margin` from every wall, floor and ceiling. */
+static void sl_inner_box(const SlTaskConfig *t, float margin, float lo[3], float hi[3]) {
+    for (int a = 0; a < 3; a++) {
+        lo[a] = (a == 2 ? 0.f : -t->bounds_m[a]) + margin;
+        hi[a] = t->bounds_m[a] - margin;
+        if (lo[a] > hi[a]) lo[a] = hi[a] = 0.5f * (lo[a] + hi[a]);
+    }
+}
+
+/* A random course: each gate a feasible hop (gate_spacing_m_range) from the previous one, turned
+ * at most about 70 degrees, facing along the hop, inside the bounds. Returns the number of gates. */
+static int sl_random_course(const SlTaskConfig *t, uint32_t *rng, float size_m, float *gates) {
+    int n = (int)sl_uniform_in(rng, t->gate_count_range[0], t->gate_count_range[1] + 0.999f);
+    n = n < 1 ? 1 : n > SL_MAX_GATES ? SL_MAX_GATES : n;
+    float lo[3], hi[3], c[3];
+    sl_inner_box(t, 0.5f * size_m + t->gate_frame_m + 0.5f, lo, hi);
+    for (int a = 0; a < 3; a++) c[a] = sl_uniform_in(rng, lo[a], hi[a]);
+    float yaw = sl_uniform_in(rng, -SL_PI, SL_PI);
+    sl_set_gate(gates, c, yaw, size_m, size_m);
+    for (int k = 1; k < n; k++) {
+        float cand[3] = {0.f, 0.f, 0.f};
+        int ok = 0;
+        for (int attempt = 0; attempt < 24 && !ok; attempt++) {
+            float dir = yaw + (attempt < 16 ? sl_uniform_in(rng, -1.2f, 1.2f) : sl_uniform_in(rng, -SL_PI, SL_PI));
+            float hop = sl_uniform_in(rng, t->gate_spacing_m_range[0], t->gate_spacing_m_range[1]);
+            cand[0] = c[0] + hop * cosf(dir);
+            cand[1] = c[1] + hop * sinf(dir);
+            cand[2] = sl_uniform_in(rng, sl_max(lo[2], c[2] - 1.5f), sl_min(hi[2], c[2] + 1.5f));
+            ok = 1;
+            for (int a = 0; a < 3; a++) ok &= cand[a] >= lo[a] && cand[a] <= hi[a];
+            for (int j = 0; j < k && ok; j++) ok = sl_dist3(cand, gates + j * SL_GATE_FLOATS) >= 0.7f * t->gate_spacing_m_range[0];
+        }
+        if (!ok) { /* boxed in: hop towards the middle of the box */
+            float to[3] = {-c[0], -c[1], 0.f}, len = sl_max(sl_norm3(to), 1e-6f);
+            for (int a = 0; a < 2; a++) cand[a] = sl_clamp(c[a] + to[a] / len * t->gate_spacing_m_range[0], lo[a], hi[a]);
+            cand[2] = c[2];
+        }
+        yaw = atan2f(cand[1] - c[1], cand[0] - c[0]) + sl_uniform_in(rng, -0.3f, 0.3f);
+        sl_set_gate(gates + k * SL_GATE_FLOATS, cand, yaw, size_m, size_m);
+        for (int a = 0; a < 3; a++) c[a] = cand[a];
+    }
+    return n;
+}
+
+/* Is point p (a drone of radius r, plus clearance) free of the space's spheres and gates? */
+static int sl_clear_of_world(const SlEnv *e, int space, const float p[3], float r) {
+    const float *obs = e->obstacles + (size_t)space * SL_MAX_OBSTACLES * 4;
+    for (int k = 0; k < e->n_obstacles[space]; k++)
+        if (sl_dist3(p, obs + 4 * k) < obs[4 * k + 3] + r) return 0;
+    const float *g = e->gates + (size_t)space * SL_MAX_GATES * SL_GATE_FLOATS;
+    for (int k = 0; k < e->n_gates[space]; k++, g += SL_GATE_FLOATS)
+        if (sl_dist3(p, g) < sl_max(g[6], g[7]) + e->task.gate_frame_m + r) return 0;
+    return 1;
+}
+
+/* Spheres placed in the space: uniformly (a shared space), or scattered about the segment
+ * start -> goal (an obstacles episode), never on the start, the goal, a gate or a slot. */
+static void sl_obstacle_field(SlEnv *e, int space, uint32_t *rng, const float *start, const float *goal, float clear_m) {
+    const SlTaskConfig *t = &e->task;
+    float *obs = e->obstacles + (size_t)space * SL_MAX_OBSTACLES * 4, lo[3], hi[3];
+    sl_inner_box(t, 0.f, lo, hi);
+    e->n_obstacles[space] = 0;
+    for (int k = 0, placed = 0; k < (int)t->obstacle_count; k++) {
+        for (int attempt = 0; attempt < 12; attempt++) {
+            float p[3], r = sl_uniform_in(rng, t->obstacle_radius_m_range[0], t->obstacle_radius_m_range[1]);
+            if (start) {
+                float s = sl_uniform_in(rng, 0.2f, 0.8f);
+                for (int a = 0; a < 3; a++) p[a] = start[a] + s * (goal[a] - start[a]) + (a == 2 ? 0.3f : 0.7f) * sl_normalish(rng);
+            } else {
+                for (int a = 0; a < 3; a++) p[a] = sl_uniform_in(rng, lo[a], hi[a]);
+            }
+            int ok = sl_clear_of_world(e, space, p, r + clear_m);
+            if (start) ok &= sl_dist3(p, start) > r + clear_m && sl_dist3(p, goal) > r + clear_m;
+            const float *slot = e->formation + (size_t)space * e->space_size * 3;
+            for (int j = 0; j < e->space_size && ok && !start; j++) ok = sl_dist3(p, slot + 3 * j) > r + clear_m;
+            if (ok) {
+                for (int a = 0; a < 3; a++) obs[4 * placed + a] = p[a];
+                obs[4 * placed + 3] = r;
+                e->n_obstacles[space] = ++placed;
+                break;
+            }
+        }
+    }
+}
+
+/* Formation slots of a space: a horizontal grid, a sphere or a waving flag (a vertical sheet),
+ * spacing_m apart, about `centre`, kept inside the bounds. */
+static void sl_formation(const SlTaskConfig *t, uint32_t *rng, int n, const float centre[3], float *slots) {
+    const int shape = (int)sl_uniform_in(rng, 0.f, 2.999f);
+    const float sp = t->formation_spacing_m;
+    float lo[3], hi[3];
+    sl_inner_box(t, 0.5f, lo, hi);
+    const int side = (int)ceilf(sqrtf((float)n)), cols = (int)ceilf(sqrtf(1.5f * (float)n)), rows = (n + cols - 1) / cols;
+    const float big_r = sp * sqrtf((float)n / (4.f * SL_PI));
+    for (int k = 0; k < n; k++) {
+        float o[3];
+        if (shape == 0) {        /* grid */
+            o[0] = ((float)(k % side) - 0.5f * (float)(side - 1)) * sp;
+            o[1] = ((float)(k / side) - 0.5f * (float)((n + side - 1) / side - 1)) * sp;
+            o[2] = 0.f;
+        } else if (shape == 1) { /* sphere: a Fibonacci lattice */
+            float z = n > 1 ? 1.f - 2.f * ((float)k + 0.5f) / (float)n : 0.f, rr = sqrtf(sl_max(1.f - z * z, 0.f));
+            float phi = 2.3999632f * (float)k;
+            o[0] = big_r * rr * cosf(phi); o[1] = big_r * rr * sinf(phi); o[2] = big_r * z;
+        } else {                 /* flag: columns along x, rows along z, a wave along y */
+            int col = k % cols, row = k / cols;
+            o[0] = ((float)col - 0.5f * (float)(cols - 1)) * sp;
+            o[1] = 0.25f * sp * sinf(1.2f * (float)col);
+            o[2] = (0.5f * (float)(rows - 1) - (float)row) * sp;
+        }
+        for (int a = 0; a < 3; a++) slots[3 * k + a] = sl_clamp(centre[a] + o[a], lo[a], hi[a]);
+    }
+}
+
+/* Keeps the M nearest (distance, id) pairs, sorted; ties broken by id, so the order in which
+ * candidates are visited does not matter. */
+SL_INLINE void sl_keep_nearest(float *dist, int *id, int *count, float d, int j) {
+    int k = *count < SL_OBS_OBSTACLES ? (*count)++ : SL_OBS_OBSTACLES;
+    if (k == SL_OBS_OBSTACLES && !(d < dist[k - 1] || (d == dist[k - 1] && j < id[k - 1]))) return;
+    if (k == SL_OBS_OBSTACLES) k--;
+    while (k > 0 && (d < dist[k - 1] || (d == dist[k - 1] && j < id[k - 1]))) {
+        dist[k] = dist[k - 1]; id[k] = id[k - 1]; k--;
+    }
+    dist[k] = d; id[k] = j;
+}
+
+/* Drone-drone neighbours of n drones (positions [n][3], radii [n]): for each drone, whether it
+ * touches another (surface distance below zero) and its nearest M others closer than sense_m
+ * (surface to surface): nearest [n][M] ids (-1: none) and their distances. A uniform grid of
+ * cells no smaller than the query reach keeps this O(n); use_grid = 0 checks all pairs (the
+ * reference the tests compare with). Returns 0, or -1 when out of memory. */
+int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, int use_grid, uint8_t *collided,
+                 int *nearest, float *nearest_dist) {
+    float r_max = 0.f, lo[3] = {1e30f, 1e30f, 1e30f}, hi[3] = {-1e30f, -1e30f, -1e30f};
+    for (int i = 0; i < n; i++) {
+        r_max = sl_max(r_max, radius[i]);
+        for (int a = 0; a < 3; a++) {
+            float x = pos[3 * i + a] == pos[3 * i + a] ? pos[3 * i + a] : 0.f; /* a NaN drone goes to a corner */
+            lo[a] = sl_min(lo[a], x); hi[a] = sl_max(hi[a], x);
+        }
+    }
+    float cell = sl_max(sense_m + 2.f * r_max, 1e-3f);
+    int dim[3] = {1, 1, 1}, cells = 1, *start = NULL, *order = NULL, *cell_of = NULL;
+    if (use_grid && n > 1) {
+        for (;;) {
+            cells = 1;
+            for (int a = 0; a < 3; a++) { dim[a] = (int)sl_min((hi[a] - lo[a]) / cell, 1e6f) + 1; cells *= dim[a]; }
+            if (cells <= 8 * n + 64) break;
+            cell *= 1.5f;
+        }
+        start = (int *)calloc((size_t)cells + 1, sizeof(int));
+        order = (int *)malloc((size_t)n * sizeof(int));
+        cell_of = (int *)malloc((size_t)n * sizeof(int));
+        if (!start || !order || !cell_of) { free(start); free(order); free(cell_of); return -1; }
+        for (int i = 0; i < n; i++) { /* counting sort of the drones by cell */
+            int c[3];
+            for (int a = 0; a < 3; a++) {
+                float x = pos[3 * i + a] == pos[3 * i + a] ? pos[3 * i + a] : 0.f;
+                c[a] = (int)sl_clamp((x - lo[a]) / cell, 0.f, (float)(dim[a] - 1));
+            }
+            cell_of[i] = (c[2] * dim[1] + c[1]) * dim[0] + c[0];
+            start[cell_of[i] + 1]++;
+        }
+        for (int c = 0; c < cells; c++) start[c + 1] += start[c];
+        int *fill = (int *)malloc((size_t)cells * sizeof(int));
+        if (!fill) { free(start); free(order); free(cell_of); return -1; }
+        memcpy(fill, start, (size_t)cells * sizeof(int));
+        for (int i = 0; i < n; i++) order[fill[cell_of[i]]++] = i;
+        free(fill);
+    }
+    for (int i = 0; i < n; i++) {
+        float dist[SL_OBS_OBSTACLES];
+        int id[SL_OBS_OBSTACLES], count = 0, touch = 0;
+        const float *p = pos + 3 * i;
+        if (start) {
+            int c = cell_of[i], cx = c % dim[0], cy = (c / dim[0]) % dim[1], cz = c / (dim[0] * dim[1]);
+            for (int z = cz - 1; z <= cz + 1; z++)
+                for (int y = cy - 1; y <= cy + 1; y++)
+                    for (int x = cx - 1; x <= cx + 1; x++) {
+                        if (x < 0 || y < 0 || z < 0 || x >= dim[0] || y >= dim[1] || z >= dim[2]) continue;
+                        int cc = (z * dim[1] + y) * dim[0] + x;
+                        for (int k = start[cc]; k < start[cc + 1]; k++) {
+                            int j = order[k];
+                            if (j == i) continue;
+                            float d = sl_dist3(p, pos + 3 * j) - radius[i] - radius[j];
+                            touch |= d < 0.f;
+                            if (d < sense_m) sl_keep_nearest(dist, id, &count, d, j);
+                        }
+                    }
+        } else {
+            for (int j = 0; j < n; j++) {
+                if (j == i) continue;
+                float d = sl_dist3(p, pos + 3 * j) - radius[i] - radius[j];
+                touch |= d < 0.f;
+                if (d < sense_m) sl_keep_nearest(dist, id, &count, d, j);
+            }
+        }
+        collided[i] = (uint8_t)touch;
+        for (int k = 0; k < SL_OBS_OBSTACLES; k++) {
+            nearest[i * SL_OBS_OBSTACLES + k] = k < count ? id[k] : -1;
+            nearest_dist[i * SL_OBS_OBSTACLES + k] = k < count ? dist[k] : 0.f;
+        }
+    }
+    free(start); free(order); free(cell_of);
+    return 0;
+}
+
+/* Drone i's senses, given its nearest other drones (ids within its space, from sl_neighbors;
+ * count may be 0): adds the space's spheres, keeps the M nearest (drones and spheres alike) and
+ * sets `collided` on touching any of them. */
+static void sl_sense_finish(SlEnv *e, int i, float *dist, int *id, int count, int touch) {
+    float *F = e->f;
+    const int np = e->n_pad, space = i / e->space_size, first = space * e->space_size;
+    const float p[3] = {SL_D(pos_enu_m, 0), SL_D(pos_enu_m, 1), SL_D(pos_enu_m, 2)}, r = SL_D(radius_m, 0);
+    const float *obs = e->obstacles + (size_t)space * SL_MAX_OBSTACLES * 4;
+    for (int k = 0; k < e->n_obstacles[space]; k++) {
+        float d = sl_dist3(p, obs + 4 * k) - obs[4 * k + 3] - r;
+        touch |= d < 0.f;
+        if (d < e->task.sense_range_m) sl_keep_nearest(dist, id, &count, d, e->space_size + k);
+    }
+    for (int k = 0; k < SL_OBS_OBSTACLES; k++) {
+        const int j = k < count ? id[k] : 0;
+        for (int a = 0; a < 4; a++) {
+            float v = 0.f;
+            if (k < count && j < e->space_size) { /* another drone */
+                const int i_other = first + j;
+                v = a < 3 ? F[(ptrdiff_t)(SL_ROW_pos_enu_m + a) * np + i_other] : F[(ptrdiff_t)SL_ROW_radius_m * np + i_other];
+            } else if (k < count) {
+                v = obs[4 * (j - e->space_size) + a];
+            }
+            SL_D(near, 4 * k + a) = v;
+        }
+    }
+    SL_D(near_count, 0) = (float)count;
+    SL_D(collided, 0) = (float)touch;
+}
+
+/* Drone i's senses by itself (after its reset, or in a world of its own): all pairs in its space. */
+static void sl_sense_one(SlEnv *e, int i) {
+    float *F = e->f;
+    const int np = e->n_pad, first = i / e->space_size * e->space_size;
+    if (e->space_size == 1 && e->n_obstacles[first] == 0) { /* an empty world of its own: nothing to sense */
+        SL_D(near_count, 0) = SL_D(collided, 0) = 0.f;
+        return;
+    }
+    float dist[SL_OBS_OBSTACLES], p[3] = {SL_D(pos_enu_m, 0), SL_D(pos_enu_m, 1), SL_D(pos_enu_m, 2)};
+    int id[SL_OBS_OBSTACLES], count = 0, touch = 0;
+    for (int j = 0; j < e->space_size; j++) {
+        const int o = first + j;
+        if (o == i || o >= e->n) continue;
+        float q[3] = {F[(ptrdiff_t)SL_ROW_pos_enu_m * np + o], F[(ptrdiff_t)(SL_ROW_pos_enu_m + 1) * np + o],
+                      F[(ptrdiff_t)(SL_ROW_pos_enu_m + 2) * np + o]};
+        float d = sl_dist3(p, q) - SL_D(radius_m, 0) - F[(ptrdiff_t)SL_ROW_radius_m * np + o];
+        touch |= d < 0.f;
+        if (d < e->task.sense_range_m) sl_keep_nearest(dist, id, &count, d, j);
+    }
+    sl_sense_finish(e, i, dist, id, count, touch);
+}
+
+/* Every drone of every shared space senses, through the grid. Returns -1 when out of memory. */
+static int sl_sense_spaces(SlEnv *e) {
+    const int S = e->space_size, np = e->n_pad;
+    float *pos = (float *)malloc((size_t)S * 4 * sizeof(float)), *radius = pos + 3 * S;
+    float *nd = (float *)malloc((size_t)S * SL_OBS_OBSTACLES * sizeof(float));
+    int *ni = (int *)malloc((size_t)S * SL_OBS_OBSTACLES * sizeof(int));
+    uint8_t *hit = (uint8_t *)malloc((size_t)S);
+    int status = pos && nd && ni && hit ? 0 : -1;
+    for (int space = 0; space < e->n_spaces && status == 0; space++) {
+        const int first = space * S, n = e->n - first < S ? e->n - first : S;
+        for (int j = 0; j < n; j++) {
+            for (int a = 0; a < 3; a++) pos[3 * j + a] = e->f[(ptrdiff_t)(SL_ROW_pos_enu_m + a) * np + first + j];
+            radius[j] = e->f[(ptrdiff_t)SL_ROW_radius_m * np + first + j];
+        }
+        status = sl_neighbors(n, pos, radius, e->task.sense_range_m, 1, hit, ni, nd);
+        for (int j = 0; j < n && status == 0; j++) {
+            int count = 0;
+            while (count < SL_OBS_OBSTACLES && ni[j * SL_OBS_OBSTACLES + count] >= 0) count++;
+            sl_sense_finish(e, first + j, nd + j * SL_OBS_OBSTACLES, ni + j * SL_OBS_OBSTACLES, count, hit[j]);
+        }
+    }
+    free(pos); free(nd); free(ni); free(hit);
+    return status;
+}
+
+/* Draws the world of a shared space (at reset): its course, formation and sphere field. */
+static void sl_draw_space(SlEnv *e, int space) {
+    const SlTaskConfig *t = &e->task;
+    uint32_t *rng = &e->space_rng[space];
+    float *gates = e->gates + (size_t)space * SL_MAX_GATES * SL_GATE_FLOATS;
+    e->n_gates[space] = e->n_obstacles[space] = 0;
+    if (e->course_n > 0) {
+        memcpy(gates, e->course, sizeof e->course);
+        e->n_gates[space] = e->course_n;
+    } else if (t->task_prob[SL_TASK_race] > 0.f) {
+        const float arm_max_m = e->rnd.arm_m_range[1] > 0.f ? e->rnd.arm_m_range[1] : e->nominal.arm_m; /* room for the largest */
+        e->n_gates[space] = sl_random_course(t, rng, t->gate_size_m + 4.f * arm_max_m, gates);
+    }
+    const float centre[3] = {0.f, 0.f, 0.5f * t->bounds_m[2]};
+    sl_formation(t, rng, e->space_size, centre, e->formation + (size_t)space * e->space_size * 3);
+    if (t->task_prob[SL_TASK_obstacles] > 0.f) sl_obstacle_field(e, space, rng, NULL, NULL, 1.f);
+}
+
+/* ============================================================================================
+ * 11. The tasks: reset (task draw, world, start, target), reward, termination, statistics.
+ * ========================================================================================== */
+
+/* Copies the next gates a racing drone is to pass (wrapping around for the next lap) into its
+ * own fields, for the observation; none for the other tasks. */
+static void sl_load_next_gates(SlEnv *e, int i) {
+    float *F = e->f;
+    const int np = e->n_pad, space = i / e->space_size, ng = e->n_gates[space];
+    const float left = SL_D(task_id, 0) == (float)SL_TASK_race && ng > 0 ? SL_D(gates_to_pass, 0) - SL_D(gates_passed, 0) : 0.f;
+    SL_D(next_gates_count, 0) = sl_clamp(left, 0.f, (float)SL_OBS_GATES);
+    for (int g = 0; g < SL_OBS_GATES; g++) {
+        const int idx = ng > 0 ? ((int)SL_D(next_gate, 0) + g) % ng : 0;
+        for (int c = 0; c < SL_GATE_FLOATS; c++)
+            SL_D(next_gates, g * SL_GATE_FLOATS + c) = ng > 0 ? e->gates[((size_t)space * SL_MAX_GATES + idx) * SL_GATE_FLOATS + c] : 0.f;
+    }
+}
+
+/* Where the target is at time t_s, and how fast it moves: c + A sin(W t + phase). */
+SL_INLINE void sl_target_at(float *restrict F, int np, int i, float t_s) {
+    for (int a = 0; a < 3; a++) {
+        float ph = SL_D(move_w_rad_s, a) * t_s + SL_D(move_phase_rad, a);
+        SL_D(target_enu_m, a) = SL_D(move_centre_enu_m, a) + SL_D(move_amp_m, a) * sinf(ph);
+        SL_D(target_vel_enu_m_s, a) = SL_D(move_amp_m, a) * SL_D(move_w_rad_s, a) * cosf(ph);
+    }
+}
+
+static int sl_draw_task(const SlEnv *e, uint32_t *rng) {
+    float u = sl_uniform(rng);
+    for (int k = 0; k < SL_N_TASKS - 1; k++)
+        if (u < e->task_cdf[k]) return k;
+    return SL_N_TASKS - 1;
+}
+
+/* A start position free of obstacles and other drones (a few tries, then the last one): in the
+ * box, or (gate given) 1.5 to 3 m before the gate, facing it. */
+static void sl_free_start(SlEnv *e, int i, uint32_t *rng, const float lo[3], const float hi[3], int on_ground,
+                          const float *gate, float p[3]) {
+    const float *F = e->f;
+    const int np = e->n_pad, space = i / e->space_size, first = space * e->space_size;
+    for (int attempt = 0; attempt < 16; attempt++) {
+        if (gate && attempt < 12) {
+            float back = sl_uniform_in(rng, 1.5f, 3.f), side = sl_uniform_in(rng, -0.5f, 0.5f) * gate[6];
+            p[0] = sl_clamp(gate[0] - back * gate[3] - side * gate[4], lo[0], hi[0]);
+            p[1] = sl_clamp(gate[1] - back * gate[4] + side * gate[3], lo[1], hi[1]);
+            p[2] = sl_clamp(gate[2] + sl_uniform_in(rng, -0.5f, 0.5f) * gate[7], lo[2], hi[2]);
+        } else {
+            p[0] = sl_uniform_in(rng, lo[0], hi[0]);
+            p[1] = sl_uniform_in(rng, lo[1], hi[1]);
+            p[2] = on_ground ? 0.f : sl_uniform_in(rng, lo[2], hi[2]);
+        }
+        int ok = gate || sl_clear_of_world(e, space, p, SL_D(radius_m, 0) + 0.3f); /* near a gate by design */
+        for (int j = first; j < first + e->space_size && j < e->n && ok; j++) {
+            if (j == i) continue;
+            float q[3] = {F[(ptrdiff_t)SL_ROW_pos_enu_m * np + j], F[(ptrdiff_t)(SL_ROW_pos_enu_m + 1) * np + j],
+                          F[(ptrdiff_t)(SL_ROW_pos_enu_m + 2) * np + j]};
+            ok = sl_dist3(p, q) > SL_D(radius_m, 0) + F[(ptrdiff_t)SL_ROW_radius_m * np + j] + 0.5f;
+        }
+        if (ok) return;
+    }
+}
+
 static void sl_reset_drone(SlEnv *e, int i) {
     const SlTaskConfig *t = &e->task;
     float *F = e->f;
-    const int np = e->n_pad;
+    const int np = e->n_pad, space = i / e->space_size;
     uint32_t *rng = &e->rng[i];
     sl_randomize_drone(e, i);
     sl_derive_drone(e, i);
+    const int task = sl_draw_task(e, rng);
+    SL_D(task_id, 0) = (float)task;
+    float *gates = e->gates + (size_t)space * SL_MAX_GATES * SL_GATE_FLOATS;
 
-    int on_ground = sl_uniform(rng) < t->ground_start_prob;
+    /* a world of its own: only what this task needs */
+    if (e->space_size == 1) {
+        e->n_gates[space] = e->n_obstacles[space] = 0;
+        if (task == SL_TASK_race && e->course_n > 0) {
+            memcpy(gates, e->course, sizeof e->course);
+            e->n_gates[space] = e->course_n;
+        } else if (task == SL_TASK_race) {
+            e->n_gates[space] = sl_random_course(t, rng, t->gate_size_m + 4.f * SL_D(arm_m, 0), gates);
+        }
+    }
+
     float margin = sl_min(1.f, 0.25f * t->bounds_m[2]);
-    float lo[3] = {-t->bounds_m[0] + margin, -t->bounds_m[1] + margin, margin};
-    float hi[3] = {t->bounds_m[0] - margin, t->bounds_m[1] - margin, t->bounds_m[2] - margin};
-    float p[3] = {sl_uniform_in(rng, lo[0], hi[0]), sl_uniform_in(rng, lo[1], hi[1]),
-                  on_ground ? 0.f : sl_uniform_in(rng, lo[2], hi[2])};
-    /* random attitude: yaw anywhere, tilt up to init_tilt_max about a random horizontal axis */
-    float yaw = sl_uniform_in(rng, -3.14159265f, 3.14159265f);
+    float lo[3], hi[3], p[3], yaw = sl_uniform_in(rng, -SL_PI, SL_PI);
+    sl_inner_box(t, margin, lo, hi);
+    lo[2] = margin; /* the floor margin */
+    int on_ground = task != SL_TASK_race && sl_uniform(rng) < t->ground_start_prob;
+    int first_gate = 0;
+    if (task == SL_TASK_race && e->n_gates[space] > 0) {
+        /* in the air before a gate, facing it: the first of a random course of its own, else any */
+        first_gate = e->course_n > 0 || e->space_size > 1 ? (int)sl_uniform_in(rng, 0.f, (float)e->n_gates[space] - 0.001f) : 0;
+        const float *g = gates + first_gate * SL_GATE_FLOATS;
+        sl_free_start(e, i, rng, lo, hi, 0, g, p);
+        yaw = atan2f(g[4], g[3]) + sl_uniform_in(rng, -0.3f, 0.3f);
+    } else {
+        sl_free_start(e, i, rng, lo, hi, on_ground, NULL, p);
+    }
+    /* random attitude: yaw, then a tilt up to init_tilt_max about a random horizontal axis */
     float tilt = on_ground ? 0.f : t->init_tilt_max_rad * sl_uniform(rng);
-    float axis = sl_uniform_in(rng, -3.14159265f, 3.14159265f);
+    float axis = sl_uniform_in(rng, -SL_PI, SL_PI);
     float cy = cosf(0.5f * yaw), sy = sinf(0.5f * yaw), ct = cosf(0.5f * tilt), st = sinf(0.5f * tilt);
     float ax = cosf(axis), ay = sinf(axis);
     float q[4] = {ct * cy, st * ax * cy + st * ay * sy, st * ay * cy - st * ax * sy, ct * sy}; /* q_tilt * q_yaw */
     float omega_hover = sqrtf(SL_D(mass_kg, 0) * SL_GRAVITY_M_S2 / (4.f * SL_D(kf_n_per_rad2s2, 0)));
     for (int a = 0; a < 3; a++) {
-        SL_D(pos_enu_m, a) = p[a];
+        SL_D(pos_enu_m, a) = SL_D(prev_pos_enu_m, a) = p[a];
         SL_D(vel_enu_m_s, a) = on_ground ? 0.f : t->init_speed_max_m_s * (2.f * sl_uniform(rng) - 1.f) * 0.57735f;
         SL_D(omega_flu_rad_s, a) = on_ground ? 0.f : t->init_rate_max_rad_s * (2.f * sl_uniform(rng) - 1.f) * 0.57735f;
     }
@@ -795,22 +1323,88 @@ static void sl_reset_drone(SlEnv *e, int i) {
     if (e->action_mode == SL_ACTION_CTBR) held[1] = held[2] = held[3] = 0.f;
     sl_settle_commands(e, i, held);
 
-    /* target: at a random distance and direction from the start, inside the box */
-    float dist = sl_uniform_in(rng, t->target_dist_m_range[0], t->target_dist_m_range[1]);
-    float dir[3] = {sl_normalish(rng), sl_normalish(rng), sl_normalish(rng)};
-    float dn = 1.f / sl_max(sqrtf(dir[0] * dir[0] + dir[1] * dir[1] + dir[2] * dir[2]), 1e-6f), d2 = 0.f;
-    for (int a = 0; a < 3; a++) {
-        float tg = sl_clamp(p[a] + dist * dir[a] * dn, lo[a], hi[a]);
-        SL_D(target_enu_m, a) = tg;
-        d2 += (tg - p[a]) * (tg - p[a]);
+    /* the target: c + A sin(W t + phase); A = 0 for a fixed point */
+    float c[3] = {0.f, 0.f, 0.f}, amp[3] = {0.f, 0.f, 0.f}, w[3] = {0.f, 0.f, 0.f}, phase[3] = {0.f, 0.f, 0.f};
+    SL_D(episode_s, 0) = t->episode_s;
+    SL_D(next_gate, 0) = (float)first_gate;
+    SL_D(gates_passed, 0) = 0.f;
+    SL_D(gates_to_pass, 0) = task == SL_TASK_race ? (float)e->n_gates[space] * t->race_laps : 0.f;
+    if (task == SL_TASK_race && e->n_gates[space] > 0) {
+        for (int a = 0; a < 3; a++) c[a] = gates[first_gate * SL_GATE_FLOATS + a];
+        SL_D(episode_s, 0) = SL_D(gates_to_pass, 0) * t->race_time_per_gate_s;
+    } else if (task == SL_TASK_orbit) {  /* a circle of radius R about a point, at speed v */
+        float room = sl_max(sl_min(hi[0] - lo[0], hi[1] - lo[1]) * 0.5f, 0.1f);
+        float radius = sl_min(sl_uniform_in(rng, t->orbit_radius_m_range[0], t->orbit_radius_m_range[1]), room);
+        float speed = sl_uniform_in(rng, t->orbit_speed_m_s_range[0], t->orbit_speed_m_s_range[1]);
+        float spin = sl_uniform(rng) < 0.5f ? -1.f : 1.f, phi = sl_uniform_in(rng, -SL_PI, SL_PI);
+        c[0] = sl_uniform_in(rng, lo[0] + radius, hi[0] - radius);
+        c[1] = sl_uniform_in(rng, lo[1] + radius, hi[1] - radius);
+        c[2] = sl_uniform_in(rng, lo[2], hi[2]);
+        amp[0] = amp[1] = radius;
+        w[0] = w[1] = spin * speed / radius;
+        phase[0] = phi + 0.5f * SL_PI; /* x = cx + R cos(w t + phi), y = cy + R sin(w t + phi) */
+        phase[1] = phi;
+    } else if (task == SL_TASK_follow) { /* a smooth wandering point (a Lissajous curve), at most follow_speed */
+        for (int a = 0; a < 3; a++) {
+            float half = 0.5f * (hi[a] - lo[a]);
+            c[a] = 0.5f * (hi[a] + lo[a]);
+            amp[a] = half * sl_uniform_in(rng, 0.3f, 1.f);
+            w[a] = amp[a] > 0.05f ? sl_uniform_in(rng, 0.5f, 1.f) * t->follow_speed_m_s_max / (amp[a] * 1.7320508f) : 0.f;
+            phase[a] = sl_uniform_in(rng, -SL_PI, SL_PI);
+        }
+    } else if (task == SL_TASK_formation) {
+        if (e->space_size == 1) { /* alone: a slot anywhere in the box */
+            float centre[3];
+            for (int a = 0; a < 3; a++) centre[a] = sl_uniform_in(rng, lo[a], hi[a]);
+            sl_formation(t, rng, 1, centre, e->formation + (size_t)space * 3);
+        }
+        for (int a = 0; a < 3; a++) c[a] = e->formation[((size_t)space * e->space_size + i % e->space_size) * 3 + a];
+    } else { /* hover / go-to, and obstacles: a fixed goal at a random distance, inside the box */
+        const float *range = task == SL_TASK_obstacles ? t->obstacle_goal_dist_m_range : t->target_dist_m_range;
+        for (int attempt = 0; attempt < 8; attempt++) {
+            float dist = sl_uniform_in(rng, range[0], range[1]);
+            float dir[3] = {sl_normalish(rng), sl_normalish(rng), (task == SL_TASK_obstacles ? 0.3f : 1.f) * sl_normalish(rng)};
+            float dn = 1.f / sl_max(sl_norm3(dir), 1e-6f);
+            for (int a = 0; a < 3; a++) c[a] = sl_clamp(p[a] + dist * dir[a] * dn, lo[a], hi[a]);
+            c[2] = sl_max(c[2], margin);
+            if (sl_clear_of_world(e, space, c, SL_D(radius_m, 0) + 0.3f)) break;
+        }
+        if (task == SL_TASK_obstacles && e->space_size == 1) sl_obstacle_field(e, space, rng, p, c, SL_D(radius_m, 0) + 0.3f);
     }
-    SL_D(prev_dist_m, 0) = sqrtf(d2);
-    SL_D(time_s, 0) = SL_D(hold_s, 0) = SL_D(ep_return, 0) = SL_D(ep_success, 0) = 0.f;
+    for (int a = 0; a < 3; a++) {
+        SL_D(move_centre_enu_m, a) = c[a]; SL_D(move_amp_m, a) = amp[a];
+        SL_D(move_w_rad_s, a) = w[a]; SL_D(move_phase_rad, a) = phase[a];
+    }
+    sl_target_at(F, np, i, 0.f);
+    float d0[3] = {SL_D(target_enu_m, 0) - p[0], SL_D(target_enu_m, 1) - p[1], SL_D(target_enu_m, 2) - p[2]};
+    SL_D(prev_dist_m, 0) = sl_norm3(d0);
+    SL_D(time_s, 0) = SL_D(hold_s, 0) = SL_D(track_s, 0) = SL_D(ep_return, 0) = SL_D(ep_success, 0) = 0.f;
+    SL_D(collided, 0) = 0.f;
     SL_D(time_to_target_s, 0) = -1.f;
+    sl_load_next_gates(e, i);
+}
+
+/* What the path p0 -> p1 (one control step, a drone of radius r) did at a gate: +1 passed
+ * through the opening in the flight direction, -1 hit the frame or went through backwards,
+ * 0 nothing (it did not cross the gate's plane within the frame). */
+SL_INLINE int sl_gate_event(const float *g, const float p0[3], const float p1[3], float r, float frame_m) {
+    float s0 = 0.f, s1 = 0.f;
+    for (int a = 0; a < 3; a++) { s0 += (p0[a] - g[a]) * g[3 + a]; s1 += (p1[a] - g[a]) * g[3 + a]; }
+    int forward = s0 < 0.f && s1 >= 0.f, backward = s0 >= 0.f && s1 < 0.f;
+    if (!forward && !backward) return 0;
+    float f = s0 / (s0 - s1), off[3];
+    for (int a = 0; a < 3; a++) off[a] = p0[a] + f * (p1[a] - p0[a]) - g[a];
+    float u = fabsf(-g[4] * off[0] + g[3] * off[1]), v = fabsf(off[2]);
+    int in_opening = u <= g[6] - r && v <= g[7] - r;
+    int in_frame = u <= g[6] + frame_m + r && v <= g[7] + frame_m + r;
+    if (!in_frame) return 0;
+    return forward && in_opening ? 1 : -1;
 }
 
 /* Rewards, terminations and the running episode statistics of drones i0..i1-1, after the
- * physics. The caller resets the drones whose episode ended. */
+ * physics and sensing. The caller resets the drones whose episode ended. Three passes: the
+ * events only some drones have (a moving target, gates), then the reward loop, which has no
+ * branches and vectorizes across drones, then the races whose next gate was passed. */
 static void sl_task(SlEnv *e, const int i0, const int i1) {
     const SlTaskConfig t = e->task;
     float *restrict F = e->f;
@@ -819,12 +1413,34 @@ static void sl_task(SlEnv *e, const int i0, const int i1) {
     uint8_t *restrict terminals = e->terminals, *restrict truncations = e->truncations;
     const int np = e->n_pad;
     const float dt = e->control_dt_s;
+    for (int i = i0; i < i1; i++) {
+        const int task = (int)SL_D(task_id, 0), space = i / e->space_size;
+        if (task == SL_TASK_orbit || task == SL_TASK_follow) sl_target_at(F, np, i, SL_D(time_s, 0) + dt);
+        /* gates: any frame is solid; the next gate of a race is passed forwards only */
+        float event = 0.f;
+        const float *gates = e->gates + (size_t)space * SL_MAX_GATES * SL_GATE_FLOATS;
+        const float p0[3] = {SL_D(prev_pos_enu_m, 0), SL_D(prev_pos_enu_m, 1), SL_D(prev_pos_enu_m, 2)};
+        const float p1[3] = {SL_D(pos_enu_m, 0), SL_D(pos_enu_m, 1), SL_D(pos_enu_m, 2)};
+        const int next = task == SL_TASK_race ? (int)SL_D(next_gate, 0) : -1;
+        for (int k = 0; k < e->n_gates[space]; k++) {
+            int ev = sl_gate_event(gates + k * SL_GATE_FLOATS, p0, p1, SL_D(radius_m, 0), t.gate_frame_m);
+            if (k == next && ev > 0) event = event < 0.f ? event : 1.f;
+            else if (ev < 0 || (k == next && ev != 0)) event = -1.f;
+        }
+        SL_D(gate_event, 0) = event;
+    }
 #pragma GCC ivdep
     for (int i = i0; i < i1; i++) {
+        const float task = SL_D(task_id, 0);
+        const float race = task == (float)SL_TASK_race ? 1.f : 0.f;
+        const float moving = task == (float)SL_TASK_orbit || task == (float)SL_TASK_follow ? 1.f : 0.f;
+        const float time = SL_D(time_s, 0) + dt;
+        const float passed = SL_D(gate_event, 0) > 0.f ? 1.f : 0.f, hit_gate = SL_D(gate_event, 0) < 0.f ? 1.f : 0.f;
         float d[3], v2 = 0.f, w2 = 0.f, da2 = 0.f;
         for (int a = 0; a < 3; a++) {
             d[a] = SL_D(target_enu_m, a) - SL_D(pos_enu_m, a);
-            v2 += SL_D(vel_enu_m_s, a) * SL_D(vel_enu_m_s, a);
+            float dv = SL_D(vel_enu_m_s, a) - SL_D(target_vel_enu_m_s, a); /* still relative to the target */
+            v2 += dv * dv;
             w2 += SL_D(omega_flu_rad_s, a) * SL_D(omega_flu_rad_s, a);
         }
         for (int m = 0; m < 4; m++) {
@@ -832,38 +1448,61 @@ static void sl_task(SlEnv *e, const int i0, const int i1) {
             da2 += diff * diff;
         }
         float dist = sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
-        /* Flags are floats 0 / 1 and every load happens before the selects: the loop has no
-         * branches and vectorizes. */
+        /* Flags are floats 0 / 1 and every load happens before the selects: no branches. */
         float out = (fabsf(SL_D(pos_enu_m, 0)) > t.bounds_m[0]) | (fabsf(SL_D(pos_enu_m, 1)) > t.bounds_m[1]) |
                     (SL_D(pos_enu_m, 2) > t.bounds_m[2]) ? 1.f : 0.f;
         float nan_state = dist < 1e6f ? 0.f : 1.f; /* a NaN (or absurd) state is a crash too */
-        float crash = sl_max(sl_max(SL_D(crashed, 0), out), nan_state);
-        float inside = dist < t.success_radius_m ? 1.f : 0.f;
+        float crash = sl_max(sl_max(sl_max(SL_D(crashed, 0), out), nan_state), sl_max(SL_D(collided, 0), hit_gate));
+        float radius = moving > 0.f ? t.track_radius_m : t.success_radius_m;
+        float inside = dist < radius ? 1.f : 0.f;
         float still = v2 < t.success_speed_m_s * t.success_speed_m_s ? 1.f : 0.f;
-        float time = SL_D(time_s, 0) + dt;
         float hold = inside * still * (SL_D(hold_s, 0) + dt);
-        float success = sl_max(SL_D(ep_success, 0), hold >= t.hold_s ? 1.f : 0.f); /* once held, stays */
+        float track = SL_D(track_s, 0) + inside * dt;
         float ttt = SL_D(time_to_target_s, 0);
-        SL_D(time_to_target_s, 0) = inside * (ttt < 0.f ? 1.f : 0.f) > 0.f ? time : ttt;
+        float gates_passed = SL_D(gates_passed, 0) + passed;
 
         float r = dt * t.reward_alive_per_s + t.reward_progress_per_m * (SL_D(prev_dist_m, 0) - dist) - dt * t.reward_dist_per_m_s * dist +
                   inside * still * dt * t.reward_hold_per_s - dt * t.reward_rate_per_rad2_s * w2 -
-                  dt * t.reward_action_change_per_s * da2;
+                  dt * t.reward_action_change_per_s * da2 + passed * t.reward_gate;
         r = crash > 0.f ? (r == r ? r : 0.f) - t.reward_crash : r;
-        float term = sl_max(crash, success * t.end_on_success);
-        float trunc = (1.f - term) * (time >= t.episode_s - 0.5f * dt ? 1.f : 0.f);
+        float timeout = time >= SL_D(episode_s, 0) - 0.5f * dt ? 1.f : 0.f;
+        float won_race = gates_passed >= SL_D(gates_to_pass, 0) ? 1.f : 0.f;
+        float tracked = timeout * (1.f - crash) * (track >= t.track_success_frac * time ? 1.f : 0.f);
+        float held = sl_max(SL_D(ep_success, 0), hold >= t.hold_s ? 1.f : 0.f); /* once held, stays */
+        float success = race > 0.f ? won_race : moving > 0.f ? tracked : held;
+        /* time to target: the first time inside the radius; for a race, its finishing time */
+        SL_D(time_to_target_s, 0) = race * success > 0.f ? time : inside > 0.f && ttt < 0.f && race == 0.f ? time : ttt;
+        float term = sl_max(crash, success * sl_max(race, t.end_on_success));
+        float trunc = (1.f - term) * timeout;
         rewards[i] = r;
         terminals[i] = (uint8_t)term;
         truncations[i] = (uint8_t)trunc;
         SL_D(prev_dist_m, 0) = dist;
         SL_D(time_s, 0) = time;
         SL_D(hold_s, 0) = hold;
+        SL_D(track_s, 0) = track;
+        SL_D(gates_passed, 0) = gates_passed;
         SL_D(ep_success, 0) = success;
         SL_D(ep_return, 0) += r;
+        SL_D(collided, 0) = sl_max(SL_D(collided, 0), hit_gate); /* for the record: what ended it */
         /* action history: newest first */
         for (int k = SL_ACTION_HISTORY - 1; k > 0; k--)
             for (int m = 0; m < 4; m++) SL_D(action_hist, k * 4 + m) = SL_D(action_hist, (k - 1) * 4 + m);
         for (int m = 0; m < 4; m++) SL_D(action_hist, m) = actions[i * 4 + m];
+    }
+    for (int i = i0; i < i1; i++) {
+        if (!(SL_D(gate_event, 0) > 0.f) || terminals[i]) continue;
+        /* on to the next gate: the target jumps, and progress counts from there */
+        const int space = i / e->space_size, next = ((int)SL_D(next_gate, 0) + 1) % e->n_gates[space];
+        const float *g = e->gates + ((size_t)space * SL_MAX_GATES + next) * SL_GATE_FLOATS;
+        SL_D(next_gate, 0) = (float)next;
+        float dn[3];
+        for (int a = 0; a < 3; a++) {
+            SL_D(move_centre_enu_m, a) = SL_D(target_enu_m, a) = g[a];
+            dn[a] = g[a] - SL_D(pos_enu_m, a);
+        }
+        SL_D(prev_dist_m, 0) = sl_norm3(dn);
+        sl_load_next_gates(e, i);
     }
 }
 
@@ -874,15 +1513,18 @@ static void sl_record_episode(SlEnv *e, int i) {
     SL_D(last_return, 0) = SL_D(ep_return, 0);
     SL_D(last_length_s, 0) = SL_D(time_s, 0);
     SL_D(last_success, 0) = SL_D(ep_success, 0);
-    SL_D(last_crash, 0) = (float)e->terminals[i] * (SL_D(ep_success, 0) > 0.f && e->task.end_on_success > 0.f ? 0.f : 1.f);
+    SL_D(last_crash, 0) = (float)e->terminals[i] * (SL_D(ep_success, 0) > 0.f && (e->task.end_on_success > 0.f || SL_D(task_id, 0) == (float)SL_TASK_race) ? 0.f : 1.f);
     SL_D(last_time_to_target_s, 0) = SL_D(time_to_target_s, 0);
     SL_D(last_final_error_m, 0) = SL_D(prev_dist_m, 0);
     SL_D(last_arm_m, 0) = SL_D(arm_m, 0);
     SL_D(last_mass_kg, 0) = SL_D(mass_kg, 0);
+    SL_D(last_task, 0) = SL_D(task_id, 0);
+    SL_D(last_gates, 0) = SL_D(gates_passed, 0);
+    SL_D(last_collision, 0) = SL_D(last_crash, 0) * SL_D(collided, 0);
 }
 
 /* ============================================================================================
- * 11. The API (called from Python through cffi).
+ * 12. The API (called from Python through cffi).
  * ========================================================================================== */
 
 /* Checks a struct against its field table; writes the first problem into err. */
@@ -927,6 +1569,15 @@ static int sl_check_config(const SlParams *p, const SlRandomization *r, const Sl
                (double)r->thrust_to_weight_range[0], (double)r->thrust_to_weight_range[1]);
     SL_REQUIRE(r->battery_v_frac_range[0] <= r->battery_v_frac_range[1], "randomization.battery_v_frac_range must be ordered");
     SL_REQUIRE(t->target_dist_m_range[0] <= t->target_dist_m_range[1], "task.target_dist_m_range must be ordered");
+    float prob_sum = 0.f;
+    for (int k = 0; k < SL_N_TASKS; k++) prob_sum += t->task_prob[k];
+    SL_REQUIRE(prob_sum > 0.f, "task.task_prob is all zeros: give at least one task a positive probability");
+    SL_REQUIRE(t->drones_per_space == floorf(t->drones_per_space), "task.drones_per_space = %g must be a whole number",
+               (double)t->drones_per_space);
+#define SL_ORDERED(f) SL_REQUIRE(t->f[0] <= t->f[1], "task." #f " [%g, %g] must be ordered", (double)t->f[0], (double)t->f[1])
+    SL_ORDERED(gate_count_range); SL_ORDERED(gate_spacing_m_range); SL_ORDERED(orbit_radius_m_range);
+    SL_ORDERED(orbit_speed_m_s_range); SL_ORDERED(obstacle_radius_m_range); SL_ORDERED(obstacle_goal_dist_m_range);
+#undef SL_ORDERED
     float hover_thrust_frac = p->mass_kg * SL_GRAVITY_M_S2 / (4.f * p->kf_n_per_rad2s2 * p->omega_max_rad_s * p->omega_max_rad_s);
     SL_REQUIRE(hover_thrust_frac < 0.95f,
                "the profile cannot hover: 4 kf omega_max^2 = %g N is not above its weight %g N (check mass_kg, kf_n_per_rad2s2, omega_max_rad_s)",
@@ -957,7 +1608,12 @@ SlEnv *sl_env_new(int n, const SlParams *p, const SlRandomization *r, const SlTa
     e->dt_s = t->physics_dt_s;
     e->substeps = (int)lrintf(1.f / (t->control_hz * t->physics_dt_s));
     e->control_dt_s = e->dt_s * (float)e->substeps;
-    size_t np = (size_t)e->n_pad;
+    e->space_size = (int)t->drones_per_space < n ? (int)t->drones_per_space : n;
+    e->n_spaces = (n + e->space_size - 1) / e->space_size;
+    float cdf = 0.f, prob_sum = 0.f;
+    for (int k = 0; k < SL_N_TASKS; k++) prob_sum += t->task_prob[k];
+    for (int k = 0; k < SL_N_TASKS; k++) e->task_cdf[k] = (cdf += t->task_prob[k] / prob_sum);
+    size_t np = (size_t)e->n_pad, ns = (size_t)e->n_spaces;
 #define SL_ALLOC(ptr, type, count)                                                                 \
     do {                                                                                           \
         size_t sz = ((count) * sizeof(type) + 63) / 64 * 64;                                       \
@@ -974,6 +1630,12 @@ SlEnv *sl_env_new(int n, const SlParams *p, const SlRandomization *r, const SlTa
     SL_ALLOC(e->f, float, np * SL_N_ROWS);
     SL_ALLOC(e->rng, uint32_t, np);
     SL_ALLOC(e->ring, float, (size_t)SL_DELAY_SLOTS * 4 * np);
+    SL_ALLOC(e->gates, float, ns * SL_MAX_GATES * SL_GATE_FLOATS);
+    SL_ALLOC(e->n_gates, int, ns);
+    SL_ALLOC(e->obstacles, float, ns * SL_MAX_OBSTACLES * 4);
+    SL_ALLOC(e->n_obstacles, int, ns);
+    SL_ALLOC(e->formation, float, ns * (size_t)e->space_size * 3);
+    SL_ALLOC(e->space_rng, uint32_t, ns);
 #undef SL_ALLOC
     /* padding lanes hold a harmless resting drone, so vector code never divides by zero */
     float *F = e->f;
@@ -989,24 +1651,37 @@ void sl_env_free(SlEnv *e) {
     if (!e) return;
     free(e->obs); free(e->final_obs); free(e->actions); free(e->rewards); free(e->terminals); free(e->truncations);
     free(e->f); free(e->rng); free(e->ring);
+    free(e->gates); free(e->n_gates); free(e->obstacles); free(e->n_obstacles); free(e->formation); free(e->space_rng);
     free(e);
 }
 
-/* Bytes of memory per drone (every array, padding excluded). */
+/* Bytes of memory per drone (every array, padding excluded; a world of its own per drone, as
+ * with drones_per_space = 1, the most there can be). */
 size_t sl_bytes_per_drone(void) {
     size_t floats = 2 * SL_OBS_SIZE + 4 + 1 + SL_N_ROWS + 4 * SL_DELAY_SLOTS;
-    return floats * sizeof(float) + 2 /* flags */ + sizeof(uint32_t) /* rng */;
+    size_t world = (SL_MAX_GATES * SL_GATE_FLOATS + SL_MAX_OBSTACLES * 4 + 3) * sizeof(float) + 3 * sizeof(int);
+    return floats * sizeof(float) + 2 /* flags */ + sizeof(uint32_t) /* rng */ + world;
 }
 
 /* Starts a new episode for every drone; the same seed gives the same rollout. */
 void sl_env_reset(SlEnv *e, uint64_t seed) {
     e->head = 0;
+    for (int space = 0; space < e->n_spaces; space++) {
+        e->space_rng[space] = sl_seed_stream(seed ^ 0x5FACE5ull, (uint64_t)space);
+        if (e->space_size > 1) sl_draw_space(e, space);
+    }
+    for (int i = 0; i < e->n; i++) { /* far away until placed, so the drones placed first are not blocked */
+        float *F = e->f;
+        const int np = e->n_pad;
+        SL_D(pos_enu_m, 2) = 1e6f;
+    }
     for (int i = 0; i < e->n; i++) {
         e->rng[i] = sl_seed_stream(seed, (uint64_t)i);
         sl_reset_drone(e, i);
         e->terminals[i] = e->truncations[i] = 0;
         e->rewards[i] = 0.f;
     }
+    for (int i = 0; i < e->n; i++) sl_sense_one(e, i);
     sl_observe_range(e, 0, e->n);
 }
 
@@ -1029,7 +1704,7 @@ static void sl_step_blocks(SlEnv *e, SlBlockFn then) {
         const int i1 = i0 + SL_BLOCK < e->n ? i0 + SL_BLOCK : e->n;
         if (e->action_mode == SL_ACTION_MOTOR) sl_physics(e, SL_ACTION_MOTOR, i0, i1);
         else sl_physics(e, SL_ACTION_CTBR, i0, i1);
-        then(e, i0, i1);
+        if (then) then(e, i0, i1);
     }
     e->head = (e->head + (uint32_t)e->substeps) & (SL_DELAY_SLOTS - 1);
 }
@@ -1037,12 +1712,15 @@ static void sl_step_blocks(SlEnv *e, SlBlockFn then) {
 /* After the physics of a block, with the task: rewards and terminations, then finished episodes
  * keep their last observation (final_obs) and record (last_*) and start anew, then observations. */
 static void sl_after_physics_task(SlEnv *e, int i0, int i1) {
+    if (e->space_size == 1) /* shared spaces sensed all at once before this (sl_sense_spaces) */
+        for (int i = i0; i < i1; i++) sl_sense_one(e, i);
     sl_task(e, i0, i1);
     for (int i = i0; i < i1; i++)
         if (e->terminals[i] | e->truncations[i]) {
-            sl_observe_drone(e->f, e->n_pad, i, &e->rnd, &e->rng[i], e->final_obs + (size_t)i * SL_OBS_SIZE);
+            sl_observe_drone(e, i, &e->rng[i], e->final_obs + (size_t)i * SL_OBS_SIZE);
             sl_record_episode(e, i);
             sl_reset_drone(e, i);
+            sl_sense_one(e, i);
         }
     sl_observe_range(e, i0, i1);
 }
@@ -1065,7 +1743,36 @@ static void sl_after_physics_only(SlEnv *e, int i0, int i1) {
 long sl_env_step(SlEnv *e) {
     long bad = sl_check_actions(e);
     if (bad) return bad;
-    sl_step_blocks(e, sl_after_physics_task);
+    if (e->space_size == 1) {
+        sl_step_blocks(e, sl_after_physics_task); /* each block finished while in cache */
+        return 0;
+    }
+    sl_step_blocks(e, NULL);                      /* every drone moves, then all sense, then the tasks */
+    if (sl_sense_spaces(e)) return -1;
+    for (int i0 = 0; i0 < e->n; i0 += SL_BLOCK) sl_after_physics_task(e, i0, i0 + SL_BLOCK < e->n ? i0 + SL_BLOCK : e->n);
+    return 0;
+}
+
+/* Sets the course every race flies (gates [n][SL_GATE_FLOATS], world ENU of the env's box);
+ * n = 0 goes back to random courses. Takes effect at the next reset. Returns 0, or -1 with the
+ * reason in err. */
+int sl_env_set_course(SlEnv *e, int n, const float *gates, char *err, int errlen) {
+    if (n < 0 || n > SL_MAX_GATES) { snprintf(err, (size_t)errlen, "a course has 1 to %d gates, got %d", SL_MAX_GATES, n); return -1; }
+    for (int k = 0; k < n; k++) {
+        const float *g = gates + k * SL_GATE_FLOATS;
+        float nn = g[3] * g[3] + g[4] * g[4] + g[5] * g[5];
+        int inside = fabsf(g[0]) <= e->task.bounds_m[0] && fabsf(g[1]) <= e->task.bounds_m[1] && g[2] - g[7] >= 0.f &&
+                     g[2] + g[7] <= e->task.bounds_m[2];
+        if (!(fabsf(nn - 1.f) < 1e-3f) || !(g[6] > 0.f && g[7] > 0.f) || !inside) {
+            snprintf(err, (size_t)errlen, "gate %d: centre (%g, %g, %g), half size (%g, %g): needs a unit normal, a positive size "
+                     "and to lie inside the task's bounds_m (%g, %g, %g)", k, (double)g[0], (double)g[1], (double)g[2],
+                     (double)g[6], (double)g[7], (double)e->task.bounds_m[0], (double)e->task.bounds_m[1], (double)e->task.bounds_m[2]);
+            return -1;
+        }
+    }
+    memset(e->course, 0, sizeof e->course);
+    memcpy(e->course, gates, (size_t)n * SL_GATE_FLOATS * sizeof(float));
+    e->course_n = n;
     return 0;
 }
 
@@ -1095,8 +1802,17 @@ void sl_env_sync_drone(SlEnv *e, int i, const float held[4]) {
  * vehicle's observation is built by the same code as the sim's. */
 void sl_observe_state(const float pos_enu_m[3], const float vel_enu_m_s[3], const float quat_wxyz[4],
                       const float omega_flu_rad_s[3], const float target_enu_m[3], const float *last_actions,
-                      float hover_action, float *out) {
+                      float hover_action, const float target_vel_enu_m_s[3], const float *gates, int n_gates,
+                      const float *obstacles, int n_obstacles, float *out) {
     SlObsInput in;
+    memset(&in, 0, sizeof in);
+    memcpy(in.target_vel_enu_m_s, target_vel_enu_m_s, sizeof in.target_vel_enu_m_s);
+    n_gates = n_gates < 0 ? 0 : n_gates > SL_OBS_GATES ? SL_OBS_GATES : n_gates;
+    n_obstacles = n_obstacles < 0 ? 0 : n_obstacles > SL_OBS_OBSTACLES ? SL_OBS_OBSTACLES : n_obstacles;
+    memcpy(in.gates, gates, (size_t)n_gates * SL_GATE_FLOATS * sizeof(float));
+    memcpy(in.near, obstacles, (size_t)n_obstacles * 4 * sizeof(float));
+    in.n_gates = (float)n_gates;
+    in.n_near = (float)n_obstacles;
     memcpy(in.pos_enu_m, pos_enu_m, sizeof in.pos_enu_m);
     memcpy(in.vel_enu_m_s, vel_enu_m_s, sizeof in.vel_enu_m_s);
     memcpy(in.quat_wxyz, quat_wxyz, sizeof in.quat_wxyz);
@@ -1138,5 +1854,11 @@ const SlField *sl_randomization_fields(int *n) { *n = SL_N_RANDOMIZATION_FIELDS;
 const SlField *sl_task_fields(int *n) { *n = SL_N_TASK_FIELDS; return SL_TASK_FIELDS; }
 const SlObsField *sl_obs_fields(int *n) { *n = SL_N_OBS_FIELDS; return SL_OBS_TABLE; }
 const SlDroneField *sl_drone_fields(int *n) { *n = SL_N_DRONE_FIELDS; return SL_DRONE_TABLE; }
+/* The sim's gate rule for one path segment (for tests and the flight runner): +1 passed, -1 hit
+ * the frame or went through backwards, 0 did not cross within the frame. */
+int sl_gate_check(const float gate[SL_GATE_FLOATS], const float p0[3], const float p1[3], float radius_m, float frame_m) {
+    return sl_gate_event(gate, p0, p1, radius_m, frame_m);
+}
+const char *sl_task_name(int k) { return k >= 0 && k < SL_N_TASKS ? SL_TASK_NAMES[k] : NULL; }
 
 #endif /* SKYLOOP_DRONE_H */

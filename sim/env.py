@@ -16,10 +16,11 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from sim.core import ACTION_SIZE, OBS_SIZE, CoreEnv, SimError
+from sim.core import ACTION_SIZE, GATE_FLOATS, OBS_SIZE, TASKS, CoreEnv, SimError
+from sim.core import MAX_GATES as MAX_GATES_ENV
 from sim.profiles import Profile, load_profile
 
-#: The hover / go-to task and time step. Every field of the C struct SlTaskConfig.
+#: The tasks, their mix and the time step. Every field of the C struct SlTaskConfig.
 DEFAULT_TASK = {
     "physics_dt_s": 0.002,
     "control_hz": 100.0,
@@ -41,9 +42,55 @@ DEFAULT_TASK = {
     "reward_action_change_per_s": 0.5,
     "reward_crash": 10.0,
     "end_on_success": 0.0,
+    # the mix (relative frequencies, in sim.core.TASKS order) and the shared space
+    "task_prob": [1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+    "drones_per_space": 1.0,
+    "sense_range_m": 3.0,
+    # race
+    "race_laps": 1.0,
+    "race_time_per_gate_s": 4.0,
+    "gate_count_range": [3.0, 6.0],
+    "gate_spacing_m_range": [3.0, 6.0],
+    "gate_size_m": 0.8,
+    "gate_frame_m": 0.15,
+    "reward_gate": 5.0,
+    # orbit and follow
+    "orbit_radius_m_range": [0.5, 2.5],
+    "orbit_speed_m_s_range": [0.3, 1.5],
+    "follow_speed_m_s_max": 1.5,
+    "track_radius_m": 0.3,
+    "track_success_frac": 0.7,
+    # formation and obstacles
+    "formation_spacing_m": 1.5,
+    "obstacle_count": 6.0,
+    "obstacle_radius_m_range": [0.15, 0.5],
+    "obstacle_goal_dist_m_range": [2.5, 5.0],
 }
 
-EPISODE_FIELDS = ("return", "length_s", "success", "crash", "time_to_target_s", "final_error_m", "arm_m", "mass_kg")
+EPISODE_FIELDS = ("return", "length_s", "success", "crash", "time_to_target_s", "final_error_m", "arm_m", "mass_kg",
+                  "task", "gates", "collision")
+
+
+def parse_tasks(spec: str | dict) -> list[float]:
+    """A task mix as task_prob: "hover", "hover,race" (equal shares), "hover:3,race:1" or "all",
+    or a dict {task: weight}. Names are the C core's (sim.core.TASKS)."""
+    if isinstance(spec, dict):
+        weights = dict(spec)
+    elif spec.strip() == "all":
+        weights = {name: 1.0 for name in TASKS}
+    else:
+        weights = {}
+        for part in (p.strip() for p in spec.split(",") if p.strip()):
+            name, _, weight = part.partition(":")
+            try:
+                weights[name.strip()] = float(weight) if weight else 1.0
+            except ValueError:
+                raise SimError(f"tasks {spec!r}: {weight!r} is not a number (write e.g. hover:3,race:1)") from None
+    unknown = sorted(set(weights) - set(TASKS))
+    if unknown or not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise SimError(f"tasks {spec!r}: use names from {TASKS} with non-negative weights, at least one positive "
+                       "(e.g. 'hover', 'hover:3,race:1' or 'all')")
+    return [float(weights.get(name, 0.0)) for name in TASKS]
 
 
 def task_config(**overrides) -> dict:
@@ -62,12 +109,18 @@ class DroneEnv(VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
     def __init__(self, num_drones: int = 1024, profile: str | Profile = "size_family", action_mode: str = "motor",
-                 task: dict | None = None, randomize: bool = True, seed: int = 0):
+                 task: dict | None = None, randomize: bool = True, seed: int = 0, course=None):
         self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
         if not randomize:
             self.profile = self.profile.nominal()
         self.task = task_config(**(task or {}))
+        #: where the env's box sits in the course's frame (courses are shifted to the box's centre)
+        self.course_offset_enu_m = np.zeros(3)
+        if course is not None:
+            self.task, self.course_offset_enu_m, gates = course_task(course, self.task)
         self.core = CoreEnv(num_drones, self.profile.params, self.profile.randomization, self.task, action_mode)
+        if course is not None:
+            self.core.set_course(gates)
         self.num_envs = num_drones
         self.action_mode = action_mode
         self.control_hz = float(self.task["control_hz"])
@@ -104,6 +157,8 @@ class DroneEnv(VectorEnv):
                 "time_to_target_s": d["last_time_to_target_s"][0, idx].copy(),
                 "final_error_m": d["last_final_error_m"][0, idx].copy(),
                 "arm_m": d["last_arm_m"][0, idx].copy(), "mass_kg": d["last_mass_kg"][0, idx].copy(),
+                "task": d["last_task"][0, idx].astype(int), "gates": d["last_gates"][0, idx].astype(int),
+                "collision": d["last_collision"][0, idx] > 0,
             }
         return c.obs, c.rewards, c.terminals, c.truncations, info
 
@@ -138,3 +193,24 @@ class DroneEnv(VectorEnv):
 
     def close(self, **kwargs):
         pass
+
+
+def course_task(course, task: dict) -> tuple[dict, np.ndarray, np.ndarray]:
+    """A course (flight.course.Course or its JSON name/path) as the env's race: the task with the
+    course's box and laps, the offset of the box's centre in the course frame, and the gates
+    [n, GATE_FLOATS] in the env's frame (the env's box is centred on x and y, floor at z = 0)."""
+    from flight.course import Course, load_course      # pure Python: courses are shared with the flight runner
+    if not isinstance(course, Course):
+        course = load_course(course)
+    if len(course.gates) > MAX_GATES_ENV:
+        raise SimError(f"course {course.name}: {len(course.gates)} gates; the sim flies at most {MAX_GATES_ENV}")
+    lo, hi = course.bounds_min_enu_m, course.bounds_max_enu_m
+    offset = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]])
+    gates = np.zeros((len(course.gates), GATE_FLOATS), np.float32)
+    for k, g in enumerate(course.gates):
+        gates[k, :3] = g.centre_enu_m - offset
+        gates[k, 3:6] = g.normal_enu
+        gates[k, 6:8] = (g.width_m / 2, g.height_m / 2)
+    task = dict(task, bounds_m=[float((hi[0] - lo[0]) / 2), float((hi[1] - lo[1]) / 2), float(hi[2] - lo[2])],
+                race_laps=float(course.laps))
+    return task, offset, gates

@@ -18,7 +18,8 @@ import sys
 
 import numpy as np
 
-from sim.env import EPISODE_FIELDS, DroneEnv, task_config
+from sim.core import TASKS
+from sim.env import EPISODE_FIELDS, DroneEnv, parse_tasks, task_config
 from sim.profiles import Profile, load_profile, parse_profile
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,17 @@ def _act_fn(policy):
     return act, reset, clear
 
 
+def summarize_task(name: str, episodes: dict) -> dict:
+    """summarize() plus what a task adds: collisions; for races, gates per minute and lap time."""
+    out = summarize(episodes)
+    out["collision_rate"] = float(episodes["collision"].astype(bool).mean())
+    if name == "race":
+        out["gates_per_min"] = float(episodes["gates"].sum() / max(episodes["length_s"].sum(), 1e-9) * 60.0)
+        done = episodes["success"].astype(bool)
+        out["mean_race_time_s"] = float(episodes["time_to_target_s"][done].mean()) if done.any() else None
+    return out
+
+
 def evaluate(policy, profile: str | Profile | dict, action_mode: str, episodes: int = 1000, task: dict | None = None,
              seed: int = EVAL_SEED, randomize: bool = True, record: int = 0) -> dict:
     """Runs `episodes` drones for one episode each. `policy` is a trained `sim.train.Policy` or
@@ -96,7 +108,7 @@ def evaluate(policy, profile: str | Profile | dict, action_mode: str, episodes: 
         rows = {k: np.zeros(n) for k in EPISODE_FIELDS}
         keep = min(record - len(trajectories), n) if record else 0
         pos, tgt = [], []
-        max_steps = int(env.task["episode_s"] * env.control_hz) + 2
+        max_steps = int(env.core.drone["episode_s"].max() * env.control_hz) + 2   # races last longer
         for _ in range(max_steps):
             if keep:
                 pos.append(env.core.drone["pos_enu_m"][:, :keep].T.copy())
@@ -127,7 +139,8 @@ def evaluate(policy, profile: str | Profile | dict, action_mode: str, episodes: 
         log.debug("evaluated %d / %d drones", done_total, episodes)
     eps = {k: np.concatenate(v) for k, v in collected.items()}
     result = summarize(eps)
-    result["per_task"] = {"hover": summarize(eps)}     # the go-to task; more tasks land with the task issue
+    result["per_task"] = {name: summarize_task(name, {k: v[eps["task"] == t] for k, v in eps.items()})
+                          for t, name in enumerate(TASKS) if (eps["task"] == t).any()}
     buckets = np.array([size_bucket(a) for a in eps["arm_m"]])
     result["per_size"] = {name: summarize({k: v[buckets == name] for k, v in eps.items()})
                           for name, _ in SIZE_BUCKETS if (buckets == name).any()}
@@ -176,7 +189,9 @@ def format_table(result: dict) -> str:
         [(k, v) for k, v in result["per_size"].items()]
     for name, r in rows:
         lines.append(f"{name:22} {r['episodes']:8d} {pct(r['success_rate']):>8} {pct(r['crash_rate']):>8} "
-                     f"{ttt(r['mean_time_to_target_s']):>9} {r['median_final_error_m']:7.3f} m")
+                     f"{ttt(r['mean_time_to_target_s']):>9} {r['median_final_error_m']:7.3f} m"
+                     + (f"  collisions {pct(r['collision_rate'])}" if "collision_rate" in r else "")
+                     + (f"  {r['gates_per_min']:.1f} gates/min" if "gates_per_min" in r else ""))
     return "\n".join(lines)
 
 
@@ -187,6 +202,8 @@ def add_arguments(parser) -> None:
                         help="drone profile (name or JSON) to draw drones from (default: the one trained on)")
     parser.add_argument("--nominal", action="store_true", help="fly the profile's nominal drone, no randomization")
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of the drawn drones")
+    parser.add_argument("--tasks", default=None,
+                        help="task mix to fly, e.g. 'all' or 'hover:3,race:1' (default: the one trained on)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--plot", metavar="PNG", default=None, help="write a picture of some trajectories")
 
@@ -195,7 +212,8 @@ def run(args) -> int:
     from sim.train import load_checkpoint
     policy, ckpt = load_checkpoint(args.policy)
     profile = load_profile(args.profile) if args.profile else ckpt["profile"]
-    result = evaluate(policy, profile, ckpt["action_mode"], args.episodes, ckpt["task"], args.seed,
+    task = dict(ckpt["task"], task_prob=parse_tasks(args.tasks)) if args.tasks else ckpt["task"]
+    result = evaluate(policy, profile, ckpt["action_mode"], args.episodes, task, args.seed,
                       randomize=not args.nominal, record=PLOT_DRONES if args.plot else 0)
     trajectories = result.pop("trajectories", None)
     if args.plot:

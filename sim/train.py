@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from sim.core import ACTION_SIZE, OBS_FIELDS, OBS_LAYOUT_VERSION, OBS_SIZE, obs_slice
-from sim.env import DroneEnv, task_config
+from sim.core import ACTION_SIZE, OBS_FIELDS, OBS_LAYOUT_VERSION, OBS_SIZE, TASKS, SimError, obs_slice
+from sim.env import DroneEnv, parse_tasks, task_config
 from sim.evaluate import evaluate
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class TrainConfig:
     threads: int = 0                      # torch CPU threads; 0 = all cores
     profile: str = "size_family"          # drone profile (built-in name or JSON path), with its randomization
     action_mode: str = "ctbr"             # ctbr (collective thrust + body rates) or motor
-    tasks: str = "hover"                  # task mix; the hover / go-to task for now
+    tasks: str = "hover"                  # task mix: "hover", "hover:3,race:1", "all" (names: sim.core.TASKS)
     num_drones: int = 512
     time_budget_s: float = 60.0           # stop after this much wall time ...
     total_steps: int = 200_000_000        # ... or this many agent steps, whichever comes first
@@ -87,8 +87,10 @@ class TrainConfig:
             problems.append("time_budget_s and total_steps must be positive")
         if self.action_mode not in ("ctbr", "motor"):
             problems.append(f"action_mode must be ctbr or motor, got {self.action_mode!r}")
-        if self.tasks != "hover":
-            problems.append(f"tasks {self.tasks!r}: only 'hover' (hover / go to a target) exists so far")
+        try:
+            parse_tasks(self.tasks)
+        except SimError as exc:
+            problems.append(str(exc))
         if self.hidden < 1 or self.layers < 1:
             problems.append("hidden and layers must be at least 1")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -248,7 +250,7 @@ def save_checkpoint(path: str, policy: Policy, config: TrainConfig, env: DroneEn
         "config": dataclasses.asdict(config),
         "profile": env.profile.to_json(),
         "task": env.task,
-        "tasks": [config.tasks],
+        "tasks": [name for name, p in zip(TASKS, env.task["task_prob"]) if p > 0],
         "action_mode": env.action_mode,
         "control_hz": env.control_hz,
         "obs_layout_version": OBS_LAYOUT_VERSION,
@@ -296,6 +298,12 @@ def load_checkpoint(path: str, device: str = "cpu") -> tuple[Policy, dict]:
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
+def per_task_success(recent: dict) -> dict:
+    """Success rate of the recent training episodes, per task that had any."""
+    task, success = np.asarray(recent["task"], int), np.asarray(recent["success"], float)
+    return {name: float(success[task == k].mean()) for k, name in enumerate(TASKS) if (task == k).any()}
+
+
 class Progress:
     """One live status line (steps/s, return, success, time left) and a JSON-lines log."""
 
@@ -316,6 +324,8 @@ class Progress:
         line = (f"{metrics['steps'] / 1e6:7.2f} M steps  {metrics['steps_per_s'] / 1e3:6.0f} k steps/s  "
                 f"return {metrics['episode_return']:7.2f}  success {100 * metrics['success_rate']:5.1f} %  "
                 f"crash {100 * metrics['crash_rate']:5.1f} %  {metrics['time_left_s']:4.0f} s left")
+        if len(metrics["success_per_task"]) > 1:
+            line += "  (" + " ".join(f"{k} {100 * v:.0f}%" for k, v in metrics["success_per_task"].items()) + ")"
         self.stream.write(("\r" + line) if self.tty else (line + "\n"))
         if final and self.tty:
             self.stream.write("\n")
@@ -334,7 +344,7 @@ def train(config: TrainConfig, progress_stream=sys.stderr) -> dict:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     env = DroneEnv(config.num_drones, config.profile, action_mode=config.action_mode,
-                   task=task_config(**config.task), seed=config.seed)
+                   task=task_config(**{"task_prob": parse_tasks(config.tasks), **config.task}), seed=config.seed)
     obs_np, _ = env.reset(seed=config.seed)
     N, T = config.num_drones, config.horizon
     policy = Policy(OBS_SIZE, ACTION_SIZE, config.hidden, config.layers, config.recurrent, config.init_log_std,
@@ -356,7 +366,7 @@ def train(config: TrainConfig, progress_stream=sys.stderr) -> dict:
     steps, updates = 0, 0
     next_snapshot_s = config.snapshot_every_s
     timing = {"env_s": 0.0, "rollout_s": 0.0, "update_s": 0.0}   # where the time goes (env_s is inside rollout_s)
-    recent = {"success": [], "crash": [], "return": []}
+    recent = {"success": [], "crash": [], "return": [], "task": []}
     metrics = {}
     obs = torch.as_tensor(obs_np, device=device)
     while True:
@@ -396,6 +406,7 @@ def train(config: TrainConfig, progress_stream=sys.stderr) -> dict:
                     recent["success"].extend(ep["success"].tolist())
                     recent["crash"].extend(ep["crash"].tolist())
                     recent["return"].extend(ep["return"].tolist())
+                    recent["task"].extend(ep["task"].tolist())
                     if config.recurrent:
                         state[torch.as_tensor(info["done_index"], device=device)] = 0.0
                 obs = torch.as_tensor(obs_np, device=device)
@@ -454,6 +465,7 @@ def train(config: TrainConfig, progress_stream=sys.stderr) -> dict:
             "policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item(),
             "lr": optimizer.param_groups[0]["lr"], "log_std": policy.log_std.detach().cpu().tolist(),
             **{f"time_{k}": v for k, v in timing.items()},
+            "success_per_task": per_task_success(recent),
         }
         progress.update(metrics)
         if config.snapshot_every_s and elapsed >= next_snapshot_s:
