@@ -191,9 +191,12 @@ def gate_crossed(gate: Gate, p0_enu_m, p1_enu_m) -> bool:
 class CourseProgress:
     """Which gate is next, gate passes on the flown path, and the sliding target for the policy."""
 
-    def __init__(self, course: Course, lookahead_m: float = 1.5):
+    def __init__(self, course: Course, lookahead_m: float = 1.5, race: bool = False):
         self.course = course
         self.lookahead_m = lookahead_m
+        #: race: the policy was trained on the sim's race task, so it sees the next gates and its
+        #: target is the next gate's centre, as in the sim; otherwise the sliding target below
+        self.race = race
         self.points = course.waypoints()
         self.next_gate = 0                      # index into the flattened gates of all laps
         self.passes: list[tuple[int, float]] = []   # (gate number over all laps, time)
@@ -215,6 +218,16 @@ class CourseProgress:
         self._last_pos = pos
         return self.target(pos)
 
+    def next_gates(self, count: int) -> np.ndarray:
+        """The next `count` gates still to pass (fewer near the end), as the sim observes them:
+        [k, GATE_FLOATS] rows of centre ENU, unit normal, half width, half height."""
+        rows = []
+        for n in range(self.next_gate, min(self.next_gate + count, self.total_gates)):
+            g = self.course.gates[n % len(self.course.gates)]
+            rows.append([*g.centre_enu_m, *g.normal_enu, g.width_m / 2, g.height_m / 2])
+        from sim.core import GATE_FLOATS        # the sim's gate record: centre, normal, half width, half height
+        return np.array(rows, dtype=np.float32).reshape(-1, GATE_FLOATS)
+
     def target(self, pos_enu_m) -> np.ndarray:
         """A point on the current leg (towards the next gate), lookahead_m beyond the drone's projection onto
         it; past the gate plane, the target is the gate itself, so the drone flies through it. After the last
@@ -223,6 +236,8 @@ class CourseProgress:
         if self.finished:
             last = self.course.gates[(self.total_gates - 1) % len(self.course.gates)]
             return last.centre_enu_m + 2.0 * last.normal_enu
+        if self.race:
+            return self.course.gates[self.next_gate % len(self.course.gates)].centre_enu_m.copy()
         a, b = self.points[self.next_gate], self.points[self.next_gate + 1]
         gate = self.course.gates[self.next_gate % len(self.course.gates)]
         leg = b - a
