@@ -38,8 +38,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--connect", default=None,
                         help="the vehicle: udpin:0.0.0.0:14550, udpout:HOST:PORT, tcp:HOST:PORT, /dev/ttyUSB0,57600; "
                              "default: start the built-in simulated vehicle and fly it")
-    parser.add_argument("--autopilot", default="auto", choices=["auto", "ardupilot", "px4"],
-                        help="which autopilot to expect (auto: from its heartbeat); also the simulated one's flavour")
+    parser.add_argument("--autopilot", default="auto", choices=["auto", "ardupilot", "px4", "betaflight"],
+                        help="which autopilot to expect (auto: from its heartbeat); also the simulated one's flavour. "
+                             "betaflight: MSP (flight/msp.py); without --connect the real Betaflight firmware (its "
+                             "SITL, built once) flies the simulated drone; with --connect (tcp:127.0.0.1:5761, a "
+                             "serial port) the pose comes as UDP packets on port 9005 (`skyloop sitl --betaflight`)"),
     parser.add_argument("--mode", default=None, choices=["ctbr", "motor"],
                         help="action mode (default: the policy's); must match the policy")
     parser.add_argument("--profile", default=None,
@@ -88,7 +91,7 @@ def run(args) -> int:
     modes = (args.mode,) if args.mode else ("ctbr", "motor")
     policy = load_policy(policy_path, action_modes=modes)
     if args.connect is None:
-        profile = load_profile(args.profile or "crazyflie21")
+        profile = load_profile(args.profile or ("fpv5" if args.autopilot == "betaflight" else "crazyflie21"))
     elif args.profile is None:
         raise ValueError("--profile is required with --connect: the policy needs the drone's hover thrust "
                          "(use the profile you calibrated, e.g. --profile my_quad.json)")
@@ -98,7 +101,7 @@ def run(args) -> int:
     rate_max = policy.metadata.get("action_scaling", {}).get("rate_max_rad_s", profile.params["rate_max_rad_s"])
 
     with contextlib.ExitStack() as stack:
-        if connection is None:
+        if connection is None and args.autopilot != "betaflight":
             from flight.sitl import SitlVehicle
             port = _free_udp_port()
             autopilot = "ardupilot" if args.autopilot == "auto" else args.autopilot
@@ -109,8 +112,12 @@ def run(args) -> int:
             print(f"fly: simulated {autopilot} vehicle ({profile.name}) on {connection}", file=sys.stderr)
         os.makedirs(args.log, exist_ok=True)
         log_path = os.path.join(args.log, f"{course.name}-{time.strftime('%Y%m%d-%H%M%S')}.csv")
-        link = stack.enter_context(MavLink(connection, args.autopilot, policy.action_mode, rate_max,
-                                           tlog_path=None if args.dry_run else os.path.splitext(log_path)[0] + ".tlog"))
+        if args.autopilot == "betaflight":
+            link = stack.enter_context(_betaflight_link(stack, connection, profile, course, policy, rate_max))
+        else:
+            tlog = None if args.dry_run else os.path.splitext(log_path)[0] + ".tlog"
+            link = stack.enter_context(MavLink(connection, args.autopilot, policy.action_mode, rate_max,
+                                               tlog_path=tlog))
         if args.dry_run:
             state = link.wait_for_state()
             from flight.safety import preflight
@@ -139,6 +146,20 @@ def run(args) -> int:
         print(f"{outcome}: {gates}{lap}; tick p99 {result.tick_p99_ms:.2f} ms, "
               f"{result.missed_ticks} missed of {result.ticks}; log {log_path}")
     return 0 if result.failsafe is None else 3
+
+
+def _betaflight_link(stack, connection, profile, course, policy, rate_max):
+    """Betaflight over MSP, the pose from UDP port 9005; without --connect, first the Betaflight SITL
+    (flight/betaflight_sitl.py) flying the simulated drone, stopped when the stack closes."""
+    from flight.betaflight_sitl import MSP_TCP_PORT, POSE_PORT, BetaflightSitl
+    from flight.connection import parse_connection
+    from flight.msp import MspLink, PoseReceiver
+    if connection is None:
+        print("fly: starting the Betaflight SITL (the first time it is compiled: about a minute)", file=sys.stderr)
+        stack.enter_context(BetaflightSitl(profile, course.start_pos_enu_m, course.start_yaw_rad))
+        connection = parse_connection(f"tcp:127.0.0.1:{MSP_TCP_PORT}")
+        print(f"fly: Betaflight SITL flying the simulated {profile.name} on {connection}", file=sys.stderr)
+    return MspLink(connection, profile, policy.action_mode, rate_max, pose=PoseReceiver(POSE_PORT))
 
 
 def _teleop(args, stack, link, policy, course, profile, log_path, meta):

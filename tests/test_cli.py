@@ -36,7 +36,11 @@ def test_bench_sim_json_reports_the_figures():
     out = skyloop("bench", "sim", "--json", "--drones", "1", "64", "--seconds", "0.2")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert [r["drones"] for r in data["results"]] == [1, 64]
+    sweep = [r for r in data["results"] if r["tasks"] == "hover"]
+    assert [r["drones"] for r in sweep] == [1, 64]
+    others = {r["tasks"]: r for r in data["results"] if r["tasks"] != "hover"}
+    assert set(others) == {"race", "orbit", "follow", "formation", "obstacles", "all"}
+    assert others["all"]["drones"] == 512 and others["all"]["drones_per_space"] == 512
     for row in data["results"]:
         assert row["agent_steps_per_s"] > 1e4
         assert abs(row["substeps_per_s"] - 5 * row["agent_steps_per_s"]) < 1e-6 * row["substeps_per_s"]

@@ -13,8 +13,8 @@ from flight.betaflight_sitl import FDM_SIZE, pack_fdm, unpack_fdm, unpack_servo
 from flight.connection import parse_connection
 from flight.msp import (BOX_ARM, BOX_FAILSAFE, MSP_API_VERSION, MSP_ATTITUDE, MSP_FC_VARIANT, MSP_FEATURE_CONFIG,
                         MSP_MODE_RANGES, MSP_MULTIPLE_MSP, MSP_RAW_IMU, MSP_RC_TUNING, MSP_SET_RAW_RC, MSP_STATUS_EX,
-                        FEATURE_RX_MSP, LinkError, MspLink, MspParser, RateProfile, crc8_dvb_s2, decode_status, encode_v1, encode_v2,
-                        motors_betaflight_to_sim, motors_sim_to_betaflight, rates_flu_to_channels)
+                        FEATURE_RX_MSP, LinkError, MspLink, MspParser, RateProfile, crc8_dvb_s2, decode_status,
+                        encode_v1, encode_v2, rates_flu_to_channels)
 from sim.profiles import load_profile
 
 # MSP_RC_TUNING as Betaflight 4.6's SITL answers it (defaults: ACTUAL rates, center 70 deg/s, max 670 deg/s)
@@ -96,8 +96,9 @@ def test_channels_follow_betaflight_axes_and_its_reversed_yaw():
 
 def test_motor_permutation_betaflight_to_sim():
     bf = [1.0, 2.0, 3.0, 4.0]        # Betaflight: rear-right, front-right, rear-left, front-left
-    assert motors_betaflight_to_sim(bf).tolist() == [2.0, 3.0, 4.0, 1.0]   # sim: FR, BL, FL, BR
-    assert motors_sim_to_betaflight(motors_betaflight_to_sim(bf)).tolist() == bf
+    sim = frames.motors_to_sim_order(bf, "betaflight")
+    assert sim.tolist() == [2.0, 3.0, 4.0, 1.0]                          # sim: FR, BL, FL, BR
+    assert frames.motors_from_sim_order(sim, "betaflight").tolist() == bf
 
 
 def test_fdm_packet_layout_matches_the_firmware_struct():
@@ -138,12 +139,13 @@ class Responder:
     """A TCP MSP server that answers like Betaflight: arms when AUX1 is high with throttle low, and
     stops answering the arm state as armed (RX failsafe) when the RC stream stops for 0.3 s."""
 
-    def __init__(self, arm_range=True, rx_msp=True):
+    def __init__(self, arm_range=True, rx_msp=True, command_s=0.0):
         self.server = socket.socket()
         self.server.bind(("127.0.0.1", 0))
         self.server.listen(1)
         self.port = self.server.getsockname()[1]
-        self.arm_range, self.rx_msp = arm_range, rx_msp
+        self.arm_range, self.rx_msp, self.command_s = arm_range, rx_msp, command_s   # time per command, as
+        self.multi_times = []                                    # Betaflight's serial task: one per run
         self.rc_times, self.channels = [], [1500] * 8
         self.armed, self.failsafe = False, False
         self.stop = threading.Event()
@@ -192,6 +194,9 @@ class Responder:
             if not data:
                 return
             for f in parser.feed(data):
+                time.sleep(self.command_s)
+                if f.cmd == MSP_MULTIPLE_MSP:
+                    self.multi_times.append(time.monotonic())
                 if f.cmd == MSP_SET_RAW_RC:
                     self.rc_times.append(time.monotonic())
                     self.channels = list(struct.unpack("<8H", f.payload[:16]))
@@ -199,7 +204,10 @@ class Responder:
                         self.armed = True
                     if self.channels[4] < 1700:
                         self.armed = False
-                conn.sendall(encode_v1(f.cmd, self._reply(f.cmd, f.payload), ">"))
+                try:
+                    conn.sendall(encode_v1(f.cmd, self._reply(f.cmd, f.payload), ">"))
+                except OSError:                                  # the link closed
+                    return
 
     def close(self):
         self.stop.set()
@@ -281,3 +289,20 @@ def test_link_refuses_motor_mode_and_slow_streams():
         MspLink(parse_connection("tcp:127.0.0.1:1"), load_profile("fpv5"), action_mode="motor")
     with pytest.raises(LinkError, match="50 Hz"):
         MspLink(parse_connection("tcp:127.0.0.1:1"), load_profile("fpv5"), rc_hz=20)
+
+
+def test_link_asks_for_telemetry_only_once_answered_so_a_slow_controller_gets_no_queue():
+    """Betaflight answers one MSP command per serial task run (10 ms by default): a link that polls
+    faster than that builds a queue, and the RC frames wait behind it."""
+    r = Responder(command_s=0.01)
+    try:
+        with _link(r.port) as link:
+            assert link.wait_for_state(timeout_s=3.0) is not None
+            time.sleep(1.0)
+            latency_ms = link.latency_ms()
+    finally:
+        r.close()
+    rc = np.diff(r.rc_times[-30:])
+    assert len(rc) / rc.sum() >= 50.0                         # RC keeps its rate
+    assert latency_ms < 40.0                                  # a request waits behind at most one RC frame
+    assert 20 <= len(r.multi_times) <= 60                     # about what the 100 commands/s leave to it

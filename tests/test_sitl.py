@@ -339,7 +339,7 @@ def test_an_invalid_attitude_target_stops_the_vehicle_as_ardupilot_does(bad):
 
 
 def test_critical_battery_lands_and_disarms_then_refuses_to_arm():
-    with connected(battery_soc=0.08) as (vehicle, client):
+    with connected(battery_soc=0.10) as (vehicle, client):
         take_off(vehicle, client, 1.0)
         for _ in range(10):
             client.fly(100, vehicle.hover_frac)
