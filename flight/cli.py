@@ -11,7 +11,6 @@ arming (bad course, policy, connection), 2 on bad arguments.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging

@@ -53,6 +53,7 @@ class MavLink:
         self.last_heartbeat_s: float | None = None
         self.armed = False
         self.custom_mode = 0
+        self._offboard_mode = None                 # the mode we put it in, once its heartbeat showed it
         self.battery_v: float | None = None
         self.cells: int | None = None
         self.hover_throttle: float | None = None
@@ -209,6 +210,19 @@ class MavLink:
         self.last_heartbeat_s = now if now is not None else time.monotonic()
         self.armed = bool(msg.base_mode & mav.MAV_MODE_FLAG_SAFETY_ARMED)
         self.custom_mode = msg.custom_mode
+        if self._offboard_mode == ("wanted", msg.custom_mode):
+            self._offboard_mode = msg.custom_mode      # it is in the offboard mode: from now on, leaving it counts
+
+    @property
+    def fc_failsafe(self) -> str | None:
+        """The vehicle's own failsafe, as the runner's failsafe reason: it left the offboard mode we
+        put it in (its setpoint timeout, battery failsafe, or a pilot's mode switch), so the policy's
+        commands no longer fly it."""
+        wanted = self._offboard_mode
+        if not isinstance(wanted, int) or self.custom_mode == wanted:
+            return None
+        return (f"the vehicle left {self.mode_name_of(wanted)} for {self.mode_name()} (its own failsafe, e.g. "
+                "setpoints arriving too late or a low battery, or a mode switch on the radio)")
 
     # ---------------------------------------------------------------- state
     def latest_state(self) -> dict | None:
@@ -287,6 +301,7 @@ class MavLink:
     def start_offboard(self, send_hold, timeout_s: float = 5.0) -> None:
         """Streams the hold setpoint, enters GUIDED_NOGPS / OFFBOARD and arms; raises LinkError if refused."""
         offboard = PX4_OFFBOARD if self.autopilot == "px4" else ARDUPILOT_MODES["GUIDED_NOGPS"]
+        self._offboard_mode = ("wanted", offboard)
         start = time.monotonic()
         while time.monotonic() - start < 1.2:          # PX4 wants a setpoint stream before OFFBOARD
             send_hold()

@@ -104,7 +104,9 @@ def task_config(**overrides) -> dict:
 
 
 class DroneEnv(VectorEnv):
-    """N quadrotors (one per sub-environment) flying the hover / go-to task."""
+    """N quadrotors (one per sub-environment) flying the task mix of `task["task_prob"]` (default:
+    hover / go-to only). `course` (a flight.course.Course or a course name / path) makes every
+    race fly that course, in a box centred on it (see `course_task`)."""
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 

@@ -73,3 +73,22 @@ def test_the_shipped_policy_flies_the_hall_course_in_the_sim(profile):
     assert progress.finished, f"passed {len(progress.passes)} of 7 gates in {t:.0f} s"
     assert [g for g, _ in progress.passes] == list(range(7))
     assert t < 60.0
+
+
+def test_a_race_trained_policy_aims_at_the_next_gate_and_sees_the_next_two():
+    from sim.core import GATE_FLOATS, OBS_GATES
+    course = load_course("race7")
+    progress = CourseProgress(course, race=True)
+    start = course.start_pos_enu_m
+    assert np.allclose(progress.update(start, 0.0), course.gates[0].centre_enu_m)
+    gates = progress.next_gates(OBS_GATES)
+    assert gates.shape == (OBS_GATES, GATE_FLOATS)
+    assert np.allclose(gates[1, :3], course.gates[1].centre_enu_m) and np.allclose(gates[0, 3:6], [1, 0, 0])
+    g0 = course.gates[0]
+    progress.update(g0.centre_enu_m - 0.1 * g0.normal_enu, 1.0)
+    assert np.allclose(progress.update(g0.centre_enu_m + 0.1 * g0.normal_enu, 1.1), course.gates[1].centre_enu_m)
+    progress.next_gate = progress.total_gates - 1                  # the last gate: one left to see
+    assert progress.next_gates(OBS_GATES).shape == (1, GATE_FLOATS)
+    # a hover policy's sliding target stays within the lookahead of the drone's projection
+    slide = CourseProgress(course)
+    assert np.linalg.norm(slide.update(start + [0, 0, 1.8], 0.0) - (start + [0, 0, 1.8])) <= 1.5 + 1e-9

@@ -16,7 +16,7 @@ import sim
 from policy_export import PolicyContractError, load_policy
 from policy_export import bench, cli as export_cli
 from policy_export.c_export import compile_header, export_c
-from policy_export.contract import DIGEST_KEY, contract_digest, encode_metadata, decode_metadata
+from policy_export.contract import contract_digest, encode_metadata, decode_metadata
 from policy_export.export import ParityError, export_onnx, onnx_step, replay, rollout, torch_step
 from sim.env import DroneEnv
 from sim.train import CheckpointError, Policy, TrainConfig, load_checkpoint, save_checkpoint

@@ -116,6 +116,19 @@ def test_lost_telemetry_fires_the_failsafe_within_half_a_second_and_the_vehicle_
     assert meta["ended"].startswith("failsafe: stale telemetry")
 
 
+def test_the_vehicles_own_failsafe_ends_the_flight_at_once(tmp_path):
+    # a nearly flat battery: the vehicle's critical-battery failsafe switches it to LAND mid-course
+    course = parse_course(SHORT)
+    with vehicle_and_link(course, battery_soc=0.10) as (vehicle, link, policy, prof):
+        result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=Quiet(), max_time_s=20)
+        assert vehicle.failsafe.startswith("battery critical")
+        assert "left GUIDED_NOGPS for LAND" in result.failsafe
+        assert landed_and_disarmed(vehicle)
+    data, meta = read_row_log(str(tmp_path / "f.csv"))
+    assert meta["ended"].startswith("failsafe: the vehicle left")
+    assert data["t_s"][-1] < 15.0, "the runner stopped commanding once the vehicle took over"
+
+
 def test_geofence_breach_fires_the_failsafe(tmp_path):
     course = parse_course(SHORT)
     with vehicle_and_link(course) as (vehicle, link, policy, prof):

@@ -300,7 +300,7 @@ def test_setpoint_loss_in_real_time_is_measured_within_the_timeout():
         text = client.recv("STATUSTEXT", timeout=2.0, cond=lambda m: m.text.startswith("Failsafe"))
         latency = time.monotonic() - stopped
         print(f"real time: last setpoint -> failsafe STATUSTEXT {latency * 1000:.0f} ms")
-        assert "no valid setpoint" in text.text and 0.45 <= latency <= 0.65
+        assert "no valid setpoint" in text.text and 0.45 <= latency <= 0.8   # 0.5 s timeout; wall-clock slack
 
 
 def test_hold_loss_action_levels_and_holds_altitude_like_ardupilot():

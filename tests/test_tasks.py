@@ -245,10 +245,9 @@ def test_the_racing_layouts_load_and_every_gate_is_reachable(name, lap_m):
         for side in (-1.5, 1.5):
             assert course.inside(g.centre_enu_m + side * g.normal_enu, margin_m=0.3), (name, k, side)
     # and the sim flies it: every gate is a race start, and a drone placed before it passes it
-    task, offset, gates = course_task(course, task_config(task_prob=parse_tasks("race")))
+    task, _offset, gates = course_task(course, task_config(task_prob=parse_tasks("race")))
     env = DroneEnv(1, "crazyflie21", "ctbr", task=task, randomize=False, course=course)
     env.reset(seed=0)
-    hover = float(env.core.drone["hover_action"][0, 0])
     for k, g in enumerate(gates):
         env.core.drone["next_gate"][0, 0] = k
         env.core.drone["gates_passed"][0, 0] = 0

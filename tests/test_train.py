@@ -28,8 +28,10 @@ def random_policy(rng):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("train") / "tiny.pt")
-    # a fixed number of steps (a few seconds on a laptop), so the test does not depend on the machine's speed
-    config = TrainConfig(profile="crazyflie21", num_drones=256, total_steps=600_000, time_budget_s=300.0, output=out,
+    # a fixed number of steps (10-20 s on a laptop), so the test does not depend on the machine's speed; one
+    # torch thread, so reruns agree (at 300 k steps, multi-threaded reruns differed enough to fail)
+    config = TrainConfig(profile="crazyflie21", num_drones=256, total_steps=1_000_000, threads=1,
+                         time_budget_s=300.0, output=out,
                          seed=1, eval_episodes=200, task=dict(EASY_TASK))
     metrics = train(config, progress_stream=io.StringIO())
     return out, config, metrics
@@ -37,7 +39,7 @@ def tiny_run(tmp_path_factory):
 
 def test_tiny_training_beats_random_and_untrained_policies(tiny_run):
     path, config, metrics = tiny_run
-    assert metrics["steps"] >= 600_000
+    assert metrics["steps"] >= 1_000_000
     policy, ckpt = load_checkpoint(path)
     kw = dict(profile=ckpt["profile"], action_mode=ckpt["action_mode"], episodes=256, task=ckpt["task"])
     trained = evaluate(policy, **kw)
