@@ -24,6 +24,7 @@ import numpy as np
 
 from flight import frames
 from flight.connection import Connection
+from flight.linkbase import LinkBase
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("MAVLINK20", "1")          # pymavlink reads this at import: MAVLink 2 framing
@@ -42,7 +43,7 @@ class LinkError(ConnectionError):
     """The vehicle cannot be flown through this link; the message says what to change."""
 
 
-class MavLink:
+class MavLink(LinkBase):
     def __init__(self, connection: Connection, autopilot: str = "auto", action_mode: str = "ctbr",
                  rate_max_rad_s=(10.0, 10.0, 5.0), heartbeat_timeout_s: float = 10.0, tlog_path: str | None = None):
         self.connection, self.autopilot_wanted, self.action_mode = connection, autopilot, action_mode
@@ -71,17 +72,8 @@ class MavLink:
         self._tlog_lock = threading.Lock()
 
     # ---------------------------------------------------------------- connect / close
-    def __enter__(self):
-        self.open()
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            if self.master is not None and self.armed:
-                self.land_and_disarm(timeout_s=15.0)
-        finally:
-            self.close()
-        return False
+    def connected(self) -> bool:
+        return self.master is not None
 
     def open(self) -> None:
         c = self.connection
@@ -232,24 +224,6 @@ class MavLink:
             return None
         return {"t_s": min(pos[0], att[0]), "pos_enu_m": pos[1], "vel_enu_m_s": pos[2], "quat_wxyz": att[1],
                 "omega_flu_rad_s": att[2], "rpm": self._rpm}
-
-    def wait_for_state(self, timeout_s: float = 10.0) -> dict | None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            state = self.latest_state()
-            if state is not None and np.all(np.isfinite(state["pos_enu_m"])):
-                if not self.armed:
-                    self.ground_z_enu_m = float(state["pos_enu_m"][2])    # where it stands before take-off
-                return state
-            time.sleep(0.02)
-        return None
-
-    def latency_ms(self) -> float | None:
-        return float(np.median(self._rtt_s) * 1e3) if self._rtt_s else None
-
-    def latency_text(self) -> str:
-        ms = self.latency_ms()
-        return f"{ms:4.1f} ms" if ms is not None else "  ? ms"
 
     def mode_name(self) -> str:
         if self.autopilot == "px4":

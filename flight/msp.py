@@ -39,6 +39,7 @@ import numpy as np
 
 from flight import frames
 from flight.connection import Connection
+from flight.linkbase import LinkBase
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +384,7 @@ def attitude_to_quat_enu_flu(payload: bytes) -> np.ndarray:
     return frames.quat_ned_frd_to_enu_flu(q_ned_frd)
 
 
-class MspLink:
+class MspLink(LinkBase):
     """Flies a Betaflight flight controller over MSP, with the interface of flight.link.MavLink."""
 
     def __init__(self, connection: Connection, profile, action_mode: str = "ctbr", rate_max_rad_s=(10.0, 10.0, 5.0),
@@ -427,17 +428,8 @@ class MspLink:
         self.rc_frames_sent = 0
 
     # ---------------------------------------------------------------- connect / close
-    def __enter__(self):
-        self.open()
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            if self.transport is not None and self.armed:
-                self.land_and_disarm(timeout_s=15.0)
-        finally:
-            self.close()
-        return False
+    def connected(self) -> bool:
+        return self.transport is not None
 
     def open(self) -> None:
         self.transport = open_transport(self.connection)
@@ -599,24 +591,6 @@ class MspLink:
                 "quat_wxyz": p["quat_wxyz"] if have_q else att[1],
                 "omega_flu_rad_s": p["omega_flu_rad_s"] if have_omega else gyro[1], "rpm": rpm,
                 "fc_quat_wxyz": att[1], "fc_omega_flu_rad_s": gyro[1], "fc_motors": self._motors}
-
-    def wait_for_state(self, timeout_s: float = 10.0) -> dict | None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            state = self.latest_state()
-            if state is not None and np.all(np.isfinite(state["pos_enu_m"])):
-                if not self.armed:
-                    self.ground_z_enu_m = float(state["pos_enu_m"][2])
-                return state
-            time.sleep(0.02)
-        return None
-
-    def latency_ms(self) -> float | None:
-        return float(np.median(self._rtt_s) * 1e3) if self._rtt_s else None
-
-    def latency_text(self) -> str:
-        ms = self.latency_ms()
-        return f"{ms:4.1f} ms" if ms is not None else "  ? ms"
 
     def mode_name(self) -> str:
         if self.fc_failsafe:

@@ -1,0 +1,43 @@
+"""What every flight-controller link shares (MAVLink in flight/link.py, MSP in flight/msp.py):
+the context manager that leaves the vehicle landed and disarmed, waiting for a state estimate,
+and the link's round-trip time. A link sets `armed`, `ground_z_enu_m` and `_rtt_s` (recent round
+trips, seconds) and provides open(), close(), connected(), latest_state() and land_and_disarm()."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+class LinkBase:
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if self.connected() and self.armed:    # never leave it flying: land, then disarm
+                self.land_and_disarm(timeout_s=15.0)
+        finally:
+            self.close()
+        return False
+
+    def wait_for_state(self, timeout_s: float = 10.0) -> dict | None:
+        """The first finite state within timeout_s (None if none came); before take-off it also
+        records where the vehicle stands (ground_z_enu_m)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = self.latest_state()
+            if state is not None and np.all(np.isfinite(state["pos_enu_m"])):
+                if not self.armed:
+                    self.ground_z_enu_m = float(state["pos_enu_m"][2])    # where it stands before take-off
+                return state
+            time.sleep(0.02)
+        return None
+
+    def latency_ms(self) -> float | None:
+        return float(np.median(self._rtt_s) * 1e3) if self._rtt_s else None
+
+    def latency_text(self) -> str:
+        ms = self.latency_ms()
+        return f"{ms:4.1f} ms" if ms is not None else "  ? ms"
