@@ -972,8 +972,9 @@ static void sl_obstacle_field(SlEnv *e, int space, uint32_t *rng, const float *s
             }
             int ok = sl_clear_of_world(e, space, p, r + clear_m);
             if (start) ok &= sl_dist3(p, start) > r + clear_m && sl_dist3(p, goal) > r + clear_m;
-            const float *slot = e->formation + (size_t)space * e->space_size * 3;
-            for (int j = 0; j < e->space_size && ok && !start; j++) ok = sl_dist3(p, slot + 3 * j) > r + clear_m;
+            const float *slot = e->formation + (size_t)space * e->space_size * 3;   /* keep formation slots free */
+            const int slots = start || e->task.task_prob[SL_TASK_formation] <= 0.f ? 0 : e->space_size;
+            for (int j = 0; j < slots && ok; j++) ok = sl_dist3(p, slot + 3 * j) > r + clear_m;
             if (ok) {
                 for (int a = 0; a < 3; a++) obs[4 * placed + a] = p[a];
                 obs[4 * placed + 3] = r;
@@ -1197,7 +1198,8 @@ static void sl_draw_space(SlEnv *e, int space) {
         e->n_gates[space] = sl_random_course(t, rng, t->gate_size_m + 4.f * arm_max_m, gates);
     }
     const float centre[3] = {0.f, 0.f, 0.5f * t->bounds_m[2]};
-    sl_formation(t, rng, e->space_size, centre, e->formation + (size_t)space * e->space_size * 3);
+    if (t->task_prob[SL_TASK_formation] > 0.f)
+        sl_formation(t, rng, e->space_size, centre, e->formation + (size_t)space * e->space_size * 3);
     if (t->task_prob[SL_TASK_obstacles] > 0.f) sl_obstacle_field(e, space, rng, NULL, NULL, 1.f);
 }
 
