@@ -106,11 +106,16 @@ def read_row_log(path: str, error=ValueError) -> tuple[dict, dict]:
             data[name] = np.array([float(c) if c else math.nan for c in cells])
         except ValueError:
             data[name] = cells
-    meta = {}
-    if os.path.exists(sidecar_path(path)):
-        try:
-            with open(sidecar_path(path), encoding="utf-8") as f:
-                meta = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise error(f"{sidecar_path(path)}: not valid JSON ({exc})") from None
-    return data, meta
+    return data, read_sidecar(path, error)
+
+
+def read_sidecar(csv_path: str, error=ValueError) -> dict:
+    """The JSON sidecar of a row log ({} when there is none); `error` names a broken one."""
+    meta_path = sidecar_path(csv_path)
+    if not os.path.exists(meta_path):
+        return {}
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise error(f"{meta_path}: not valid JSON: {exc}") from None

@@ -12,14 +12,13 @@ sample received and a sidecar that says the run never finished.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from skyloop.rowlog import RowLogWriter, sidecar_path
+from skyloop.rowlog import RowLogWriter, read_sidecar
 
 FORMAT = "skyloop.stand_log/1"
 COLUMNS = ("t_s", "throttle", "esc_us", "rpm", "thrust_n", "torque_nm", "voltage_v", "current_a")
@@ -86,11 +85,4 @@ def read_stand_log(path: str) -> StandLog:
     data = {name: np.asarray(values, dtype=np.float64) for name, values in cols.items()}
     for name in COLUMNS:
         data.setdefault(name, np.full(len(data["t_s"]), math.nan))
-    meta = {}
-    if os.path.exists(sidecar_path(path)):
-        try:
-            with open(sidecar_path(path), encoding="utf-8") as f:
-                meta = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise StandLogError(f"{sidecar_path(path)}: not valid JSON: {exc}") from None
-    return StandLog(path=path, data=data, meta=meta)
+    return StandLog(path=path, data=data, meta=read_sidecar(path, StandLogError))
