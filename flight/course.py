@@ -16,12 +16,13 @@ the drone's progress: a target never further than the policy saw in training.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from skyloop.inputs import number, read_json
 
 FORMAT = "skyloop.course/1"
 COURSES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "courses")
@@ -84,96 +85,123 @@ def resolve_course_path(name_or_path: str) -> str:
     raise CourseError(f"{name_or_path}: no such course file; built-in courses: {', '.join(names)}")
 
 
+#: a course is checked in well under a second up to this many gates; more are refused
+MAX_GATES = 5000
+#: the geofence must lie within this distance of the local origin (a box of 1e300 m fences nothing)
+MAX_EXTENT_M = 10_000.0
+MAX_GATE_SIZE_M = 100.0
+MAX_PROBLEMS = 20
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
 def _vector(value, n, where, problems):
-    try:
-        v = np.asarray(value, dtype=float).reshape(-1)
-    except (TypeError, ValueError):
-        v = None
+    v = None
+    if isinstance(value, list) and len(value) == n and not any(isinstance(x, bool) for x in value):
+        try:
+            v = np.asarray(value, dtype=float).reshape(-1)
+        except (TypeError, ValueError, OverflowError):
+            v = None
     if v is None or v.shape != (n,) or not np.all(np.isfinite(v)):
-        problems.append(f"{where}: expected {n} finite numbers, got {value!r}")
+        problems.append(f"{where}: expected {n} finite numbers, got {str(value)[:60]}")
         return np.zeros(n)
     return v
 
 
+def safe_name(name, fallback: str) -> str:
+    """The course's name as it may appear in a log file's name: letters, digits, '-', '_' and '.'
+    (anything else becomes '_'), no leading dot, at most 64 characters; never a path."""
+    text = name if isinstance(name, str) else fallback
+    text = "".join(c if c in NAME_CHARS else "_" for c in text)[:64].lstrip(".")
+    return text or "course"
+
+
+def _overlaps(gates, problems) -> None:
+    """Two gates closer than their openings' half diagonals overlap. One vectorized row per gate
+    (MAX_GATES gates: a fraction of a second); stops after MAX_PROBLEMS."""
+    if len(gates) < 2:
+        return
+    centres = np.array([g.centre_enu_m for g in gates])
+    half_diag = np.array([0.5 * math.hypot(g.width_m, g.height_m) for g in gates])
+    for i in range(len(gates) - 1):
+        gap = np.linalg.norm(centres[i + 1:] - centres[i], axis=1)
+        reach = half_diag[i] + half_diag[i + 1:]
+        for k in np.flatnonzero(gap < reach):
+            j = i + 1 + int(k)
+            problems.append(f"gates[{i}] and gates[{j}] overlap: centres {gap[k]:.2f} m apart, their openings need "
+                            f"at least {reach[k]:.2f} m; move one of them")
+            if len(problems) >= MAX_PROBLEMS:
+                return
+
+
 def parse_course(data, where: str = "<dict>") -> Course:
-    """Checks a course dict; raises CourseError listing every problem at once."""
+    """Checks a course dict; raises CourseError listing every problem at once (the first
+    MAX_PROBLEMS of them)."""
     if not isinstance(data, dict):
         raise CourseError(f"{where}: a course is a JSON object (see flight/courses/hall.json)")
     problems = []
     if data.get("format") != FORMAT:
-        problems.append(f"format: expected {FORMAT!r}, got {data.get('format')!r}")
+        problems.append(f"format: expected {FORMAT!r}, got {str(data.get('format'))[:60]!r}")
     bounds = data.get("bounds_m")
     if not isinstance(bounds, dict):
         problems.append('bounds_m: expected {"min": [x, y, z], "max": [x, y, z]} in metres, ENU')
         bounds = {}
     lo = _vector(bounds.get("min"), 3, "bounds_m.min", problems)
     hi = _vector(bounds.get("max"), 3, "bounds_m.max", problems)
+    if np.any(np.abs(lo) > MAX_EXTENT_M) or np.any(np.abs(hi) > MAX_EXTENT_M):
+        problems.append(f"bounds_m: the geofence must lie within {MAX_EXTENT_M:g} m of the local origin")
     if np.any(hi - lo < 1.0):
         problems.append("bounds_m: max must exceed min by at least 1 m on every axis")
     start = data.get("start") if isinstance(data.get("start"), dict) else {}
     if not start:
         problems.append('start: expected {"pos_enu_m": [x, y, z], "yaw_deg": yaw}')
     start_pos = _vector(start.get("pos_enu_m"), 3, "start.pos_enu_m", problems)
-    start_yaw = start.get("yaw_deg", 0.0)
-    if not isinstance(start_yaw, (int, float)) or not math.isfinite(start_yaw):
-        problems.append(f"start.yaw_deg: expected a number, got {start_yaw!r}")
-        start_yaw = 0.0
-    laps = data.get("laps", 1)
-    if not isinstance(laps, int) or isinstance(laps, bool) or not 1 <= laps <= 100:
-        problems.append(f"laps: expected a whole number from 1 to 100, got {laps!r}")
-        laps = 1
+    start_yaw = number(start.get("yaw_deg", 0.0), "start.yaw_deg", problems, lo=-360.0, hi=360.0, unit="deg")
+    laps = number(data.get("laps", 1), "laps", problems, lo=1, hi=100, integer=True) or 1
     gates = []
     raw_gates = data.get("gates")
     if not isinstance(raw_gates, list) or not raw_gates:
         problems.append("gates: expected a non-empty list of gates")
         raw_gates = []
+    if len(raw_gates) > MAX_GATES:
+        raise CourseError(f"{where}: {len(raw_gates)} gates; a course holds at most {MAX_GATES}: split it")
     for i, g in enumerate(raw_gates):
         gw = f"gates[{i}]"
+        if len(problems) >= MAX_PROBLEMS:
+            break
         if not isinstance(g, dict):
             problems.append(f"{gw}: expected an object with centre_enu_m, yaw_deg, inner_size_m")
             continue
         centre = _vector(g.get("centre_enu_m"), 3, f"{gw}.centre_enu_m", problems)
-        yaw = g.get("yaw_deg")
-        if not isinstance(yaw, (int, float)) or isinstance(yaw, bool) or not math.isfinite(yaw):
-            problems.append(f"{gw}.yaw_deg: expected a number (direction of flight through the gate), got {yaw!r}")
-            yaw = 0.0
+        yaw = number(g.get("yaw_deg"), f"{gw}.yaw_deg (direction of flight through the gate)", problems,
+                     lo=-360.0, hi=360.0, unit="deg")
+        yaw = 0.0 if yaw is None else yaw
         size = g.get("inner_size_m")
         size = _vector([size, size] if isinstance(size, (int, float)) and not isinstance(size, bool) else size, 2,
                        f"{gw}.inner_size_m", problems)
-        if np.any(size <= 0.1):
-            problems.append(f"{gw}.inner_size_m: the opening must be larger than 10 cm, got {size.tolist()}")
+        if np.any(size <= 0.1) or np.any(size > MAX_GATE_SIZE_M):
+            problems.append(f"{gw}.inner_size_m: the opening must be larger than 10 cm and at most "
+                            f"{MAX_GATE_SIZE_M:g} m, got {size.tolist()}")
         half = np.array([0.0, 0.0, size[1] / 2])
         if not (np.all(centre - half >= lo) and np.all(centre + half <= hi)):
             problems.append(f"{gw}: centre {centre.tolist()} (with its opening) lies outside bounds_m")
         yaw_rad = math.radians(yaw)
         gates.append(Gate(centre, np.array([math.cos(yaw_rad), math.sin(yaw_rad), 0.0]), float(size[0]),
                           float(size[1])))
-    for i, a in enumerate(gates):                  # two gates closer than their openings' half diagonals overlap
-        for j in range(i + 1, len(gates)):
-            b = gates[j]
-            gap = float(np.linalg.norm(a.centre_enu_m - b.centre_enu_m))
-            reach = 0.5 * (math.hypot(a.width_m, a.height_m) + math.hypot(b.width_m, b.height_m))
-            if gap < reach:
-                problems.append(f"gates[{i}] and gates[{j}] overlap: centres {gap:.2f} m apart, their openings need "
-                                f"at least {reach:.2f} m; move one of them")
+    if len(problems) < MAX_PROBLEMS:
+        _overlaps(gates, problems)
     if not (np.all(start_pos >= lo) and np.all(start_pos <= hi)):
         problems.append(f"start.pos_enu_m {start_pos.tolist()} lies outside bounds_m")
     if problems:
-        raise CourseError(f"{where}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
-    return Course(str(data.get("name", os.path.splitext(os.path.basename(where))[0])), lo, hi, start_pos,
-                  math.radians(start_yaw), tuple(gates), laps, where if where != "<dict>" else None)
+        more = f" (stopped after the first {MAX_PROBLEMS})" if len(problems) >= MAX_PROBLEMS else ""
+        raise CourseError(f"{where}: {len(problems)} problem(s){more}:\n  - " + "\n  - ".join(problems))
+    name = safe_name(data.get("name"), os.path.splitext(os.path.basename(where))[0])
+    return Course(name, lo, hi, start_pos, math.radians(start_yaw or 0.0), tuple(gates), laps,
+                  where if where != "<dict>" else None)
 
 
 def load_course(name_or_path: str) -> Course:
     path = resolve_course_path(name_or_path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise CourseError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    except OSError as exc:
-        raise CourseError(f"{path}: cannot read it ({exc.strerror})") from None
-    return parse_course(data, path)
+    return parse_course(read_json(path, CourseError), path)
 
 
 def gate_crossed(gate: Gate, p0_enu_m, p1_enu_m) -> bool:
