@@ -31,6 +31,8 @@ OBS_GATES: int = lib.SL_OBS_GATES              # next gates in an observation
 OBS_OBSTACLES: int = lib.SL_OBS_OBSTACLES      # nearest obstacles in an observation
 GATE_FLOATS: int = lib.SL_GATE_FLOATS          # a gate: centre xyz, normal xyz, half width, half height
 MAX_GATES: int = lib.SL_MAX_GATES
+#: standard gravity as the C core uses it (float32 9.80665): the one value every part reads
+GRAVITY_M_S2: float = float(lib.SL_GRAVITY_M_S2)
 
 
 class SimError(ValueError):
@@ -209,6 +211,19 @@ def motor_response(params: dict, throttle, dt_s: float, v_frac: float = 1.0, ome
     lib.sl_motor_response(p, ffi.from_buffer("float[]", u), len(u), float(dt_s), float(v_frac), float(omega0_rad_s),
                           ffi.from_buffer("float[]", out))
     return out
+
+
+def omega_to_throttle(curve, omega_rad_s) -> np.ndarray:
+    """The inverse of a throttle curve omega = c0 + c1 u + c2 u^2 (a profile's throttle_to_omega_rad_s,
+    the drone's nom_curve): the throttle u that gives these rotor speeds (the rising root), clipped to
+    0..1. The one inverse: the simulated vehicle, the MSP link and the sim-vs-real replay use it."""
+    c0, c1, c2 = (float(c) for c in curve)
+    w = np.asarray(omega_rad_s, float)
+    if abs(c2) < 1e-9 * abs(c1):
+        u = (w - c0) / c1
+    else:
+        u = (-c1 + np.sqrt(np.maximum(c1 * c1 - 4 * c2 * (c0 - w), 0.0))) / (2 * c2)
+    return np.clip(u, 0.0, 1.0)
 
 
 def neighbors(pos, radius, sense_m: float, use_grid: bool = True):
