@@ -70,7 +70,7 @@ VEHICLE_SETUP = {"GUID_OPTIONS": 8, "GUID_TIMEOUT": 0.5}
 # which flown on an X airframe mixes roll into pitch: a growing whirl within 2 s of leaving the ground).
 JSON_FRAME = {"FRAME_CLASS": 1, "FRAME_TYPE": 1}
 # Indoors, no GPS: position, velocity and yaw from an external pose (VISION_POSITION_ESTIMATE /
-# ODOMETRY over MAVLink, flight/pose.py), height from it too; SITL's GPS off.
+# VISION_SPEED_ESTIMATE over MAVLink, flight/mocap.py), height from it too; SITL's GPS and compass off.
 NO_GPS_SETUP = {"SIM_GPS_DISABLE": 1, "GPS_TYPE": 0, "VISO_TYPE": 1, "EK3_SRC1_POSXY": 6, "EK3_SRC1_VELXY": 6,
                 "EK3_SRC1_POSZ": 6, "EK3_SRC1_VELZ": 6, "EK3_SRC1_YAW": 6, "COMPASS_USE": 0, "COMPASS_USE2": 0,
                 "COMPASS_USE3": 0, "ARMING_CHECK": 1}
@@ -159,7 +159,7 @@ class JsonBridge:
 
     def add_observer(self, fn) -> None:
         """fn(sim_time_s, truth) after every physics step (in the bridge's thread): a simulated
-        motion capture reads the truth here (flight/pose.py)."""
+        motion capture reads the truth here (flight/mocap.py)."""
         self._observers.append(fn)
 
     def state(self) -> dict:
@@ -228,6 +228,96 @@ class JsonBridge:
         return reply
 
 
+TRUTH_LAYOUT = (("t_s", 1), ("pos_enu_m", 3), ("vel_enu_m_s", 3), ("quat_wxyz", 4), ("omega_flu_rad_s", 3),
+                ("pwm", 4), ("crashed", 1), ("frames", 1))
+
+
+class BridgeProcess:
+    """The bridge (and the pose forwarder, if any) in a process of its own: at 1 kHz it must not
+    wait for the runner's thread to let go of the GIL (a 5 ms switch interval would slow the
+    lockstep physics, and ArduPilot's clock, to a fifth of real time). `state()` reads the
+    sim's truth from shared memory."""
+
+    def __init__(self, profile: Profile, port: int, start_pos_enu_m, start_yaw_rad: float, pose=None,
+                 pose_url: str | None = None):
+        import multiprocessing
+        ctx = multiprocessing.get_context("spawn")
+        self._truth = ctx.Array("d", sum(n for _, n in TRUTH_LAYOUT), lock=False)
+        self._stop, self._ready = ctx.Event(), ctx.Event()
+        self._errors = ctx.Queue()
+        self.process = ctx.Process(target=_bridge_main, name="ardupilot-json-bridge", daemon=True,
+                                   args=(profile, port, np.asarray(start_pos_enu_m, float).tolist(), start_yaw_rad,
+                                         pose, pose_url, self._truth, self._stop, self._ready, self._errors))
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        self.process.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._ready.wait(0.1):
+            if not self.process.is_alive() or time.monotonic() > deadline:
+                error = self._errors.get(timeout=1.0) if not self._errors.empty() else "it did not start"
+                self.stop()
+                raise ArduPilotSitlError(f"the JSON bridge process failed: {error}")
+
+    def state(self) -> dict:
+        values, out, i = list(self._truth), {}, 0
+        for name, n in TRUTH_LAYOUT:
+            out[name] = np.array(values[i:i + n]) if n > 1 else values[i]
+            i += n
+        out["crashed"], out["frames"] = bool(out["crashed"]), int(out["frames"])
+        return out
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.process.pid is None:
+            return
+        self.process.join(timeout=3.0)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=2.0)
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+
+def _bridge_main(profile, port, start_pos_enu_m, start_yaw_rad, pose, pose_url, truth, stop, ready, errors) -> None:
+    """The bridge process: JsonBridge, the truth into shared memory, the pose source forwarded."""
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        bridge = JsonBridge(profile, port, start_pos_enu_m, start_yaw_rad)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        errors.put(str(exc))
+        return
+
+    def publish(t_s, s):
+        values = [t_s, *s["pos_enu_m"], *s["vel_enu_m_s"], *s["quat_wxyz"], *s["omega_flu_rad_s"], *bridge.pwm,
+                  float(bridge.crashed), bridge.counters["frames"]]
+        truth[:] = values
+    bridge.add_observer(publish)
+    if pose is not None and hasattr(pose, "observe"):
+        bridge.add_observer(pose.observe)
+    bridge.start()
+    ready.set()
+    forwarder = master = None
+    try:
+        while pose is not None and master is None and not stop.is_set():
+            try:
+                from flight.link import mavutil
+                master = mavutil.mavlink_connection(pose_url, source_system=253, autoreconnect=True)
+            except OSError:
+                time.sleep(0.1)
+        if master is not None:
+            from flight.mocap import PoseForwarder
+            forwarder = PoseForwarder(pose, master, "ardupilot").start()
+        while not stop.wait(0.2) and bridge.alive():
+            pass
+    finally:
+        if forwarder is not None:
+            forwarder.stop()
+        if master is not None:
+            master.close()
+        bridge.stop()
+
+
 # ------------------------------------------------------------------------------------ the binary
 def _port_free(port: int, kind: int) -> bool:
     with socket.socket(socket.AF_INET, kind) as s:
@@ -267,7 +357,7 @@ class ArduPilotSitl:
 
     def __init__(self, profile: str | Profile = "camera15", start_pos_enu_m=(0.0, 0.0, 0.0), start_yaw_rad: float = 0.0,
                  *, model: str = "JSON", binary: str | None = None, params: dict | None = None,
-                 setup: bool = True, gps: bool = True, ready_timeout_s: float = 90.0):
+                 setup: bool = True, gps: bool = True, pose=None, ready_timeout_s: float = 90.0):
         if model not in ("JSON", "quad"):
             raise ArduPilotSitlError(f"model {model!r}: use JSON (our sim as the physics) or quad (ArduPilot's own)")
         self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
@@ -276,9 +366,12 @@ class ArduPilotSitl:
         self.params = {**(JSON_FRAME if model == "JSON" else {}), **(VEHICLE_SETUP if setup else {}),
                        **({} if gps else NO_GPS_SETUP), **(params or {})}
         self.gps, self.ready_timeout_s = gps, ready_timeout_s
+        if not gps and pose is None:
+            raise ArduPilotSitlError("without GPS the vehicle needs a pose source (e.g. flight.mocap.SimulatedMocap)")
+        self.pose = pose                            # a pose source, forwarded on SERIAL2 (pose_url) by the bridge
         self.instance: int | None = None
         self.process: subprocess.Popen | None = None
-        self.bridge: JsonBridge | None = None
+        self.bridge: BridgeProcess | None = None
         self.workdir: tempfile.TemporaryDirectory | None = None
 
     @property
@@ -289,6 +382,11 @@ class ArduPilotSitl:
     def spare_url(self) -> str:
         """A second MAVLink port (SERIAL1), e.g. for a pose forwarder or a ground station."""
         return f"tcp:127.0.0.1:{BASE_PORTS['serial1_tcp'] + 10 * self.instance}"
+
+    @property
+    def pose_url(self) -> str:
+        """The MAVLink port (SERIAL2) the pose source is forwarded on."""
+        return f"tcp:127.0.0.1:{BASE_PORTS['serial2_tcp'] + 10 * self.instance}"
 
     def __enter__(self):
         self.start()
@@ -303,8 +401,8 @@ class ArduPilotSitl:
         self.workdir = tempfile.TemporaryDirectory(prefix="ardupilot-sitl-")
         try:
             if self.model == "JSON":
-                self.bridge = JsonBridge(self.profile, BASE_PORTS["json_udp"] + 10 * self.instance,
-                                         self.start_pos_enu_m, self.start_yaw_rad)
+                self.bridge = BridgeProcess(self.profile, BASE_PORTS["json_udp"] + 10 * self.instance,
+                                            self.start_pos_enu_m, self.start_yaw_rad, self.pose, self.pose_url)
                 self.bridge.start()
             defaults = os.path.join(self.workdir.name, "defaults.parm")
             write_defaults(defaults, self.params)
@@ -322,11 +420,10 @@ class ArduPilotSitl:
             self.stop()
             raise
 
-    def wait_ready(self, timeout_s: float | None = None, pose=None) -> None:
+    def wait_ready(self, timeout_s: float | None = None) -> None:
         """Waits, on the spare MAVLink port, until ArduPilot reports its pre-arm checks passing
         (SYS_STATUS health bit MAV_SYS_STATUS_PREARM_CHECK) with a local position (its EKF has an
-        origin); raises with its last pre-arm messages otherwise. `pose(master)` (optional) is
-        called every 20 ms meanwhile: a pose forwarder that must run before the EKF can start."""
+        origin) and runs at real time (SIM_SPEEDUP 1); raises with its last messages otherwise."""
         from flight.link import mavutil, mav
         timeout_s = self.ready_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
@@ -359,8 +456,6 @@ class ArduPilotSitl:
                 if have_pos and healthy and now > speed_asked:        # ready: from now on, real time
                     master.mav.param_set_send(1, 1, b"SIM_SPEEDUP", 1.0, mav.MAV_PARAM_TYPE_REAL32)
                     speed_asked = now + 0.5
-                if pose is not None:
-                    pose(master)
                 msg = master.recv_match(type=["SYS_STATUS", "LOCAL_POSITION_NED", "STATUSTEXT", "PARAM_VALUE"], blocking=True,
                                         timeout=0.02)
                 if msg is None:
@@ -374,7 +469,7 @@ class ArduPilotSitl:
                     speed = float(msg.param_value)
                 elif kind == "STATUSTEXT":
                     texts.append(msg.text)
-                    log.info("ArduPilot: %s (sim %.1f s)", msg.text, self.bridge.sim_time_s if self.bridge else -1)
+                    log.info("ArduPilot: %s (sim %.1f s)", msg.text, self.bridge.state()["t_s"] if self.bridge else -1)
         finally:
             master.close()
 
