@@ -11,6 +11,7 @@ cores, each on one torch thread) and the sweep prints the best config and its ev
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -96,7 +97,8 @@ def sweep(trials: int, time_budget_s: float, overrides: list[str] | None = None,
                 trainable, param_space=_search_space(),
                 tune_config=tune.TuneConfig(num_samples=trials, metric="success_rate", mode="max", search_alg=search),
                 run_config=tune.RunConfig(name="skyloop-sweep", storage_path=tmp if not address else None, verbose=0))
-            results = tuner.fit()
+            with contextlib.redirect_stdout(sys.stderr):      # Tune's tables; stdout is for our result
+                results = tuner.fit()
             rows = []
             for result in results:
                 if result.error is not None:
