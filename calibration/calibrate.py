@@ -100,10 +100,11 @@ def _try(fits: dict, not_fitted: dict, names: tuple, fit_function, *args) -> Non
 
 
 def calibrate(paths: list[str], base: Profile, *, name: str | None = None, mass_kg: float | None = None,
-              battery_v_nominal: float | None = None, esc_range_us=ESC_RANGE_US, min_step: float = MIN_STEP) -> Calibration:
+              battery_v_nominal: float | None = None, esc_range_us=ESC_RANGE_US, min_step: float = MIN_STEP,
+              rpm_columns: tuple[str, ...] | None = None) -> Calibration:
     if not paths:
         raise CalibrationError("no stand logs given")
-    rows_list = [screen_log(load_log(p), esc_range_us, min_step) for p in paths]
+    rows_list = [screen_log(load_log(p, rpm_columns), esc_range_us, min_step) for p in paths]
     for rows in rows_list:
         procedure = str(rows.meta.get("procedure", ""))
         if "step" in procedure.lower() and not rows.steps:

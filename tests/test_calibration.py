@@ -359,3 +359,20 @@ def test_a_delay_of_200_ms_is_a_valid_profile_and_the_sim_holds_it():
         speeds.append(env.state(0)["rotor_rad_s"][0])
     first = int(np.argmax(np.abs(np.array(speeds) - before) > 1.0))   # speeds[k]: at the end of period k + 1
     assert first * dt == pytest.approx(0.2, abs=dt / 2)   # the command moves the rotor from 0.2 s on
+
+
+BRUSHLESS_STAND = REAL / "imrc_cf21_brushless_calib_log.csv"
+
+
+def test_a_stand_log_with_unread_load_cell_and_bad_rpm_channels_says_so_and_can_trust_one():
+    """The brushless stand log: weight[g] is 0 throughout (no thrust), rpm1-3 disagree with each
+    other (rejected row by row); --rpm-columns rpm4 trusts the good sensor alone."""
+    with pytest.raises(CalibrationError, match="load cell was not read"):
+        fit_square_law([screen_log(load_log(real(BRUSHLESS_STAND)))], "thrust_n")
+    all_four = calibrate([str(BRUSHLESS_STAND)], load_profile("crazyflie21"))
+    assert all_four.fits["throttle_to_omega_rad_s"].rejected["motors_disagree"] > 3000
+    rpm4 = calibrate([str(BRUSHLESS_STAND)], load_profile("crazyflie21"), rpm_columns=("rpm4",))
+    curve = rpm4.fits["throttle_to_omega_rad_s"]
+    assert "motors_disagree" not in curve.rejected and curve.r2 > 0.99 and curve.rows_used > 6000
+    assert rpm4.rows[0].meta["rpm_columns_not_used"] == ["rpm1", "rpm2", "rpm3"]
+    assert "kf_n_per_rad2s2" in rpm4.not_fitted and "load cell was not read" in rpm4.not_fitted["kf_n_per_rad2s2"]
