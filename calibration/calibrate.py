@@ -205,9 +205,12 @@ def build_profile(base: Profile, fits: dict, *, name: str | None, mass_kg: float
         source[field_name] = f.source()
     for field_name, why in (not_fitted or {}).items():
         before = source.get(field_name)
-        before = before.get("method", "") if isinstance(before, dict) else str(before or "")
+        if isinstance(before, dict):    # the base measured it: its provenance stays, with why not here
+            source[field_name] = {**before, "kept_by": f"{base.name} -> this profile (not measured here: {why})"}
+            continue
+        before = str(before or "")
         source[field_name] = f"kept from the base profile {base.name} (not measured: {why})" + (
-            f"; there: {before}" if before and not before.startswith("kept from") else "")
+            f"; there: {before}" if before else "")
     v_nom, v_source = battery_v
     if v_source != f"base profile {base.name}":
         params["battery_v_nominal"] = rounded(v_nom)
