@@ -288,3 +288,52 @@ def test_near_hover_the_model_check_says_which_figures_mean_something():
     assert set(mc["nrmse"]) == set(mc["bias_m_s2"]) == {"x", "y", "z"}
     assert mc["supports"]["z"].startswith("bias, rmse and r2_offset_removed") and mc["supports"]["x"].startswith("r2")
     assert m["hover_closure"] is not None and "hover_closure_missing" not in mc
+
+
+def test_an_rpm_channel_reading_half_the_others_drops_the_rotor_speeds_and_says_which(tmp_path):
+    lines = open(real(CF_FLIGHT), encoding="utf-8").read().splitlines()
+    header = lines[0].split(",")
+    k = header.index("rpm.m2")
+    rows = []
+    for n, line in enumerate(lines[1:]):
+        cells = line.split(",")
+        cells[k] = str(int(float(cells[k]) * (0.5 if n % 10 < 6 else 0.8)))   # half in 60 % of rows, 20 % low in the rest
+        rows.append(",".join(cells))
+    bad = tmp_path / "bad_rpm.csv"
+    bad.write_text("\n".join([lines[0]] + rows) + "\n")
+    assert read_flight_log(real(CF_FLIGHT), "crazyflie_usd").has("rotor_rad_s")
+    traj = read_flight_log(str(bad), "crazyflie_usd")
+    assert not traj.has("rotor_rad_s")
+    assert any("faulty RPM channel" in i and "motor 4 (sim order)" in i for i in traj.issues)   # Crazyflie M2 = sim 4
+
+
+def test_a_tlog_with_euler_attitude_and_scaled_imu_only_is_read(tmp_path):
+    import struct
+    os.environ.setdefault("MAVLINK20", "1")
+    from pymavlink.dialects.v20 import ardupilotmega as mavlink
+    mav = mavlink.MAVLink(None, srcSystem=1, srcComponent=1)
+    data = b""
+    for k in range(100):
+        t = struct.pack(">Q", int(1.7e15 + k * 1e4))
+        data += t + mav.attitude_encode(k * 10, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0).pack(mav)
+        data += t + mav.scaled_imu_encode(k * 10, 0, 0, -1000, 0, 0, 0, 0, 0, 0).pack(mav)  # 1 g up (FRD -z)
+    path = tmp_path / "euler.tlog"
+    path.write_bytes(data)
+    traj = read_flight_log(str(path))
+    assert traj.has("quat_wxyz") and traj.has("accel_flu_m_s2")
+    assert np.allclose(np.nanmedian(traj.accel_flu_m_s2, axis=0), [0, 0, G], atol=1e-3)
+    roll = np.degrees(2 * np.arctan2(traj.quat_wxyz[50, 1], traj.quat_wxyz[50, 0]))
+    assert roll == pytest.approx(np.degrees(0.1), abs=0.01)
+    assert any("ATTITUDE (euler" in i for i in traj.issues) and any("SCALED_IMU" in i for i in traj.issues)
+
+
+def test_esc_status_without_telemetry_is_not_rotor_speed():
+    from types import SimpleNamespace
+    from calibration.flightlogs import _ulog_esc_rpm
+    esc = SimpleNamespace(name="esc_status", multi_id=0, data={"esc_count": np.zeros(5), "timestamp": np.arange(5)})
+    issues = []
+    assert _ulog_esc_rpm(SimpleNamespace(data_list=[esc]), lambda *a, **k: np.zeros((5, 4)), issues) is None
+    assert "esc_count is 0" in issues[0]
+    esc.data["esc_count"] = np.full(5, 4)
+    assert _ulog_esc_rpm(SimpleNamespace(data_list=[esc]), lambda *a, **k: np.zeros((5, 4)), issues) is None
+    assert "every rpm reads 0" in issues[1]
