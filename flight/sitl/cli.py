@@ -30,6 +30,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--noise", default="none",
                         help="realism: 'real', 'none', or NAME=VALUE,... e.g. 'real,drop=0.1' or "
                              "'gyro_noise_rad_s=0.01,latency_s=0.02,gust_m_s=1' (see flight/sitl/models.py)")
+    parser.add_argument("--arming-delay", type=finite_arg(0.0, 10.0), default=0.0, metavar="S",
+                        help="motors stay stopped this long after arming, then spool up over 0.5 s (ArduCopter: 2)")
     parser.add_argument("--randomize", action="store_true", help="fly a drone drawn from the profile's randomization")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     parser.add_argument("--battery", type=finite_arg(0.0, 1.0), default=1.0, metavar="FRACTION",
@@ -62,7 +64,8 @@ def run(args) -> int:
     profile = args.profile or "crazyflie21"
     vehicle = SitlVehicle(profile, args.listen, args.autopilot, args.start[:3], math.radians(args.start[3]),
                           speed, args.setpoint_timeout, args.seed, lockstep=lockstep, realism=args.noise,
-                          loss_action=args.loss_action, battery_soc=args.battery, randomize=args.randomize)
+                          loss_action=args.loss_action, battery_soc=args.battery, randomize=args.randomize,
+                          arming_delay_s=args.arming_delay)
     with vehicle:
         stopped_by_user = False
         print(f"skyloop sitl: simulated {args.autopilot} quadrotor ({vehicle.profile.name}) on {args.listen}, "
