@@ -25,6 +25,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("-o", "--output", default=None, metavar="DIR",
                         help="write PNGs, metrics.json and report.html here")
     parser.add_argument("--json", action="store_true", help="print one JSON object of the figures (as metrics.json)")
+    parser.add_argument("--mcap", default=None, metavar="FILE",
+                        help="also write the flight, the sim replay and its errors as an MCAP file (Foxglove opens it; "
+                             "calibration/mcap_export.py lists the channels)")
     parser.add_argument("--mass-kg", type=float, default=None,
                         help="the flight's take-off mass; unset: the log's metadata (a mapping's vehicle.mass_kg), "
                              "else each profile's")
@@ -91,6 +94,11 @@ def run(args) -> int:
                                       hover_window_s=tuple(args.hover_window_s) if args.hover_window_s else None,
                                       closed=not args.no_closed_loop, status=status)
     summary["log"]["broken"] = broken
+    if args.mcap:
+        from calibration.mcap_export import write_mcap
+        first = next(iter(results.values()))["series"]
+        counts = write_mcap(traj, first.get("replay"), summary, args.mcap)
+        log.info("wrote %s (%s)", args.mcap, ", ".join(f"{k}: {v}" for k, v in counts.items()))
     if args.output:
         for path in write_report(traj, results, summary, args.output):
             log.info("wrote %s", path)

@@ -3,10 +3,10 @@
     fly --teleop                      # the simulated vehicle; prints the page's URL on a line of its own
     fly --teleop --connect udpin:0.0.0.0:14550 --profile my_quad.json --course lab.json
 
-The runner serves the page (flight/teleop_page/, all local: it works offline) and one WebSocket on
-http://127.0.0.1:8765 from its own threads, so the control loop never waits for the web server.
-Bound to any other address, every command must carry the token printed at start (the URL holds
-it); commands without it are refused. The page gets the vehicle's state 25 times a second.
+The runner serves the page and one WebSocket on http://127.0.0.1:8765 (flight/page_server.py,
+from its own threads, so the control loop never waits for it; the same server shows the flight
+view, flight/view.py). Bound to any other address, the state and every command need the token
+printed at start (the URL holds it). The page gets the vehicle's state 25 times a second.
 
 `TeleopTargets` is the target source `fly_course` reads each control tick (flight/runner.py), in
 place of a course's sliding target: every goal the page sets is clamped into the geofence box less
@@ -19,30 +19,21 @@ drag, a key, hold, take-off, page lost) is recorded in the flight log (`goal_enu
 """
 from __future__ import annotations
 
-import hmac
-import ipaddress
-import json
 import logging
 import math
-import os
-import secrets
 import threading
 import time
 from collections import deque
-from urllib.parse import urlparse
 
 import numpy as np
 
 from flight.course import Course
+from flight.page_server import PageServer as TeleopServer  # noqa: F401  (the old name; use flight.page_server)
 from sim.core import GATE_FLOATS
 from skyloop import frames
 
 log = logging.getLogger(__name__)
-PAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "teleop_page")
-CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 DEFAULT_BOX_MIN_ENU_M, DEFAULT_BOX_MAX_ENU_M = (-5.0, -5.0, 0.0), (5.0, 5.0, 3.5)
-DEFAULT_PORT = 8765
 
 
 class TeleopError(ValueError):
@@ -246,147 +237,6 @@ def vehicle_status(link, course: Course) -> dict:
                    yaw_enu_rad=_finite(frames.quat_to_euler_rpy(state["quat_wxyz"])[2]),
                    telemetry_age_s=now - state["t_s"])
     return out
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class TeleopServer:
-    """The page (static files) and its WebSocket (/ws) on host:port, served from its own threads.
-
-    Each page gets the state `rate_hz` times a second ({"type": "state", ...}) and sends JSON
-    commands ({"cmd": "goto", "pos_enu_m": [x, y, z], "token": ...}); each command but the
-    page's keep-alive ping is answered ({"type": "reply", "ok": ...}). Bound to a non-loopback
-    address, a command without the token is refused (and a page without it does not count as
-    present). WebSockets from another site's page (a foreign Origin) are refused, so a web page
-    cannot steer the drone through a browser."""
-
-    def __init__(self, targets: TeleopTargets, status, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 rate_hz: float = 25.0):
-        self.targets, self.status, self.host, self.rate_hz = targets, status, host, rate_hz
-        self.port = port
-        self.token = None if is_loopback(host) else secrets.token_urlsafe(16)
-        self.files = {name: os.path.join(PAGE_DIR, name) for name in os.listdir(PAGE_DIR)
-                      if os.path.splitext(name)[1] in CONTENT_TYPES}
-        self._server = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host = self.host if self.host not in ("0.0.0.0", "::") else "127.0.0.1"
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
-
-    def start(self) -> None:
-        from websockets.sync.server import serve
-        logging.getLogger("flight.teleop.ws").setLevel(logging.WARNING)     # not a line per page request
-        try:
-            self._server = serve(self._connection, self.host, self.port, process_request=self._http,
-                                 compression=None, logger=logging.getLogger("flight.teleop.ws"))
-        except OSError as exc:
-            raise TeleopError(f"cannot serve the teleop page on {self.host}:{self.port} ({exc.strerror}): "
-                              "pick another port with --teleop-port, or stop what uses it") from None
-        self.port = self._server.socket.getsockname()[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="teleop-server")
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5.0)
-            self._server = None
-
-    # ------------------------------------------------------------ HTTP: the page's files
-    def _http(self, connection, request):
-        from websockets.datastructures import Headers
-        from websockets.http11 import Response
-        path = urlparse(request.path).path
-        if path == "/ws":
-            origin = request.headers.get("Origin")
-            if origin is not None and urlparse(origin).netloc != request.headers.get("Host"):
-                return connection.respond(403, f"WebSocket from another site ({origin}) refused\n")
-            return None                                # go on with the WebSocket handshake
-        name = "index.html" if path == "/" else path.lstrip("/")
-        if name not in self.files:
-            return connection.respond(404, f"{path}: not found\n")
-        with open(self.files[name], "rb") as f:
-            body = f.read()
-        headers = Headers({"Content-Type": CONTENT_TYPES[os.path.splitext(name)[1]],
-                           "Content-Length": str(len(body)), "Cache-Control": "no-store"})
-        return Response(200, "OK", headers, body)
-
-    # ------------------------------------------------------------ the WebSocket
-    def _authorized(self, message: dict) -> bool:
-        return self.token is None or hmac.compare_digest(str(message.get("token", "")), self.token)
-
-    def state_message(self) -> dict:
-        return {"type": "state", "t_s": time.time(), "token_required": self.token is not None,
-                **self.status(), **self.targets.snapshot()}
-
-    def _connection(self, connection) -> None:
-        from websockets.exceptions import ConnectionClosed
-        send_lock, closed = threading.Lock(), threading.Event()
-
-        def send(message: dict) -> None:
-            with send_lock:
-                connection.send(json.dumps(message))
-
-        def push() -> None:
-            next_s = time.monotonic()
-            while not closed.is_set():
-                try:
-                    send(self.state_message())
-                except ConnectionClosed:
-                    return
-                except Exception:              # a bug here must not kill the page silently
-                    log.exception("teleop: cannot build the state message")
-                    return
-                next_s += 1.0 / self.rate_hz
-                closed.wait(max(0.0, next_s - time.monotonic()))
-
-        pusher = threading.Thread(target=push, daemon=True, name="teleop-push")
-        pusher.start()
-        counted = False
-        try:
-            for raw in connection:
-                try:
-                    message = json.loads(raw)
-                    cmd = str(message["cmd"])
-                except (ValueError, KeyError, TypeError):
-                    send({"type": "reply", "ok": False, "error": 'expected JSON like {"cmd": "goto", ...}'})
-                    continue
-                if not self._authorized(message):
-                    log.warning("teleop: refused %r from %s: no valid token", cmd, connection.remote_address)
-                    send({"type": "reply", "cmd": cmd, "ok": False,
-                          "error": "refused: this runner needs the token printed at its start (open the printed URL)"})
-                    continue
-                if not counted:
-                    counted = True
-                    self.targets.page_opened()
-                reply = self.targets.command(cmd, message.get("pos_enu_m"), str(message.get("via", "page")))
-                if cmd != "ping":
-                    send({"type": "reply", **reply})
-        except ConnectionClosed:
-            pass
-        finally:
-            closed.set()
-            if counted:
-                self.targets.page_closed()
-            pusher.join(timeout=1.0)
 
 
 def run_teleop(link, policy, course: Course, profile, log_path: str, targets: TeleopTargets, **fly_kwargs):

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import select
-import shutil
 import subprocess
 import sys
 import threading
@@ -15,11 +14,12 @@ import time
 import numpy as np
 import pytest
 
-from flight.cli import _free_udp_port, default_policy
+from flight.cli import default_policy
 from flight.connection import parse_connection
 from flight.link import MavLink
 from flight.sitl import SitlVehicle
-from flight.teleop import TeleopServer, TeleopTargets, default_box_course, run_teleop, vehicle_status
+from flight.page_server import PageServer
+from flight.teleop import TeleopTargets, default_box_course, run_teleop, vehicle_status
 from policy_export import load_policy
 from sim.profiles import load_profile
 from skyloop.rowlog import read_row_log
@@ -27,28 +27,6 @@ from skyloop.rowlog import read_row_log
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRONE_RGB, GOAL_RGB = (21, 101, 192), (255, 109, 0)      # the page's marker colours (teleop.js)
 VIEWPORT = {"width": 1200, "height": 800}
-
-
-def find_chromium() -> str | None:
-    for candidate in (os.environ.get("SKYLOOP_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
-        path = candidate and (shutil.which(candidate) or (os.path.exists(candidate) and candidate))
-        if path:
-            return path
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="playwright is not installed (pip install -e '.[test]')")
-    path = find_chromium()
-    if path is None:
-        pytest.skip("no Chromium to drive: install Debian's (`apt-get install -y chromium`) or set SKYLOOP_CHROMIUM "
-                    "to a Chrome/Chromium binary (the tests never download a browser)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, headless=True)
-        yield b
-        b.close()
 
 
 def wait_for(what: str, fn, timeout_s: float, poll_s: float = 0.02):
@@ -116,12 +94,10 @@ class Observer:
 
 
 # ---------------------------------------------------------------- `fly --teleop`, end to end, in its own process
-@pytest.fixture(scope="module")
-def cli_flight(browser, tmp_path_factory):
+@contextlib.contextmanager
+def fly_teleop_cli(browser, tmp):
     """`fly --teleop` on the simulated vehicle: the URL read from its output, the page open, the drone
-    taken off with the page's button and hovering. Tests below share this flight, in file order;
-    the last one closes the page."""
-    tmp = tmp_path_factory.mktemp("teleop_cli")
+    taken off with the page's button and hovering."""
     err = open(tmp / "stderr.txt", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "skyloop", "fly", "--teleop", "--teleop-port", "0",
                              "--teleop-land-after", "2", "--json", "--no-plot", "--log", str(tmp)],
@@ -140,10 +116,20 @@ def cli_flight(browser, tmp_path_factory):
         wait_for("take-off to 1 m", flying, 25.0)
         yield {"proc": proc, "page": page, "observer": observer, "tmp": tmp, "url": url, "stderr": tmp / "stderr.txt"}
     finally:
+        with contextlib.suppress(Exception):
+            page.close()
         if proc.poll() is None:
             proc.send_signal(2)                 # Ctrl-C: lands
             proc.wait(30)
         err.close()
+
+
+@pytest.fixture(scope="module")
+def cli_flight(browser, tmp_path_factory):
+    """One `fly --teleop` flight shared by the tests that keep it flying (each sets up what it needs,
+    so they pass in any order); the test that closes the page flies its own."""
+    with fly_teleop_cli(browser, tmp_path_factory.mktemp("teleop_cli")) as flight:
+        yield flight
 
 
 def test_dragging_the_target_flies_the_simulated_drone_there(cli_flight, tmp_path):
@@ -151,10 +137,11 @@ def test_dragging_the_target_flies_the_simulated_drone_there(cli_flight, tmp_pat
     time.sleep(1.2)
     hz = page.evaluate("window.teleop.hz")
     assert hz >= 20, f"the page got {hz:.1f} state updates a second (want >= 20)"
+    z = page_state(page)["goal_enu_m"][2]
     drag(page, "top", [2.0, 1.0, 0.0])                     # top view: east 2 m, north 1 m
     for _ in range(5):
         page.keyboard.press("PageUp")                      # 5 x 0.1 m higher
-    goal = np.array([2.0, 1.0, 1.5])
+    goal = np.array([2.0, 1.0, min(z + 0.5, 2.5)])
     wait_for("the runner to take the new goal", lambda: np.allclose(observer.latest()["goal_enu_m"], goal, atol=0.05),
              2.0)
     t0 = time.monotonic()
@@ -207,8 +194,15 @@ def test_a_target_dragged_outside_the_geofence_is_clamped(cli_flight):
     assert page.inner_text("#goal").startswith("4.00, 4.00")              # the page shows the clamped goal
 
 
-def test_closing_the_page_holds_the_target_then_lands(cli_flight):
+def test_closing_the_page_holds_the_target_then_lands(browser, tmp_path):
+    with fly_teleop_cli(browser, tmp_path) as flight:
+        closing_the_page_holds_the_target_then_lands(flight)
+
+
+def closing_the_page_holds_the_target_then_lands(cli_flight):
     page, observer, proc = cli_flight["page"], cli_flight["observer"], cli_flight["proc"]
+    drag(page, "top", [1.0, -1.0, 0.0])
+    wait_for("the runner's reply", lambda: [r for r in page.evaluate("teleop.replies") if r["cmd"] == "goto"], 2.0)
     sent = [r for r in page.evaluate("teleop.replies") if r["cmd"] == "goto" and r["ok"]]
     time.sleep(0.1)
     closed = time.monotonic()
@@ -241,49 +235,139 @@ def test_closing_the_page_holds_the_target_then_lands(cli_flight):
           f"{len(changes)} target changes logged")
 
 
-# ---------------------------------------------------------------- in this process: token, kill, land
-def test_a_runner_bound_beyond_loopback_refuses_commands_without_its_token(browser):
-    targets = TeleopTargets(default_box_course())
-    course = default_box_course()
+# ---------------------------------------------------------------- in this process: token, Host, cap, kill, land
+def still_status(course=None, calls=None):
+    course = course or default_box_course()
 
     def status():
+        if calls is not None:
+            calls.append(time.monotonic())
         return {"bounds_min_enu_m": course.bounds_min_enu_m.tolist(),
                 "bounds_max_enu_m": course.bounds_max_enu_m.tolist(), "mode": "STABILIZE", "armed": False}
-    with TeleopServer(targets, status, host="0.0.0.0", port=0) as server:
+    return status
+
+
+def test_a_runner_bound_beyond_loopback_needs_its_token_for_state_and_commands(browser):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+    targets = TeleopTargets(default_box_course())
+    with PageServer(targets, still_status(), host="0.0.0.0", port=0) as server:
         assert server.token and server.url.endswith(f"?token={server.token}")
         goal = list(targets.goal_enu_m)
-        page = open_page(browser, server.url.split("?")[0])            # the page without the token
-        page.keyboard.press("ArrowRight")
-        wait_for("the refusal", lambda: page.evaluate("teleop.replies.length"), 2.0)
-        assert page.evaluate("teleop.replies")[0]["ok"] is False
-        assert "token" in page.inner_text("#message") and list(targets.goal_enu_m) == goal
-        page.close()
-        from websockets.exceptions import InvalidStatus
-        from websockets.sync.client import connect
         ws_url = f"ws://127.0.0.1:{server.port}/ws"
-        with connect(ws_url) as ws:                                     # a script without the token
+        with pytest.raises(InvalidStatus, match="401"):                # a script without the token: no state
+            connect(ws_url)
+        with pytest.raises(InvalidStatus, match="401"):
+            connect(ws_url + "?token=wrong")
+        page = browser.new_page(viewport=VIEWPORT)                      # the page without the token
+        page.goto(server.url.split("?")[0])
+        wait_for("the page to say it needs the token", lambda: "token" in page.inner_text("#link"), 5.0)
+        page.keyboard.press("ArrowRight")
+        time.sleep(0.3)
+        assert page.evaluate("window.teleop.state") is None and list(targets.goal_enu_m) == goal
+        page.close()
+        with connect(f"{ws_url}?token={server.token}") as ws:           # with it, but a command without it
             ws.send(json.dumps({"cmd": "goto", "pos_enu_m": [1, 1, 1]}))
             reply = next(m for m in map(json.loads, ws) if m["type"] == "reply")
             assert reply["ok"] is False and list(targets.goal_enu_m) == goal
         with pytest.raises(InvalidStatus, match="403"):                # another web site's page, even with it
-            connect(ws_url, origin="http://attacker.example")
+            connect(f"{ws_url}?token={server.token}", origin="http://attacker.example")
         page = open_page(browser, server.url)                           # the printed URL: steers
         page.keyboard.press("ArrowRight")
         wait_for("the goal to move 0.1 m east", lambda: abs(targets.goal_enu_m[0] - goal[0] - 0.1) < 1e-9, 2.0)
         page.close()
 
 
+def test_dns_rebinding_cannot_reach_a_loopback_runner():
+    """A web page on evil.example whose name was re-pointed at 127.0.0.1 sends Host: evil.example
+    (and a matching Origin): refused, for the WebSocket and for the page itself."""
+    import http.client
+    import socket
+
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+    targets = TeleopTargets(default_box_course())
+    targets.page_opened()
+    with PageServer(targets, still_status(), port=0) as server:
+        goal = list(targets.goal_enu_m)
+        evil = f"evil.example:{server.port}"
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        with pytest.raises(InvalidStatus, match="403"):
+            with connect(f"ws://{evil}/ws", sock=sock, origin=f"http://{evil}") as ws:
+                ws.send(json.dumps({"cmd": "goto", "pos_enu_m": [2, 2, 2]}))
+                next(m for m in map(json.loads, ws) if m["type"] == "reply")
+        assert list(targets.goal_enu_m) == goal
+        for host, status in ((evil, 403), (f"127.0.0.1:{server.port}", 200), (f"localhost:{server.port}", 200),
+                             (None, 403)):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+            conn.putrequest("GET", "/", skip_host=True)
+            if host:
+                conn.putheader("Host", host)
+            conn.endheaders()
+            assert conn.getresponse().status == status, host
+            conn.close()
+        with connect(f"ws://localhost:{server.port}/ws", origin=f"http://localhost:{server.port}") as ws:
+            ws.send(json.dumps({"cmd": "goto", "pos_enu_m": [2, 2, 2]}))  # the real page's name: steers
+            assert next(m for m in map(json.loads, ws) if m["type"] == "reply")["ok"]
+
+
+def test_connections_are_capped_and_the_server_work_does_not_grow_with_them():
+    """200 idle WebSockets once starved the control loop (each had a thread building the state 25
+    times a second). Now: at most max_connections, refused beyond (503 at the handshake, or closed
+    at once with 1013 when they raced past it), and the state is built once per period for all."""
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+    calls = []
+    targets = TeleopTargets(default_box_course())
+    with PageServer(targets, still_status(calls=calls), port=0, rate_hz=25.0, max_connections=8) as server, \
+            contextlib.ExitStack() as stack:
+        url = f"ws://127.0.0.1:{server.port}/ws"
+        accepted, refused = [], 0
+        for _ in range(30):
+            try:
+                ws = stack.enter_context(connect(url, open_timeout=5))
+            except InvalidStatus as exc:
+                assert exc.response.status_code == 503
+                refused += 1
+                continue
+            try:
+                assert json.loads(ws.recv(timeout=5))["type"] == "state"
+                accepted.append(ws)
+            except ConnectionClosed as exc:
+                assert exc.rcvd.code == 1013
+                refused += 1
+        assert len(accepted) == 8 and refused == 22
+        assert server.connections == 8
+        calls.clear()
+        t0 = time.monotonic()
+        got = [0] * len(accepted)
+        while time.monotonic() - t0 < 1.0:
+            for k, ws in enumerate(accepted):
+                with contextlib.suppress(TimeoutError):
+                    while True:
+                        ws.recv(timeout=0)
+                        got[k] += 1
+            time.sleep(0.02)
+        elapsed = time.monotonic() - t0
+        assert len(calls) <= 25 * elapsed * 1.2 + 2, f"{len(calls)} state builds in {elapsed:.2f} s for 8 pages"
+        assert min(got) >= 1, f"some pages got no state: {got}"
+        stack.close()
+        wait_for("the slots to free", lambda: server.connections == 0, 3.0)
+        with connect(url) as ws:                                          # room again
+            assert json.loads(ws.recv(timeout=5))["type"] == "state"
+
+
 @contextlib.contextmanager
-def inprocess_teleop(browser, tmp_path, land_after_s=10.0):
+def inprocess_teleop(browser, tmp_path, free_udp_port, land_after_s=10.0):
     """The simulated vehicle, the link, the page and run_teleop in a thread, all in this process."""
     course = default_box_course()
-    profile, port = load_profile("crazyflie21"), _free_udp_port()
+    profile, port = load_profile("crazyflie21"), free_udp_port()
     policy = load_policy(default_policy("ctbr"), action_modes=("ctbr",))
     rate_max = policy.metadata["action_scaling"].get("rate_max_rad_s", profile.params["rate_max_rad_s"])
     with SitlVehicle(profile, f"udpout:127.0.0.1:{port}", "ardupilot", course.start_pos_enu_m) as vehicle, \
             MavLink(parse_connection(f"udpin:127.0.0.1:{port}"), "ardupilot", "ctbr", rate_max) as link:
         targets = TeleopTargets(course, land_after_s=land_after_s)
-        with TeleopServer(targets, lambda: vehicle_status(link, course), port=0) as server:
+        with PageServer(targets, lambda: vehicle_status(link, course), port=0) as server:
             out = {}
             log_path = str(tmp_path / "teleop.csv")
 
@@ -313,8 +397,8 @@ class Quiet:
         pass
 
 
-def test_kill_asks_first_then_disarms_in_the_air(browser, tmp_path):
-    with inprocess_teleop(browser, tmp_path) as (vehicle, page, thread, out, log_path):
+def test_kill_asks_first_then_disarms_in_the_air(browser, tmp_path, free_udp_port):
+    with inprocess_teleop(browser, tmp_path, free_udp_port) as (vehicle, page, thread, out, log_path):
         page.once("dialog", lambda d: d.dismiss())
         page.click("#kill")
         time.sleep(0.5)
@@ -332,8 +416,8 @@ def test_kill_asks_first_then_disarms_in_the_air(browser, tmp_path):
     assert meta["ended"].startswith("failsafe: kill")
 
 
-def test_hold_and_land_buttons(browser, tmp_path):
-    with inprocess_teleop(browser, tmp_path) as (vehicle, page, thread, out, log_path):
+def test_hold_and_land_buttons(browser, tmp_path, free_udp_port):
+    with inprocess_teleop(browser, tmp_path, free_udp_port) as (vehicle, page, thread, out, log_path):
         drag(page, "top", [3.5, 0.0, 0.0])
         wait_for("the target to move east", lambda: page_state(page)["target_enu_m"][0] > 0.3, 5.0)
         page.click("#hold")                                # the target stops where it is, short of the goal
