@@ -11,6 +11,7 @@ arming (bad course, policy, connection), 2 on bad arguments.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -84,9 +85,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON summary at the end")
     parser.add_argument("--teleop", action="store_true",
                         help="fly to a target dragged on a web page the runner serves (its URL is printed at start)")
-    parser.add_argument("--teleop-port", type=int, default=8765, help="the teleop page's port (0: any free one)")
+    parser.add_argument("--view", action=argparse.BooleanOptionalAction, default=None,
+                        help="serve the flight view (the drone, the course and the sim's 1 s prediction, live; "
+                             "its URL is printed on a line of its own); default: on when a display is likely "
+                             "(a desktop session), off in CI and on headless machines")
+    parser.add_argument("--teleop-port", type=int, default=8765,
+                        help="the page's port, teleop and flight view (0: any free one)")
     parser.add_argument("--teleop-bind", default="127.0.0.1",
-                        help="the teleop page's address; any non-loopback one requires the token printed at start")
+                        help="the page's address; any non-loopback one requires the token printed at start")
     parser.add_argument("--teleop-land-after", type=finite_arg(0.5, 600.0), default=10.0,
                         help="with the teleop page closed or silent for 1 s the target holds; land after this long [s]")
 
@@ -177,14 +183,18 @@ def fly(args) -> Flown | int:
             print("dry run: " + ("ready to fly" if not problems else "NOT ready:\n  - " + "\n  - ".join(problems)))
             return 0 if not problems else 1
         meta = {"policy": policy_path, "policy_sha256": policy.metadata.get("contract_sha256")}
+        view = _view(args, stack, policy_path, policy, profile, course)
         if args.teleop:
-            result = _teleop(args, stack, link, policy, course, profile, log_path, meta)
+            result = _teleop(args, stack, link, policy, course, profile, log_path, meta, view)
             if result is None:
                 print("teleop: ended before take-off; nothing flew", file=sys.stderr)
                 return 0
         else:
+            if view is not None:
+                _serve_view(args, stack, link, course, view)
             result = fly_course(link, policy, course, profile, log_path, lookahead_m=args.lookahead,
-                                max_time_s=args.max_time, status=StatusLine(), meta=meta, course_frame=course_frame)
+                                max_time_s=args.max_time, status=StatusLine(), meta=meta, course_frame=course_frame,
+                                view=view)
     return Flown(result, log_path, course)
 
 
@@ -289,17 +299,37 @@ def _betaflight_link(stack, connection, profile, course, policy, rate_max):
     return MspLink(connection, profile, policy.action_mode, rate_max, pose=PoseReceiver(POSE_PORT))
 
 
-def _teleop(args, stack, link, policy, course, profile, log_path, meta):
+def _view(args, stack, policy_path, policy, profile, course):
+    """The live flight view (flight/view.py) with its ghost process, when asked for or a display is likely."""
+    from flight.view import FlightView, display_likely
+    if not (args.view if args.view is not None else display_likely()):
+        return None
+    return stack.enter_context(FlightView.for_flight(policy_path, policy, profile, course, lookahead_m=args.lookahead))
+
+
+def _serve_view(args, stack, link, course, view):
+    """Serves the flight view's page (without teleop) and prints its URL on a line of its own."""
+    from flight.page_server import PageServer
+    from flight.teleop import vehicle_status
+    server = stack.enter_context(PageServer(None, lambda: vehicle_status(link, course), args.teleop_bind,
+                                            args.teleop_port, view=view))
+    print("fly: the flight view (the drone, the course, the sim's 1 s prediction):", file=sys.stderr)
+    print(server.url, flush=True)
+    return server
+
+
+def _teleop(args, stack, link, policy, course, profile, log_path, meta, view=None):
     """Serves the teleop page, prints its URL on a line of its own, waits for Take off, flies."""
     from flight.runner import StatusLine
-    from flight.teleop import TeleopServer, TeleopTargets, run_teleop, vehicle_status
+    from flight.page_server import PageServer
+    from flight.teleop import TeleopTargets, run_teleop, vehicle_status
     targets = TeleopTargets(course, land_after_s=args.teleop_land_after)
-    server = stack.enter_context(TeleopServer(targets, lambda: vehicle_status(link, course), args.teleop_bind,
-                                              args.teleop_port))
+    server = stack.enter_context(PageServer(targets, lambda: vehicle_status(link, course), args.teleop_bind,
+                                            args.teleop_port, view=view))
     token_note = "; it carries the token that commands need" if server.token else ""
     if args.teleop_bind in ("0.0.0.0", "::"):
         token_note += "; from another machine, put this machine's address in place of 127.0.0.1"
     print(f"teleop: open this page, then press Take off (Ctrl-C quits){token_note}:", file=sys.stderr)
     print(server.url, flush=True)
     return run_teleop(link, policy, course, profile, log_path, targets, max_time_s=args.max_time, status=StatusLine(),
-                      meta={**meta, "teleop": {"bind": args.teleop_bind, "port": server.port}})
+                      meta={**meta, "teleop": {"bind": args.teleop_bind, "port": server.port}}, view=view)

@@ -163,6 +163,7 @@ class _Loop:
     missed: int = 0
     tick_ms: list = field(default_factory=list)
     path: list = field(default_factory=list)
+    view: object = None                   # flight/view.py's FlightView: told each tick (an append, never a wait)
 
     def sleep_to_next_tick(self) -> None:
         self.next_tick += self.dt_s
@@ -177,12 +178,13 @@ class _Loop:
 def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *, limits: Limits = Limits(),
                lookahead_m: float = 1.5, max_time_s: float = 300.0, status: StatusLine | None = None,
                meta: dict | None = None, targets: TargetSource | None = None,
-               course_frame: str = "local") -> FlightResult:
+               course_frame: str = "local", view=None) -> FlightResult:
     """Flies the course once (all laps) on a connected link. Returns what happened; a failsafe is
     a result (with its reason), not an exception. `targets` replaces the course's sliding target
     (CourseProgress) with another TargetSource, e.g. flight/teleop.py's TeleopTargets.
     `course_frame` (flight/origin.py): "local", the vehicle must stand at the course's start;
-    "start", the course is placed at the vehicle (a GPS EKF origin is where it started)."""
+    "start", the course is placed at the vehicle (a GPS EKF origin is where it started).
+    `view` (flight/view.py's FlightView) gets each tick for the live flight view and its ghost."""
     status = status or StatusLine()
     mode = policy.action_mode
     shadow = Shadow(profile, mode)
@@ -200,6 +202,7 @@ def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *,
     hold = hold_action(mode, shadow.hover_action, on_ground=True)
     loop = _Loop(1.0 / policy.control_hz, np.tile(hold, ACTION_HISTORY).astype(np.float32),
                  policy.initial_state(1), np.asarray(state["pos_enu_m"], float), limits.stale_telemetry_s)
+    loop.view = view
     meta = {**(meta or {}), "course": course.to_json(), "course_frame": course_frame,
             "course_offset_enu_m": offset.tolist(), "profile": profile.name, "policy_mode": mode,
             "control_hz": policy.control_hz, "link": link.describe()}
@@ -224,6 +227,8 @@ def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *,
                 log.warning("failsafe: %s", failsafe)
             status.done()
             progress.stopped(failsafe)
+            if view is not None:
+                view.finish(failsafe)
             landing = _landing_logger(link, loop, flight_log, failsafe)
             try:
                 link.land_and_disarm(timeout_s=30.0, on_tick=landing)
@@ -279,7 +284,8 @@ def _tick(link, policy, shadow: Shadow, progress: TargetSource, supervisor: Supe
     if failsafe is not None:
         return failsafe
     sent = link.send_action(action, shadow)
-    loop.last_actions = np.concatenate([action, loop.last_actions[:-ACTION_SIZE]]).astype(np.float32)
+    seen_actions, loop.last_actions = loop.last_actions, np.concatenate([action, loop.last_actions[:-ACTION_SIZE]]
+                                                                        ).astype(np.float32)
     shadow_pos, shadow_vel = shadow.predict(state, action)
     elapsed_ms = (time.perf_counter() - tick_start) * 1e3
     loop.tick_ms.append(elapsed_ms)
@@ -289,6 +295,8 @@ def _tick(link, policy, shadow: Shadow, progress: TargetSource, supervisor: Supe
         row["phase"] = loop.takeoff.phase   # "arming" (motors stopped) or "spool"
     flight_log.write(**row, **progress.log_fields())
     loop.ticks += 1
+    if loop.view is not None and hold is None:      # not while the take-off holds the policy's action
+        loop.view.publish(t, state, target, seen_actions, elapsed_ms, loop.missed, progress)
     status.show(f"{link.mode_name():<14} pos {np.round(state['pos_enu_m'], 1).tolist()} m  gate "
                 f"{min(progress.next_gate + 1, progress.total_gates)}/{progress.total_gates}  "
                 f"t {t:5.1f} s  link {link.latency_text()}  overruns {loop.missed}")
