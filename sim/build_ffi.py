@@ -55,7 +55,9 @@ const SlDroneField *sl_drone_fields(int *n);
 SlEnv *sl_env_new(int n, const SlParams *p, const SlRandomization *r, const SlTaskConfig *t, int action_mode,
                   char *err, int errlen);
 void sl_env_free(SlEnv *e);
-size_t sl_bytes_per_drone(void);
+size_t sl_env_bytes(const SlEnv *e);
+const char *sl_build_target(int *vector_bytes);
+void sl_env_set_reference(SlEnv *e, int on);
 void sl_env_reset(SlEnv *e, uint64_t seed);
 long sl_env_step(SlEnv *e);
 long sl_env_step_physics(SlEnv *e);
@@ -77,7 +79,7 @@ int sl_gate_check(const float gate[8], const float p0[3], const float p1[3], flo
 def compile_flags():
     if os.environ.get("SKYLOOP_CFLAGS"):
         return shlex.split(os.environ["SKYLOOP_CFLAGS"])
-    flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast", "-march=native"]
+    flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-march=native"]
     if platform.machine() in ("x86_64", "AMD64"):
         flags.append("-mprefer-vector-width=512")
     return flags

@@ -148,6 +148,16 @@ class CoreEnv:
         self.n_obstacles = _view(env.n_obstacles, np.int32, (ns,))
         self.formation = _view(env.formation, np.float32, (ns, self.space_size, 3))
 
+    @property
+    def bytes_allocated(self) -> int:
+        """Memory the C side allocated for this environment (every array, padding and shared spaces)."""
+        return int(lib.sl_env_bytes(self._env))
+
+    def use_reference(self, on: bool = True) -> None:
+        """Step the physics with the scalar reference (drone by drone) instead of the vector kernel;
+        both give the same numbers bit for bit (for tests)."""
+        lib.sl_env_set_reference(self._env, int(bool(on)))
+
     def reset(self, seed: int = 0) -> None:
         lib.sl_env_reset(self._env, int(seed) & 0xFFFFFFFFFFFFFFFF)
 
@@ -192,8 +202,12 @@ class CoreEnv:
         lib.sl_env_sync_drone(self._env, int(i), held)
 
 
-def bytes_per_drone() -> int:
-    return int(lib.sl_bytes_per_drone())
+def build_target() -> dict:
+    """What the compiled core targets: {"isa": "x86-64 AVX2 + FMA", "vector_bytes": 32, "lanes": 8}
+    (from the compiler's macros when it was built)."""
+    width = ffi.new("int *")
+    isa = ffi.string(lib.sl_build_target(width)).decode()
+    return {"isa": isa, "vector_bytes": width[0], "lanes": width[0] // 4}
 
 
 def motor_response(params: dict, throttle, dt_s: float, v_frac: float = 1.0, omega0_rad_s: float = 0.0) -> np.ndarray:

@@ -37,8 +37,34 @@
  * ========================================================================================== */
 #define SL_GRAVITY_M_S2 9.80665f
 #define SL_N_MOTORS 4
-#define SL_LANES 16            /* per-drone arrays are padded to a multiple of this (64 bytes) */
-#define SL_BLOCK 64            /* drones stepped together through a control step (cache blocking) */
+/* The vector width the compiler targets (from its macros, at build time): the inner loops run
+ * over SL_LANES drones per instruction, and per-drone arrays are padded to whole vectors. */
+#if defined(__AVX512F__)
+#define SL_VECTOR_BYTES 64
+#define SL_ISA "x86-64 AVX-512F" SL_ISA_FMA
+#elif defined(__AVX2__)
+#define SL_VECTOR_BYTES 32
+#define SL_ISA "x86-64 AVX2" SL_ISA_FMA
+#elif defined(__AVX__)
+#define SL_VECTOR_BYTES 32
+#define SL_ISA "x86-64 AVX" SL_ISA_FMA
+#elif defined(__SSE2__)
+#define SL_VECTOR_BYTES 16
+#define SL_ISA "x86-64 SSE2"
+#elif defined(__ARM_NEON)
+#define SL_VECTOR_BYTES 16
+#define SL_ISA "ARM NEON"
+#else
+#define SL_VECTOR_BYTES 4
+#define SL_ISA "scalar"
+#endif
+#if defined(__FMA__)
+#define SL_ISA_FMA " + FMA"
+#else
+#define SL_ISA_FMA ""
+#endif
+#define SL_LANES (SL_VECTOR_BYTES / 4) /* floats per vector */
+#define SL_BLOCK 64            /* drones stepped together through a control step (cache blocking; a multiple of SL_LANES) */
 #define SL_DELAY_SLOTS 32      /* motor-command ring buffer, in physics steps (power of two) */
 #define SL_ACTION_HISTORY 2    /* K: the last K actions are part of the observation */
 #define SL_ACTION_SIZE 4
@@ -65,6 +91,15 @@ static const char *const SL_TASK_NAMES[] = {SL_TASKS(SL_TASK_NAME)};
 SL_INLINE float sl_min(float a, float b) { return a < b ? a : b; }
 SL_INLINE float sl_max(float a, float b) { return a > b ? a : b; }
 SL_INLINE float sl_clamp(float x, float lo, float hi) { return sl_min(sl_max(x, lo), hi); }
+
+/* a * b + c, fused (one rounding) where the target has FMA. The build does not let the compiler
+ * fuse on its own (-ffp-contract=off): it would fuse differently in vector and scalar code, and
+ * the vector kernel must give the scalar reference's numbers bit for bit. */
+#if defined(__FP_FAST_FMAF)
+#define SL_FMA(a, b, c) fmaf((a), (b), (c))
+#else
+#define SL_FMA(a, b, c) ((a) * (b) + (c))
+#endif
 
 /* Motor geometry of the quad-X, in the order above. Position of motor m in FLU is
  * (SL_MX[m], SL_MY[m]) * arm_m / sqrt(2); SL_SPIN[m] = +1 for CCW, -1 for CW. */
@@ -345,9 +380,9 @@ typedef struct {
 /* Rotation matrix (body -> world) of a unit quaternion, row-major. */
 SL_INLINE void sl_quat_to_rot(const float q[4], float R[9]) {
     float w = q[0], x = q[1], y = q[2], z = q[3];
-    R[0] = 1.f - 2.f * (y * y + z * z); R[1] = 2.f * (x * y - w * z);       R[2] = 2.f * (x * z + w * y);
-    R[3] = 2.f * (x * y + w * z);       R[4] = 1.f - 2.f * (x * x + z * z); R[5] = 2.f * (y * z - w * x);
-    R[6] = 2.f * (x * z - w * y);       R[7] = 2.f * (y * z + w * x);       R[8] = 1.f - 2.f * (x * x + y * y);
+    R[0] = SL_FMA(-2.f, SL_FMA(y, y, z * z), 1.f); R[1] = 2.f * SL_FMA(x, y, -w * z); R[2] = 2.f * SL_FMA(x, z, w * y);
+    R[3] = 2.f * SL_FMA(x, y, w * z); R[4] = SL_FMA(-2.f, SL_FMA(x, x, z * z), 1.f); R[5] = 2.f * SL_FMA(y, z, -w * x);
+    R[6] = 2.f * SL_FMA(x, z, -w * y); R[7] = 2.f * SL_FMA(y, z, w * x); R[8] = SL_FMA(-2.f, SL_FMA(x, x, y * y), 1.f);
 }
 
 /* First-order motor lag with separate up / down time constants: d(omega)/dt. */
@@ -366,8 +401,8 @@ SL_INLINE SlState sl_deriv(const SlState *s, const SlBody *b, const float cmd[4]
         float w2 = s->r[m] * s->r[m];
         T[m] = b->kf * w2;
         thrust += T[m];
-        yaw_torque -= SL_SPIN[m] * b->km * w2; /* a CCW rotor pushes the body CW */
-        rotor_h += SL_SPIN[m] * b->rotor_J * s->r[m];
+        yaw_torque = SL_FMA(-SL_SPIN[m] * b->km, w2, yaw_torque); /* a CCW rotor pushes the body CW */
+        rotor_h = SL_FMA(SL_SPIN[m] * b->rotor_J, s->r[m], rotor_h);
     }
     /* X-frame torques: r x (0, 0, T) = (y T, -x T, 0) */
     float tau_x = b->l * (SL_MY[0] * T[0] + SL_MY[1] * T[1] + SL_MY[2] * T[2] + SL_MY[3] * T[3]);
@@ -376,36 +411,36 @@ SL_INLINE SlState sl_deriv(const SlState *s, const SlBody *b, const float cmd[4]
     float R[9];
     sl_quat_to_rot(s->q, R);
     /* linear drag in body axes: F_b = -drag * v_b, v_b = R^T v */
-    float vb0 = R[0] * s->v[0] + R[3] * s->v[1] + R[6] * s->v[2];
-    float vb1 = R[1] * s->v[0] + R[4] * s->v[1] + R[7] * s->v[2];
-    float vb2 = R[2] * s->v[0] + R[5] * s->v[1] + R[8] * s->v[2];
-    float fb0 = -b->drag[0] * vb0, fb1 = -b->drag[1] * vb1, fb2 = thrust - b->drag[2] * vb2;
+    float vb0 = SL_FMA(R[6], s->v[2], SL_FMA(R[3], s->v[1], R[0] * s->v[0]));
+    float vb1 = SL_FMA(R[7], s->v[2], SL_FMA(R[4], s->v[1], R[1] * s->v[0]));
+    float vb2 = SL_FMA(R[8], s->v[2], SL_FMA(R[5], s->v[1], R[2] * s->v[0]));
+    float fb0 = -b->drag[0] * vb0, fb1 = -b->drag[1] * vb1, fb2 = SL_FMA(-b->drag[2], vb2, thrust);
     for (int a = 0; a < 3; a++) {
         d.p[a] = s->v[a];
-        d.v[a] = (R[3 * a] * fb0 + R[3 * a + 1] * fb1 + R[3 * a + 2] * fb2 + b->force[a]) * b->inv_mass;
+        d.v[a] = SL_FMA(R[3 * a + 2], fb2, SL_FMA(R[3 * a + 1], fb1, SL_FMA(R[3 * a], fb0, b->force[a]))) * b->inv_mass;
     }
     d.v[2] -= SL_GRAVITY_M_S2;
 
     /* attitude: q_dot = q * (0, w) / 2 */
     float qw = s->q[0], qx = s->q[1], qy = s->q[2], qz = s->q[3];
     float wx = s->w[0], wy = s->w[1], wz = s->w[2];
-    d.q[0] = 0.5f * (-qx * wx - qy * wy - qz * wz);
-    d.q[1] = 0.5f * (qw * wx + qy * wz - qz * wy);
-    d.q[2] = 0.5f * (qw * wy - qx * wz + qz * wx);
-    d.q[3] = 0.5f * (qw * wz + qx * wy - qy * wx);
+    d.q[0] = 0.5f * SL_FMA(-qz, wz, SL_FMA(-qy, wy, -qx * wx));
+    d.q[1] = 0.5f * SL_FMA(-qz, wy, SL_FMA(qy, wz, qw * wx));
+    d.q[2] = 0.5f * SL_FMA(qz, wx, SL_FMA(-qx, wz, qw * wy));
+    d.q[3] = 0.5f * SL_FMA(-qy, wx, SL_FMA(qx, wy, qw * wz));
 
     /* Euler's equation with the gyroscopic term of body and rotors: J w_dot = tau - w x (J w + h z) */
-    float hx = b->J[0] * wx, hy = b->J[1] * wy, hz = b->J[2] * wz + rotor_h;
-    d.w[0] = (tau_x + b->torque[0] - (wy * hz - wz * hy)) * b->inv_J[0];
-    d.w[1] = (tau_y + b->torque[1] - (wz * hx - wx * hz)) * b->inv_J[1];
-    d.w[2] = (yaw_torque + b->torque[2] - (wx * hy - wy * hx)) * b->inv_J[2];
+    float hx = b->J[0] * wx, hy = b->J[1] * wy, hz = SL_FMA(b->J[2], wz, rotor_h);
+    d.w[0] = (tau_x + b->torque[0] - SL_FMA(wy, hz, -wz * hy)) * b->inv_J[0];
+    d.w[1] = (tau_y + b->torque[1] - SL_FMA(wz, hx, -wx * hz)) * b->inv_J[1];
+    d.w[2] = (yaw_torque + b->torque[2] - SL_FMA(wx, hy, -wy * hx)) * b->inv_J[2];
     return d;
 }
 
 SL_INLINE SlState sl_add_scaled(const SlState *s, const SlState *d, float h) {
     SlState o;
-    for (int a = 0; a < 3; a++) { o.p[a] = s->p[a] + h * d->p[a]; o.v[a] = s->v[a] + h * d->v[a]; o.w[a] = s->w[a] + h * d->w[a]; }
-    for (int a = 0; a < 4; a++) { o.q[a] = s->q[a] + h * d->q[a]; o.r[a] = s->r[a] + h * d->r[a]; }
+    for (int a = 0; a < 3; a++) { o.p[a] = SL_FMA(h, d->p[a], s->p[a]); o.v[a] = SL_FMA(h, d->v[a], s->v[a]); o.w[a] = SL_FMA(h, d->w[a], s->w[a]); }
+    for (int a = 0; a < 4; a++) { o.q[a] = SL_FMA(h, d->q[a], s->q[a]); o.r[a] = SL_FMA(h, d->r[a], s->r[a]); }
     return o;
 }
 
@@ -419,16 +454,11 @@ SL_INLINE void sl_rk4(SlState *s, const SlBody *b, const float cmd[4], float dt)
     SlState s4 = sl_add_scaled(s, &k3, dt);
     SlState k4 = sl_deriv(&s4, b, cmd);
     float h = dt / 6.f;
-    for (int a = 0; a < 3; a++) {
-        s->p[a] += h * (k1.p[a] + 2.f * k2.p[a] + 2.f * k3.p[a] + k4.p[a]);
-        s->v[a] += h * (k1.v[a] + 2.f * k2.v[a] + 2.f * k3.v[a] + k4.v[a]);
-        s->w[a] += h * (k1.w[a] + 2.f * k2.w[a] + 2.f * k3.w[a] + k4.w[a]);
-    }
-    for (int a = 0; a < 4; a++) {
-        s->q[a] += h * (k1.q[a] + 2.f * k2.q[a] + 2.f * k3.q[a] + k4.q[a]);
-        s->r[a] += h * (k1.r[a] + 2.f * k2.r[a] + 2.f * k3.r[a] + k4.r[a]);
-    }
-    float inv_norm = 1.f / sqrtf(s->q[0] * s->q[0] + s->q[1] * s->q[1] + s->q[2] * s->q[2] + s->q[3] * s->q[3]);
+#define SL_RK4_SUM(f, a) SL_FMA(h, SL_FMA(2.f, k3.f[a], SL_FMA(2.f, k2.f[a], k1.f[a])) + k4.f[a], s->f[a])
+    for (int a = 0; a < 3; a++) { s->p[a] = SL_RK4_SUM(p, a); s->v[a] = SL_RK4_SUM(v, a); s->w[a] = SL_RK4_SUM(w, a); }
+    for (int a = 0; a < 4; a++) { s->q[a] = SL_RK4_SUM(q, a); s->r[a] = SL_RK4_SUM(r, a); }
+#undef SL_RK4_SUM
+    float inv_norm = 1.f / sqrtf(SL_FMA(s->q[3], s->q[3], SL_FMA(s->q[2], s->q[2], SL_FMA(s->q[1], s->q[1], s->q[0] * s->q[0]))));
     for (int a = 0; a < 4; a++) s->q[a] *= inv_norm;
 }
 
@@ -468,7 +498,7 @@ SL_INLINE void sl_motor_command(const float a[4], const SlNominal *n, float cmd[
 #pragma GCC unroll 4
     for (int m = 0; m < 4; m++) {
         float u = 0.5f * (a[m] + 1.f);
-        cmd[m] = n->curve[0] + u * (n->curve[1] + u * n->curve[2]);
+        cmd[m] = SL_FMA(u, SL_FMA(u, n->curve[2], n->curve[1]), n->curve[0]);
     }
 }
 
@@ -544,6 +574,8 @@ enum { SL_DRONE_FLOATS(SL_ROW_ENUM) SL_N_ROWS };
 typedef struct {
     int n, n_pad, action_mode, substeps;
     float dt_s, control_dt_s;
+    int reference;  /* 1: step physics with the scalar reference (sl_physics_reference), for tests */
+    size_t bytes;   /* memory allocated for this environment, in all */
     uint32_t head; /* motor-command ring buffer: slot written by the next physics step */
     SlParams nominal;
     SlRandomization rnd;
@@ -618,56 +650,213 @@ SL_INLINE void sl_store_state(float *restrict F, int np, int i, const SlState *s
     for (int a = 0; a < 4; a++) { SL_D(quat_wxyz, a) = s->q[a]; SL_D(rotor_rad_s, a) = s->r[a]; }
 }
 
-/* One control step of physics for drones i0..i1-1 (a block small enough to stay in cache through
- * all the substeps): `substeps` RK4 steps, the action taking effect after each drone's latency,
- * commands passing through the delay ring, ground contact. The inner loop runs over drones and
- * vectorizes; MODE is a compile-time constant at each call, so each action mode gets its own loop.
- * The caller advances the ring's head once all blocks are done. */
-SL_INLINE void sl_physics(SlEnv *e, const int MODE, const int i0, const int i1) {
-    float *restrict F = e->f, *restrict ring = e->ring;
-    const float *restrict actions = e->actions;
-    const int np = e->n_pad, S = e->substeps;
+/* One control step of physics, the scalar reference: drone by drone, straight from the block F.
+ * The vector kernel below must give the same numbers bit for bit (a test compares them). */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-tree-vectorize", "no-tree-slp-vectorize")))
+#endif
+static void sl_physics_reference(SlEnv *e, const int i0, const int i1) {
+    float *F = e->f, *ring = e->ring;
+    const int np = e->n_pad, S = e->substeps, MODE = e->action_mode;
     const float dt = e->dt_s, v_nominal = e->nominal.battery_v_nominal;
     const SlParams p = e->nominal;
-    const uint32_t head = e->head;
     for (int i = i0; i < i1; i++) {
-        for (int m = 0; m < 4; m++) SL_D(action_now, m) = actions[i * 4 + m];
+        for (int m = 0; m < 4; m++) SL_D(action_now, m) = e->actions[i * 4 + m];
         for (int a = 0; a < 3; a++) SL_D(prev_pos_enu_m, a) = SL_D(pos_enu_m, a); /* for gate crossings */
-    }
-    for (int k = 0; k < S; k++) {
-        float *restrict ring_w = ring + (size_t)((head + (uint32_t)k) & (SL_DELAY_SLOTS - 1)) * 4 * np;
-        const int w_slot = (int)((head + (uint32_t)k) & (SL_DELAY_SLOTS - 1));
-#pragma GCC ivdep
-        for (int i = i0; i < i1; i++) {
-            SlBody b;
-            SlNominal nm;
-            SlState s;
-            sl_load_body(F, np, i, &b, &nm);
-            sl_load_state(F, np, i, &s);
-            /* the new action takes effect after the drone's latency */
+        SlBody b;
+        SlNominal nm;
+        SlState s;
+        sl_load_body(F, np, i, &b, &nm);
+        sl_load_state(F, np, i, &s);
+        const float cap = SL_D(omega_max_rad_s, 0) * SL_D(battery_v, 0) / v_nominal;
+        for (int k = 0; k < S; k++) {
+            const int w_slot = (int)((e->head + (uint32_t)k) & (SL_DELAY_SLOTS - 1));
             float a[4], cmd[4], target[4], integ[3], w_prev[3];
             float is_new = (float)k >= SL_D(latency_steps, 0) ? 1.f : 0.f;
             for (int m = 0; m < 4; m++) a[m] = SL_D(action_prev, m) + is_new * (SL_D(action_now, m) - SL_D(action_prev, m));
             for (int c = 0; c < 3; c++) { integ[c] = SL_D(rate_integral, c); w_prev[c] = SL_D(rate_prev, c); }
             if (MODE == SL_ACTION_MOTOR) sl_motor_command(a, &nm, cmd);
             else sl_ctbr_command(a, &nm, &p, s.w, w_prev, integ, dt, cmd);
-            /* pure delay: write this step's command, read the one from delay_steps ago */
             const int r_slot = (w_slot - (int)SL_D(delay_steps, 0)) & (SL_DELAY_SLOTS - 1);
-            const float cap = SL_D(omega_max_rad_s, 0) * SL_D(battery_v, 0) / v_nominal;
-            for (int m = 0; m < 4; m++) ring_w[(ptrdiff_t)m * np + i] = cmd[m];
-            for (int m = 0; m < 4; m++) /* a gather: each drone reads its own past */
-                target[m] = sl_clamp(ring[(r_slot * 4 + m) * np + i] * SL_D(omega_scale, 0), 0.f, cap);
+            for (int m = 0; m < 4; m++) ring[(w_slot * 4 + m) * np + i] = cmd[m];
+            for (int m = 0; m < 4; m++) target[m] = sl_clamp(ring[(r_slot * 4 + m) * np + i] * SL_D(omega_scale, 0), 0.f, cap);
             sl_rk4(&s, &b, target, dt);
             float crashed = SL_D(crashed, 0);
             float airborne = 1.f - sl_ground(&s, SL_D(crash_speed_m_s, 0), &crashed);
             SL_D(crashed, 0) = crashed;
-            sl_store_state(F, np, i, &s);
-            /* on the ground the rate loop's integral is held at zero, as flight controllers do */
             for (int c = 0; c < 3; c++) { SL_D(rate_integral, c) = airborne * integ[c]; SL_D(rate_prev, c) = w_prev[c]; }
         }
-    }
-    for (int i = i0; i < i1; i++)
+        sl_store_state(F, np, i, &s);
         for (int m = 0; m < 4; m++) SL_D(action_prev, m) = SL_D(action_now, m);
+    }
+}
+
+/* The vector kernel's working set: SL_BLOCK drones, every quantity the substeps touch, as rows
+ * of SL_BLOCK floats at fixed offsets from one base (no row pointers to keep in registers, no
+ * strides that alias), the constants of the step computed once (no division per substep). */
+typedef struct {
+    float p[3][SL_BLOCK], v[3][SL_BLOCK], q[4][SL_BLOCK], w[3][SL_BLOCK], r[4][SL_BLOCK];
+    float integ[3][SL_BLOCK], w_prev[3][SL_BLOCK], crashed[SL_BLOCK];
+    float inv_mass[SL_BLOCK], J[3][SL_BLOCK], inv_J[3][SL_BLOCK], kf[SL_BLOCK], km[SL_BLOCK], l[SL_BLOCK];
+    float inv_tau_up[SL_BLOCK], inv_tau_down[SL_BLOCK], drag[3][SL_BLOCK], rotor_J[SL_BLOCK];
+    float force[3][SL_BLOCK], torque[3][SL_BLOCK];
+    float curve[3][SL_BLOCK], omega_min[SL_BLOCK], omega_max[SL_BLOCK], nkf[SL_BLOCK], inv_kf[SL_BLOCK];
+    float k_yaw[SL_BLOCK], nJ[3][SL_BLOCK], thrust_max[SL_BLOCK];
+    float cap[SL_BLOCK], omega_scale[SL_BLOCK], crash_speed[SL_BLOCK], latency[SL_BLOCK];
+    float a_prev[4][SL_BLOCK], a_now[4][SL_BLOCK], delay[SL_BLOCK];
+} SlBlockState;
+
+/* Copies drones i0 .. i0 + nb - 1 into the working set (rows of F are contiguous here). */
+SL_INLINE void sl_block_load(SlEnv *e, SlBlockState *restrict B, const int i0, const int nb) {
+    const float *restrict F = e->f;
+    const float *restrict actions = e->actions;
+    const int np = e->n_pad;
+    const float v_nominal = e->nominal.battery_v_nominal;
+#define SL_ROW(name, c) (F + (ptrdiff_t)(SL_ROW_##name + (c)) * np + i0)
+    for (int a = 0; a < 3; a++) {
+        memcpy(B->p[a], SL_ROW(pos_enu_m, a), (size_t)nb * 4);
+        memcpy(B->v[a], SL_ROW(vel_enu_m_s, a), (size_t)nb * 4);
+        memcpy(B->w[a], SL_ROW(omega_flu_rad_s, a), (size_t)nb * 4);
+        memcpy(B->integ[a], SL_ROW(rate_integral, a), (size_t)nb * 4);
+        memcpy(B->w_prev[a], SL_ROW(rate_prev, a), (size_t)nb * 4);
+        memcpy(B->force[a], SL_ROW(force_n, a), (size_t)nb * 4);
+        memcpy(B->torque[a], SL_ROW(torque_nm, a), (size_t)nb * 4);
+        memcpy(B->drag[a], SL_ROW(drag_n_per_m_s, a), (size_t)nb * 4);
+        memcpy(B->J[a], SL_ROW(inertia_kg_m2, a), (size_t)nb * 4);
+        memcpy(B->curve[a], SL_ROW(nom_curve, a), (size_t)nb * 4);
+        memcpy(B->nJ[a], SL_ROW(nom_inertia, a), (size_t)nb * 4);
+    }
+    for (int a = 0; a < 4; a++) {
+        memcpy(B->q[a], SL_ROW(quat_wxyz, a), (size_t)nb * 4);
+        memcpy(B->r[a], SL_ROW(rotor_rad_s, a), (size_t)nb * 4);
+        memcpy(B->a_prev[a], SL_ROW(action_prev, a), (size_t)nb * 4);
+    }
+    for (int j = 0; j < nb; j++)
+        for (int m = 0; m < 4; m++) B->a_now[m][j] = actions[(ptrdiff_t)(i0 + j) * 4 + m];
+    memcpy(B->crashed, SL_ROW(crashed, 0), (size_t)nb * 4);
+    memcpy(B->kf, SL_ROW(kf_n_per_rad2s2, 0), (size_t)nb * 4);
+    memcpy(B->km, SL_ROW(km_nm_per_rad2s2, 0), (size_t)nb * 4);
+    memcpy(B->rotor_J, SL_ROW(rotor_inertia_kg_m2, 0), (size_t)nb * 4);
+    memcpy(B->omega_min, SL_ROW(nom_omega_min, 0), (size_t)nb * 4);
+    memcpy(B->omega_max, SL_ROW(nom_omega_max, 0), (size_t)nb * 4);
+    memcpy(B->nkf, SL_ROW(nom_kf, 0), (size_t)nb * 4);
+    memcpy(B->thrust_max, SL_ROW(nom_thrust_max, 0), (size_t)nb * 4);
+    memcpy(B->omega_scale, SL_ROW(omega_scale, 0), (size_t)nb * 4);
+    memcpy(B->crash_speed, SL_ROW(crash_speed_m_s, 0), (size_t)nb * 4);
+    memcpy(B->latency, SL_ROW(latency_steps, 0), (size_t)nb * 4);
+    memcpy(B->delay, SL_ROW(delay_steps, 0), (size_t)nb * 4);
+    /* the constants of the step: the same expressions as sl_load_body, once instead of per substep */
+    const float *restrict mass = SL_ROW(mass_kg, 0), *restrict arm = SL_ROW(arm_m, 0), *restrict km = SL_ROW(nom_km, 0);
+    const float *restrict tau_up = SL_ROW(motor_tau_up_s, 0), *restrict tau_down = SL_ROW(motor_tau_down_s, 0);
+    const float *restrict om = SL_ROW(omega_max_rad_s, 0), *restrict bv = SL_ROW(battery_v, 0);
+    for (int j = 0; j < nb; j++) {
+        B->inv_mass[j] = 1.f / mass[j];
+        B->l[j] = arm[j] * 0.70710678f;
+        B->inv_tau_up[j] = 1.f / tau_up[j];
+        B->inv_tau_down[j] = 1.f / tau_down[j];
+        B->inv_kf[j] = 1.f / B->nkf[j];
+        B->k_yaw[j] = km[j] / B->nkf[j];
+        B->cap[j] = om[j] * bv[j] / v_nominal;
+        for (int a = 0; a < 3; a++) B->inv_J[a][j] = 1.f / B->J[a][j];
+    }
+#undef SL_ROW
+}
+
+/* Writes the state back, the new action becoming the previous one. */
+SL_INLINE void sl_block_store(SlEnv *e, const SlBlockState *restrict B, const int i0, const int nb) {
+    float *restrict F = e->f;
+    const int np = e->n_pad;
+#define SL_ROW(name, c) (F + (ptrdiff_t)(SL_ROW_##name + (c)) * np + i0)
+    for (int a = 0; a < 3; a++) {
+        memcpy(SL_ROW(prev_pos_enu_m, a), SL_ROW(pos_enu_m, a), (size_t)nb * 4); /* for gate crossings */
+        memcpy(SL_ROW(pos_enu_m, a), B->p[a], (size_t)nb * 4);
+        memcpy(SL_ROW(vel_enu_m_s, a), B->v[a], (size_t)nb * 4);
+        memcpy(SL_ROW(omega_flu_rad_s, a), B->w[a], (size_t)nb * 4);
+        memcpy(SL_ROW(rate_integral, a), B->integ[a], (size_t)nb * 4);
+        memcpy(SL_ROW(rate_prev, a), B->w_prev[a], (size_t)nb * 4);
+    }
+    for (int a = 0; a < 4; a++) {
+        memcpy(SL_ROW(quat_wxyz, a), B->q[a], (size_t)nb * 4);
+        memcpy(SL_ROW(rotor_rad_s, a), B->r[a], (size_t)nb * 4);
+        memcpy(SL_ROW(action_prev, a), B->a_now[a], (size_t)nb * 4);
+        memcpy(SL_ROW(action_now, a), B->a_now[a], (size_t)nb * 4);
+    }
+    memcpy(SL_ROW(crashed, 0), B->crashed, (size_t)nb * 4);
+#undef SL_ROW
+}
+
+/* One control step of physics for drones i0..i1-1 (a block small enough to stay in cache through
+ * all the substeps): `substeps` RK4 steps, the action taking effect after each drone's latency,
+ * commands passing through the delay ring, ground contact. The inner loop runs over the drones
+ * of the block and vectorizes at the build's width; MODE is a compile-time constant at each call,
+ * so each action mode gets its own loop. The delay ring is read without gathers: for each delay
+ * the block's drones have (a few), one contiguous load and a select. The caller advances the
+ * ring's head once all blocks are done. */
+SL_INLINE void sl_physics(SlEnv *e, const int MODE, const int i0, const int i1) {
+    SlBlockState B __attribute__((aligned(64)));
+    const int nb = (i1 - i0 + SL_LANES - 1) / SL_LANES * SL_LANES; /* whole vectors; padding lanes are resting drones */
+    float *restrict ring = e->ring;
+    const int np = e->n_pad, S = e->substeps;
+    const float dt = e->dt_s;
+    const SlParams p = e->nominal;
+    const uint32_t head = e->head;
+    sl_block_load(e, &B, i0, nb);
+    int d_lo = SL_DELAY_SLOTS, d_hi = 0;
+    for (int j = 0; j < nb; j++) {
+        const int d = (int)B.delay[j];
+        d_lo = d < d_lo ? d : d_lo;
+        d_hi = d > d_hi ? d : d_hi;
+    }
+    for (int k = 0; k < S; k++) {
+        const int w_slot = (int)((head + (uint32_t)k) & (SL_DELAY_SLOTS - 1));
+        float *restrict ring_w = ring + (ptrdiff_t)w_slot * 4 * np + i0;
+#pragma GCC ivdep
+        for (int j = 0; j < nb; j++) {
+            SlNominal nm;
+            float a[4], cmd[4], integ[3], w_prev[3], w[3] = {B.w[0][j], B.w[1][j], B.w[2][j]};
+            float is_new = (float)k >= B.latency[j] ? 1.f : 0.f;
+            for (int m = 0; m < 4; m++) a[m] = B.a_prev[m][j] + is_new * (B.a_now[m][j] - B.a_prev[m][j]);
+            for (int c = 0; c < 3; c++) { integ[c] = B.integ[c][j]; w_prev[c] = B.w_prev[c][j]; nm.curve[c] = B.curve[c][j]; nm.J[c] = B.nJ[c][j]; }
+            nm.omega_min = B.omega_min[j]; nm.omega_max = B.omega_max[j]; nm.kf = B.nkf[j]; nm.inv_kf = B.inv_kf[j];
+            nm.k_yaw = B.k_yaw[j]; nm.l = B.l[j]; nm.thrust_max = B.thrust_max[j];
+            if (MODE == SL_ACTION_MOTOR) sl_motor_command(a, &nm, cmd);
+            else sl_ctbr_command(a, &nm, &p, w, w_prev, integ, dt, cmd);
+            for (int c = 0; c < 3; c++) { B.integ[c][j] = integ[c]; B.w_prev[c][j] = w_prev[c]; }
+            for (int m = 0; m < 4; m++) ring_w[(ptrdiff_t)m * np + j] = cmd[m];
+        }
+        /* pure delay: each drone reads the command of delay_steps ago (in its own lane) */
+        float past[4][SL_BLOCK] __attribute__((aligned(64)));
+        for (int d = d_lo; d <= d_hi; d++) {
+            const float *restrict slot = ring + (ptrdiff_t)((w_slot - d) & (SL_DELAY_SLOTS - 1)) * 4 * np + i0;
+            const float fd = (float)d;
+            for (int m = 0; m < 4; m++)
+#pragma GCC ivdep
+                for (int j = 0; j < nb; j++) past[m][j] = d == d_lo || B.delay[j] == fd ? slot[(ptrdiff_t)m * np + j] : past[m][j];
+        }
+#pragma GCC ivdep
+        for (int j = 0; j < nb; j++) {
+            SlBody b;
+            SlState s;
+            float target[4];
+            for (int c = 0; c < 3; c++) {
+                s.p[c] = B.p[c][j]; s.v[c] = B.v[c][j]; s.w[c] = B.w[c][j];
+                b.J[c] = B.J[c][j]; b.inv_J[c] = B.inv_J[c][j]; b.drag[c] = B.drag[c][j]; b.force[c] = B.force[c][j]; b.torque[c] = B.torque[c][j];
+            }
+            for (int m = 0; m < 4; m++) { s.q[m] = B.q[m][j]; s.r[m] = B.r[m][j]; }
+            b.inv_mass = B.inv_mass[j]; b.kf = B.kf[j]; b.km = B.km[j]; b.l = B.l[j];
+            b.inv_tau_up = B.inv_tau_up[j]; b.inv_tau_down = B.inv_tau_down[j]; b.rotor_J = B.rotor_J[j];
+            for (int m = 0; m < 4; m++) target[m] = sl_clamp(past[m][j] * B.omega_scale[j], 0.f, B.cap[j]);
+            sl_rk4(&s, &b, target, dt);
+            float crashed = B.crashed[j];
+            float airborne = 1.f - sl_ground(&s, B.crash_speed[j], &crashed);
+            B.crashed[j] = crashed;
+            for (int c = 0; c < 3; c++) { B.p[c][j] = s.p[c]; B.v[c][j] = s.v[c]; B.w[c][j] = s.w[c]; }
+            for (int m = 0; m < 4; m++) { B.q[m][j] = s.q[m]; B.r[m][j] = s.r[m]; }
+            /* on the ground the rate loop's integral is held at zero, as flight controllers do */
+            for (int c = 0; c < 3; c++) B.integ[c][j] = airborne * B.integ[c][j];
+        }
+    }
+    sl_block_store(e, &B, i0, nb);
 }
 
 /* ============================================================================================
@@ -686,51 +875,52 @@ typedef struct {
 } SlObsInput;
 
 /* world -> body FLU is R^T: column a of R */
-SL_INLINE float sl_to_body(const float R[9], const float v[3], int a) { return R[a] * v[0] + R[3 + a] * v[1] + R[6 + a] * v[2]; }
+SL_INLINE float sl_to_body(const float R[9], const float v[3], int a) { return SL_FMA(R[6 + a], v[2], SL_FMA(R[3 + a], v[1], R[a] * v[0])); }
 
-SL_INLINE void sl_observe(const SlObsInput *in, float *restrict out) {
+/* Writes component k of the observation at out[k * st] (st = 1: one row; st = SL_BLOCK: a column of a block). */
+SL_INLINE void sl_observe(const SlObsInput *in, float *restrict out, const int st) {
     float R[9];
     sl_quat_to_rot(in->quat_wxyz, R);
     float d[3];
     for (int a = 0; a < 3; a++) d[a] = in->target_enu_m[a] - in->pos_enu_m[a];
     float squash = 1.f / (1.f + sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]));
     for (int a = 0; a < 3; a++) {
-        out[SL_OBS_target_body + a] = squash * sl_to_body(R, d, a);
-        out[SL_OBS_vel_body_m_s + a] = sl_to_body(R, in->vel_enu_m_s, a);
-        out[SL_OBS_omega_body_rad_s + a] = in->omega_flu_rad_s[a];
-        out[SL_OBS_target_vel_body_m_s + a] = sl_to_body(R, in->target_vel_enu_m_s, a);
+        out[(SL_OBS_target_body + a) * st] = squash * sl_to_body(R, d, a);
+        out[(SL_OBS_vel_body_m_s + a) * st] = sl_to_body(R, in->vel_enu_m_s, a);
+        out[(SL_OBS_omega_body_rad_s + a) * st] = in->omega_flu_rad_s[a];
+        out[(SL_OBS_target_vel_body_m_s + a) * st] = sl_to_body(R, in->target_vel_enu_m_s, a);
     }
-    for (int k = 0; k < 9; k++) out[SL_OBS_rot_body_to_world + k] = R[k];
-    for (int k = 0; k < SL_ACTION_HISTORY * SL_ACTION_SIZE; k++) out[SL_OBS_last_actions + k] = in->last_actions[k];
-    out[SL_OBS_hover_action] = in->hover_action;
+    for (int k = 0; k < 9; k++) out[(SL_OBS_rot_body_to_world + k) * st] = R[k];
+    for (int k = 0; k < SL_ACTION_HISTORY * SL_ACTION_SIZE; k++) out[(SL_OBS_last_actions + k) * st] = in->last_actions[k];
+    out[(SL_OBS_hover_action) * st] = in->hover_action;
     /* absent slots are all zeros, present flag 0 */
     for (int g = 0; g < SL_OBS_GATES; g++) {
         const float *gate = in->gates[g];
         float present = (float)g < in->n_gates ? 1.f : 0.f, dg[3];
         for (int a = 0; a < 3; a++) dg[a] = gate[a] - in->pos_enu_m[a];
         float sq = present / (1.f + sqrtf(dg[0] * dg[0] + dg[1] * dg[1] + dg[2] * dg[2]));
-        float *o = out + SL_OBS_gates + g * SL_OBS_GATE_SIZE;
+        float *o = out + (SL_OBS_gates + g * SL_OBS_GATE_SIZE) * st;
         for (int a = 0; a < 3; a++) {
-            o[a] = sq * sl_to_body(R, dg, a);
-            o[3 + a] = present * sl_to_body(R, gate + 3, a);
+            o[(a) * st] = sq * sl_to_body(R, dg, a);
+            o[(3 + a) * st] = present * sl_to_body(R, gate + 3, a);
         }
-        o[6] = present * gate[6];
-        o[7] = present * gate[7];
-        o[8] = present;
+        o[(6) * st] = present * gate[6];
+        o[(7) * st] = present * gate[7];
+        o[(8) * st] = present;
     }
     for (int k = 0; k < SL_OBS_OBSTACLES; k++) {
         float present = (float)k < in->n_near ? 1.f : 0.f, dk[3];
         for (int a = 0; a < 3; a++) dk[a] = present * (in->near[k][a] - in->pos_enu_m[a]);
-        float *o = out + SL_OBS_obstacles + k * SL_OBS_OBSTACLE_SIZE;
-        for (int a = 0; a < 3; a++) o[a] = sl_to_body(R, dk, a);
-        o[3] = present * in->near[k][3];
-        o[4] = present;
+        float *o = out + (SL_OBS_obstacles + k * SL_OBS_OBSTACLE_SIZE) * st;
+        for (int a = 0; a < 3; a++) o[(a) * st] = sl_to_body(R, dk, a);
+        o[(3) * st] = present * in->near[k][3];
+        o[(4) * st] = present;
     }
 }
 
 /* Drone i's observation as the sim sees it: the state plus the randomized observation noise,
  * the next gates of its course (race) and what it senses. */
-SL_INLINE void sl_observe_drone(const SlEnv *e, int i, uint32_t *rng, float *restrict out) {
+SL_INLINE void sl_observe_drone(const SlEnv *e, int i, uint32_t *rng, float *restrict out, const int st) {
     const float *restrict F = e->f;
     const int np = e->n_pad;
     const SlRandomization *r = &e->rnd;
@@ -757,18 +947,25 @@ SL_INLINE void sl_observe_drone(const SlEnv *e, int i, uint32_t *rng, float *res
     in.n_near = SL_D(near_count, 0);
     for (int k = 0; k < SL_OBS_OBSTACLES; k++)
         for (int c = 0; c < 4; c++) in.near[k][c] = SL_D(near, k * 4 + c);
-    sl_observe(&in, out);
+    sl_observe(&in, out, st);
 }
 
-/* Observe drones i0..i1-1 into e->obs (vectorized across drones). */
+/* Observe drones i0..i1-1 into e->obs: block by block, vectorized across drones into columns
+ * (contiguous stores), then transposed into the rows the policy reads. */
 static void sl_observe_range(SlEnv *e, const int i0, const int i1) {
     uint32_t *restrict rngs = e->rng;
     float *restrict obs = e->obs;
+    float T[SL_OBS_SIZE * SL_BLOCK] __attribute__((aligned(64)));
+    for (int b0 = i0; b0 < i1; b0 += SL_BLOCK) {
+        const int nb = i1 - b0 < SL_BLOCK ? i1 - b0 : SL_BLOCK;
 #pragma GCC ivdep
-    for (int i = i0; i < i1; i++) {
-        uint32_t rng = rngs[i];
-        sl_observe_drone(e, i, &rng, obs + (size_t)i * SL_OBS_SIZE);
-        rngs[i] = rng;
+        for (int j = 0; j < nb; j++) {
+            uint32_t rng = rngs[b0 + j];
+            sl_observe_drone(e, b0 + j, &rng, T + j, SL_BLOCK);
+            rngs[b0 + j] = rng;
+        }
+        for (int j = 0; j < nb; j++)
+            for (int k = 0; k < SL_OBS_SIZE; k++) obs[(size_t)(b0 + j) * SL_OBS_SIZE + k] = T[k * SL_BLOCK + j];
     }
 }
 
@@ -1601,8 +1798,12 @@ SlEnv *sl_env_new(int n, const SlParams *p, const SlRandomization *r, const SlTa
     if (sl_check_config(p, r, t, action_mode, err, errlen)) return NULL;
     SlEnv *e = (SlEnv *)calloc(1, sizeof(SlEnv));
     if (!e) { snprintf(err, (size_t)errlen, "out of memory"); return NULL; }
+    e->bytes = sizeof(SlEnv);
     e->n = n;
-    e->n_pad = (n + SL_LANES - 1) / SL_LANES * SL_LANES;
+    /* whole vectors, and an odd number of them: rows a power of two apart (n = 1024: 4 KiB) map
+     * to the same cache sets and evict each other */
+    const int groups = (n + SL_LANES - 1) / SL_LANES;
+    e->n_pad = (groups | 1) * SL_LANES;
     e->action_mode = action_mode;
     e->nominal = *p;
     e->rnd = *r;
@@ -1657,13 +1858,14 @@ void sl_env_free(SlEnv *e) {
     free(e);
 }
 
-/* Bytes of memory per drone (every array, padding excluded; a world of its own per drone, as
- * with drones_per_space = 1, the most there can be). */
-size_t sl_bytes_per_drone(void) {
-    size_t floats = 2 * SL_OBS_SIZE + 4 + 1 + SL_N_ROWS + 4 * SL_DELAY_SLOTS;
-    size_t world = (SL_MAX_GATES * SL_GATE_FLOATS + SL_MAX_OBSTACLES * 4 + 3) * sizeof(float) + 3 * sizeof(int);
-    return floats * sizeof(float) + 2 /* flags */ + sizeof(uint32_t) /* rng */ + world;
-}
+/* Bytes this environment allocated (every array, its padding and its shared spaces included). */
+size_t sl_env_bytes(const SlEnv *e) { return e->bytes; }
+
+/* What this build targets: the instruction set and the vector width (bytes), from the compiler's macros. */
+const char *sl_build_target(int *vector_bytes) { *vector_bytes = SL_VECTOR_BYTES; return SL_ISA; }
+
+/* 1: step physics with the scalar reference (drone by drone, not vectorized); 0: the vector kernel. */
+void sl_env_set_reference(SlEnv *e, int on) { e->reference = on != 0; }
 
 /* Starts a new episode for every drone; the same seed gives the same rollout. */
 void sl_env_reset(SlEnv *e, uint64_t seed) {
@@ -1704,7 +1906,8 @@ typedef void (*SlBlockFn)(SlEnv *e, int i0, int i1);
 static void sl_step_blocks(SlEnv *e, SlBlockFn then) {
     for (int i0 = 0; i0 < e->n; i0 += SL_BLOCK) {
         const int i1 = i0 + SL_BLOCK < e->n ? i0 + SL_BLOCK : e->n;
-        if (e->action_mode == SL_ACTION_MOTOR) sl_physics(e, SL_ACTION_MOTOR, i0, i1);
+        if (e->reference) sl_physics_reference(e, i0, i1);
+        else if (e->action_mode == SL_ACTION_MOTOR) sl_physics(e, SL_ACTION_MOTOR, i0, i1);
         else sl_physics(e, SL_ACTION_CTBR, i0, i1);
         if (then) then(e, i0, i1);
     }
@@ -1719,7 +1922,7 @@ static void sl_after_physics_task(SlEnv *e, int i0, int i1) {
     sl_task(e, i0, i1);
     for (int i = i0; i < i1; i++)
         if (e->terminals[i] | e->truncations[i]) {
-            sl_observe_drone(e, i, &e->rng[i], e->final_obs + (size_t)i * SL_OBS_SIZE);
+            sl_observe_drone(e, i, &e->rng[i], e->final_obs + (size_t)i * SL_OBS_SIZE, 1);
             sl_record_episode(e, i);
             sl_reset_drone(e, i);
             sl_sense_one(e, i);
@@ -1822,7 +2025,7 @@ void sl_observe_state(const float pos_enu_m[3], const float vel_enu_m_s[3], cons
     memcpy(in.target_enu_m, target_enu_m, sizeof in.target_enu_m);
     memcpy(in.last_actions, last_actions, sizeof in.last_actions);
     in.hover_action = hover_action;
-    sl_observe(&in, out);
+    sl_observe(&in, out, 1);
 }
 
 /* One motor of the profile on its own (the thrust stand's view of the sim): throttle[k] in [0,1]
