@@ -79,7 +79,7 @@ int sl_gate_check(const float gate[8], const float p0[3], const float p1[3], flo
 def compile_flags():
     if os.environ.get("SKYLOOP_CFLAGS"):
         return shlex.split(os.environ["SKYLOOP_CFLAGS"])
-    flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-march=native"]
+    flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fno-tree-loop-distribute-patterns", "-march=native"]
     if platform.machine() in ("x86_64", "AMD64"):
         flags.append("-mprefer-vector-width=512")
     return flags

@@ -590,6 +590,7 @@ typedef struct {
     float *f;           /* [SL_N_ROWS][n_pad]: every per-drone field */
     uint32_t *rng;      /* [n_pad] one random stream per drone */
     float *ring;        /* [SL_DELAY_SLOTS][4][n_pad] rotor-speed commands */
+    float *block;       /* [SL_N_ROWS][SL_BLOCK] working copy of one block's rows (observations) */
     /* the shared spaces: drones i * space_size .. (i + 1) * space_size - 1 fly in space i */
     int space_size, n_spaces;
     float *gates;       /* [n_spaces][SL_MAX_GATES][SL_GATE_FLOATS] world ENU */
@@ -706,6 +707,11 @@ typedef struct {
     float a_prev[4][SL_BLOCK], a_now[4][SL_BLOCK], delay[SL_BLOCK];
 } SlBlockState;
 
+/* n floats, inline (vector moves; a call to memcpy per row would cost more than the copy) */
+SL_INLINE void sl_copy(float *restrict dst, const float *restrict src, const int n) {
+    for (int j = 0; j < n; j++) dst[j] = src[j];
+}
+
 /* Copies drones i0 .. i0 + nb - 1 into the working set (rows of F are contiguous here). */
 SL_INLINE void sl_block_load(SlEnv *e, SlBlockState *restrict B, const int i0, const int nb) {
     const float *restrict F = e->f;
@@ -714,37 +720,37 @@ SL_INLINE void sl_block_load(SlEnv *e, SlBlockState *restrict B, const int i0, c
     const float v_nominal = e->nominal.battery_v_nominal;
 #define SL_ROW(name, c) (F + (ptrdiff_t)(SL_ROW_##name + (c)) * np + i0)
     for (int a = 0; a < 3; a++) {
-        memcpy(B->p[a], SL_ROW(pos_enu_m, a), (size_t)nb * 4);
-        memcpy(B->v[a], SL_ROW(vel_enu_m_s, a), (size_t)nb * 4);
-        memcpy(B->w[a], SL_ROW(omega_flu_rad_s, a), (size_t)nb * 4);
-        memcpy(B->integ[a], SL_ROW(rate_integral, a), (size_t)nb * 4);
-        memcpy(B->w_prev[a], SL_ROW(rate_prev, a), (size_t)nb * 4);
-        memcpy(B->force[a], SL_ROW(force_n, a), (size_t)nb * 4);
-        memcpy(B->torque[a], SL_ROW(torque_nm, a), (size_t)nb * 4);
-        memcpy(B->drag[a], SL_ROW(drag_n_per_m_s, a), (size_t)nb * 4);
-        memcpy(B->J[a], SL_ROW(inertia_kg_m2, a), (size_t)nb * 4);
-        memcpy(B->curve[a], SL_ROW(nom_curve, a), (size_t)nb * 4);
-        memcpy(B->nJ[a], SL_ROW(nom_inertia, a), (size_t)nb * 4);
+        sl_copy(B->p[a], SL_ROW(pos_enu_m, a), nb);
+        sl_copy(B->v[a], SL_ROW(vel_enu_m_s, a), nb);
+        sl_copy(B->w[a], SL_ROW(omega_flu_rad_s, a), nb);
+        sl_copy(B->integ[a], SL_ROW(rate_integral, a), nb);
+        sl_copy(B->w_prev[a], SL_ROW(rate_prev, a), nb);
+        sl_copy(B->force[a], SL_ROW(force_n, a), nb);
+        sl_copy(B->torque[a], SL_ROW(torque_nm, a), nb);
+        sl_copy(B->drag[a], SL_ROW(drag_n_per_m_s, a), nb);
+        sl_copy(B->J[a], SL_ROW(inertia_kg_m2, a), nb);
+        sl_copy(B->curve[a], SL_ROW(nom_curve, a), nb);
+        sl_copy(B->nJ[a], SL_ROW(nom_inertia, a), nb);
     }
     for (int a = 0; a < 4; a++) {
-        memcpy(B->q[a], SL_ROW(quat_wxyz, a), (size_t)nb * 4);
-        memcpy(B->r[a], SL_ROW(rotor_rad_s, a), (size_t)nb * 4);
-        memcpy(B->a_prev[a], SL_ROW(action_prev, a), (size_t)nb * 4);
+        sl_copy(B->q[a], SL_ROW(quat_wxyz, a), nb);
+        sl_copy(B->r[a], SL_ROW(rotor_rad_s, a), nb);
+        sl_copy(B->a_prev[a], SL_ROW(action_prev, a), nb);
     }
     for (int j = 0; j < nb; j++)
         for (int m = 0; m < 4; m++) B->a_now[m][j] = actions[(ptrdiff_t)(i0 + j) * 4 + m];
-    memcpy(B->crashed, SL_ROW(crashed, 0), (size_t)nb * 4);
-    memcpy(B->kf, SL_ROW(kf_n_per_rad2s2, 0), (size_t)nb * 4);
-    memcpy(B->km, SL_ROW(km_nm_per_rad2s2, 0), (size_t)nb * 4);
-    memcpy(B->rotor_J, SL_ROW(rotor_inertia_kg_m2, 0), (size_t)nb * 4);
-    memcpy(B->omega_min, SL_ROW(nom_omega_min, 0), (size_t)nb * 4);
-    memcpy(B->omega_max, SL_ROW(nom_omega_max, 0), (size_t)nb * 4);
-    memcpy(B->nkf, SL_ROW(nom_kf, 0), (size_t)nb * 4);
-    memcpy(B->thrust_max, SL_ROW(nom_thrust_max, 0), (size_t)nb * 4);
-    memcpy(B->omega_scale, SL_ROW(omega_scale, 0), (size_t)nb * 4);
-    memcpy(B->crash_speed, SL_ROW(crash_speed_m_s, 0), (size_t)nb * 4);
-    memcpy(B->latency, SL_ROW(latency_steps, 0), (size_t)nb * 4);
-    memcpy(B->delay, SL_ROW(delay_steps, 0), (size_t)nb * 4);
+    sl_copy(B->crashed, SL_ROW(crashed, 0), nb);
+    sl_copy(B->kf, SL_ROW(kf_n_per_rad2s2, 0), nb);
+    sl_copy(B->km, SL_ROW(km_nm_per_rad2s2, 0), nb);
+    sl_copy(B->rotor_J, SL_ROW(rotor_inertia_kg_m2, 0), nb);
+    sl_copy(B->omega_min, SL_ROW(nom_omega_min, 0), nb);
+    sl_copy(B->omega_max, SL_ROW(nom_omega_max, 0), nb);
+    sl_copy(B->nkf, SL_ROW(nom_kf, 0), nb);
+    sl_copy(B->thrust_max, SL_ROW(nom_thrust_max, 0), nb);
+    sl_copy(B->omega_scale, SL_ROW(omega_scale, 0), nb);
+    sl_copy(B->crash_speed, SL_ROW(crash_speed_m_s, 0), nb);
+    sl_copy(B->latency, SL_ROW(latency_steps, 0), nb);
+    sl_copy(B->delay, SL_ROW(delay_steps, 0), nb);
     /* the constants of the step: the same expressions as sl_load_body, once instead of per substep */
     const float *restrict mass = SL_ROW(mass_kg, 0), *restrict arm = SL_ROW(arm_m, 0), *restrict km = SL_ROW(nom_km, 0);
     const float *restrict tau_up = SL_ROW(motor_tau_up_s, 0), *restrict tau_down = SL_ROW(motor_tau_down_s, 0);
@@ -768,20 +774,20 @@ SL_INLINE void sl_block_store(SlEnv *e, const SlBlockState *restrict B, const in
     const int np = e->n_pad;
 #define SL_ROW(name, c) (F + (ptrdiff_t)(SL_ROW_##name + (c)) * np + i0)
     for (int a = 0; a < 3; a++) {
-        memcpy(SL_ROW(prev_pos_enu_m, a), SL_ROW(pos_enu_m, a), (size_t)nb * 4); /* for gate crossings */
-        memcpy(SL_ROW(pos_enu_m, a), B->p[a], (size_t)nb * 4);
-        memcpy(SL_ROW(vel_enu_m_s, a), B->v[a], (size_t)nb * 4);
-        memcpy(SL_ROW(omega_flu_rad_s, a), B->w[a], (size_t)nb * 4);
-        memcpy(SL_ROW(rate_integral, a), B->integ[a], (size_t)nb * 4);
-        memcpy(SL_ROW(rate_prev, a), B->w_prev[a], (size_t)nb * 4);
+        sl_copy(SL_ROW(prev_pos_enu_m, a), SL_ROW(pos_enu_m, a), nb); /* for gate crossings */
+        sl_copy(SL_ROW(pos_enu_m, a), B->p[a], nb);
+        sl_copy(SL_ROW(vel_enu_m_s, a), B->v[a], nb);
+        sl_copy(SL_ROW(omega_flu_rad_s, a), B->w[a], nb);
+        sl_copy(SL_ROW(rate_integral, a), B->integ[a], nb);
+        sl_copy(SL_ROW(rate_prev, a), B->w_prev[a], nb);
     }
     for (int a = 0; a < 4; a++) {
-        memcpy(SL_ROW(quat_wxyz, a), B->q[a], (size_t)nb * 4);
-        memcpy(SL_ROW(rotor_rad_s, a), B->r[a], (size_t)nb * 4);
-        memcpy(SL_ROW(action_prev, a), B->a_now[a], (size_t)nb * 4);
-        memcpy(SL_ROW(action_now, a), B->a_now[a], (size_t)nb * 4);
+        sl_copy(SL_ROW(quat_wxyz, a), B->q[a], nb);
+        sl_copy(SL_ROW(rotor_rad_s, a), B->r[a], nb);
+        sl_copy(SL_ROW(action_prev, a), B->a_now[a], nb);
+        sl_copy(SL_ROW(action_now, a), B->a_now[a], nb);
     }
-    memcpy(SL_ROW(crashed, 0), B->crashed, (size_t)nb * 4);
+    sl_copy(SL_ROW(crashed, 0), B->crashed, nb);
 #undef SL_ROW
 }
 
@@ -919,11 +925,10 @@ SL_INLINE void sl_observe(const SlObsInput *in, float *restrict out, const int s
 }
 
 /* Drone i's observation as the sim sees it: the state plus the randomized observation noise,
- * the next gates of its course (race) and what it senses. */
-SL_INLINE void sl_observe_drone(const SlEnv *e, int i, uint32_t *rng, float *restrict out, const int st) {
-    const float *restrict F = e->f;
-    const int np = e->n_pad;
-    const SlRandomization *r = &e->rnd;
+ * the next gates of its course (race) and what it senses. F / np: the environment's block and
+ * row length, or a block's copy of the rows observed (sl_observe_range). */
+SL_INLINE void sl_observe_drone(const SlRandomization *r, const float *restrict F, const int np, const int i,
+                                uint32_t *rng, float *restrict out, const int st) {
     SlObsInput in;
     for (int a = 0; a < 3; a++) {
         in.pos_enu_m[a] = SL_D(pos_enu_m, a) + r->obs_noise_pos_m * sl_normalish(rng);
@@ -935,7 +940,7 @@ SL_INLINE void sl_observe_drone(const SlEnv *e, int i, uint32_t *rng, float *res
     float qn = 0.f;
     for (int a = 0; a < 4; a++) {
         in.quat_wxyz[a] = SL_D(quat_wxyz, a) + 0.5f * r->obs_noise_rot * sl_normalish(rng);
-        qn += in.quat_wxyz[a] * in.quat_wxyz[a];
+        qn = SL_FMA(in.quat_wxyz[a], in.quat_wxyz[a], qn);
     }
     qn = 1.f / sqrtf(qn);
     for (int a = 0; a < 4; a++) in.quat_wxyz[a] *= qn;
@@ -950,22 +955,84 @@ SL_INLINE void sl_observe_drone(const SlEnv *e, int i, uint32_t *rng, float *res
     sl_observe(&in, out, st);
 }
 
-/* Observe drones i0..i1-1 into e->obs: block by block, vectorized across drones into columns
- * (contiguous stores), then transposed into the rows the policy reads. */
+/* The rows an observation reads, as (first row, count). */
+#define SL_OBSERVED_ROWS(X)                                                                          \
+    X(pos_enu_m, 3) X(vel_enu_m_s, 3) X(omega_flu_rad_s, 3) X(quat_wxyz, 4) X(target_enu_m, 3)      \
+    X(target_vel_enu_m_s, 3) X(action_hist, SL_ACTION_HISTORY * SL_ACTION_SIZE) X(hover_action, 1) \
+    X(next_gates_count, 1) X(next_gates, SL_OBS_GATES * SL_GATE_FLOATS) X(near_count, 1)            \
+    X(near, SL_OBS_OBSTACLES * 4)
+
+/* One vector of the build's width, for the transposition below. */
+typedef float SlVec __attribute__((vector_size(SL_VECTOR_BYTES), may_alias));
+typedef float SlVecU __attribute__((vector_size(SL_VECTOR_BYTES), aligned(4), may_alias)); /* unaligned */
+typedef int32_t SlVecI __attribute__((vector_size(SL_VECTOR_BYTES)));
+
+/* Transposes SL_LANES vectors in place (row r, lane c -> row c, lane r): log2(lanes) rounds of
+ * two-source shuffles with constant masks, round b swapping the off-diagonal b x b blocks. */
+#if SL_LANES == 16
+#define SL_EACH_LANE(F, b) F(b, 0), F(b, 1), F(b, 2), F(b, 3), F(b, 4), F(b, 5), F(b, 6), F(b, 7), \
+                           F(b, 8), F(b, 9), F(b, 10), F(b, 11), F(b, 12), F(b, 13), F(b, 14), F(b, 15)
+#elif SL_LANES == 8
+#define SL_EACH_LANE(F, b) F(b, 0), F(b, 1), F(b, 2), F(b, 3), F(b, 4), F(b, 5), F(b, 6), F(b, 7)
+#elif SL_LANES == 4
+#define SL_EACH_LANE(F, b) F(b, 0), F(b, 1), F(b, 2), F(b, 3)
+#else
+#define SL_EACH_LANE(F, b) F(b, 0)
+#endif
+#define SL_SWAP_LO(b, c) ((c) & (b) ? SL_LANES + (c) - (b) : (c))
+#define SL_SWAP_HI(b, c) ((c) & (b) ? SL_LANES + (c) : (c) + (b))
+#define SL_TRANSPOSE_ROUND(b)                                                                   \
+    if (SL_LANES > (b)) {                                                                       \
+        const SlVecI lo = {SL_EACH_LANE(SL_SWAP_LO, b)}, hi = {SL_EACH_LANE(SL_SWAP_HI, b)};  \
+        for (int r = 0; r < SL_LANES; r++)                                                      \
+            if (!(r & (b))) {                                                                   \
+                const SlVec x = v[r], y = v[r + (b)];                                           \
+                v[r] = __builtin_shuffle(x, y, lo);                                             \
+                v[r + (b)] = __builtin_shuffle(x, y, hi);                                       \
+            }                                                                                   \
+    }
+SL_INLINE void sl_transpose(SlVec v[SL_LANES]) {
+    SL_TRANSPOSE_ROUND(8) SL_TRANSPOSE_ROUND(4) SL_TRANSPOSE_ROUND(2) SL_TRANSPOSE_ROUND(1)
+}
+#undef SL_TRANSPOSE_ROUND
+#undef SL_SWAP_LO
+#undef SL_SWAP_HI
+#undef SL_EACH_LANE
+
+/* Observe drones i0..i1-1 into e->obs, block by block: the observed rows copied into a block
+ * (fixed offsets, contiguous loads), the observations computed across drones into columns
+ * (contiguous stores), then transposed SL_LANES x SL_LANES at a time into the rows the policy reads. */
 static void sl_observe_range(SlEnv *e, const int i0, const int i1) {
     uint32_t *restrict rngs = e->rng;
     float *restrict obs = e->obs;
+    const float *restrict F = e->f;
+    const int np = e->n_pad;
+    float *restrict Xb = e->block; /* [SL_N_ROWS][SL_BLOCK]; the rows not observed stay unused */
     float T[SL_OBS_SIZE * SL_BLOCK] __attribute__((aligned(64)));
     for (int b0 = i0; b0 < i1; b0 += SL_BLOCK) {
-        const int nb = i1 - b0 < SL_BLOCK ? i1 - b0 : SL_BLOCK;
+        const int nb = ((i1 - b0 < SL_BLOCK ? i1 - b0 : SL_BLOCK) + SL_LANES - 1) / SL_LANES * SL_LANES;
+#define SL_COPY_ROWS(name, w) \
+        for (int c = 0; c < (w); c++) sl_copy(Xb + (SL_ROW_##name + c) * SL_BLOCK, F + (ptrdiff_t)(SL_ROW_##name + c) * np + b0, nb);
+        SL_OBSERVED_ROWS(SL_COPY_ROWS)
+#undef SL_COPY_ROWS
 #pragma GCC ivdep
         for (int j = 0; j < nb; j++) {
             uint32_t rng = rngs[b0 + j];
-            sl_observe_drone(e, b0 + j, &rng, T + j, SL_BLOCK);
+            sl_observe_drone(&e->rnd, Xb, SL_BLOCK, j, &rng, T + j, SL_BLOCK);
             rngs[b0 + j] = rng;
         }
-        for (int j = 0; j < nb; j++)
-            for (int k = 0; k < SL_OBS_SIZE; k++) obs[(size_t)(b0 + j) * SL_OBS_SIZE + k] = T[k * SL_BLOCK + j];
+        const int k_vec = SL_OBS_SIZE / SL_LANES * SL_LANES;
+        for (int j0 = 0; j0 < nb; j0 += SL_LANES) {
+            float *row = obs + (size_t)(b0 + j0) * SL_OBS_SIZE;
+            for (int k0 = 0; k0 < k_vec; k0 += SL_LANES) {
+                SlVec v[SL_LANES];
+                for (int r = 0; r < SL_LANES; r++) v[r] = *(const SlVec *)(T + (k0 + r) * SL_BLOCK + j0);
+                sl_transpose(v);
+                for (int c = 0; c < SL_LANES; c++) *(SlVecU *)(row + (size_t)c * SL_OBS_SIZE + k0) = v[c];
+            }
+            for (int c = 0; c < SL_LANES; c++)
+                for (int k = k_vec; k < SL_OBS_SIZE; k++) row[(size_t)c * SL_OBS_SIZE + k] = T[k * SL_BLOCK + j0 + c];
+        }
     }
 }
 
@@ -1833,6 +1900,7 @@ SlEnv *sl_env_new(int n, const SlParams *p, const SlRandomization *r, const SlTa
     SL_ALLOC(e->f, float, np * SL_N_ROWS);
     SL_ALLOC(e->rng, uint32_t, np);
     SL_ALLOC(e->ring, float, (size_t)SL_DELAY_SLOTS * 4 * np);
+    SL_ALLOC(e->block, float, (size_t)SL_N_ROWS * SL_BLOCK);
     SL_ALLOC(e->gates, float, ns * SL_MAX_GATES * SL_GATE_FLOATS);
     SL_ALLOC(e->n_gates, int, ns);
     SL_ALLOC(e->obstacles, float, ns * SL_MAX_OBSTACLES * 4);
@@ -1853,7 +1921,7 @@ SlEnv *sl_env_new(int n, const SlParams *p, const SlRandomization *r, const SlTa
 void sl_env_free(SlEnv *e) {
     if (!e) return;
     free(e->obs); free(e->final_obs); free(e->actions); free(e->rewards); free(e->terminals); free(e->truncations);
-    free(e->f); free(e->rng); free(e->ring);
+    free(e->f); free(e->rng); free(e->ring); free(e->block);
     free(e->gates); free(e->n_gates); free(e->obstacles); free(e->n_obstacles); free(e->formation); free(e->space_rng);
     free(e);
 }
@@ -1922,7 +1990,7 @@ static void sl_after_physics_task(SlEnv *e, int i0, int i1) {
     sl_task(e, i0, i1);
     for (int i = i0; i < i1; i++)
         if (e->terminals[i] | e->truncations[i]) {
-            sl_observe_drone(e, i, &e->rng[i], e->final_obs + (size_t)i * SL_OBS_SIZE, 1);
+            sl_observe_drone(&e->rnd, e->f, e->n_pad, i, &e->rng[i], e->final_obs + (size_t)i * SL_OBS_SIZE, 1);
             sl_record_episode(e, i);
             sl_reset_drone(e, i);
             sl_sense_one(e, i);
