@@ -7,6 +7,7 @@ NumPy views of C memory: `step()` writes into them in place, nothing is copied p
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 
@@ -233,6 +234,9 @@ def neighbors(pos, radius, sense_m: float, use_grid: bool = True):
     r = np.ascontiguousarray(radius, dtype=np.float32).reshape(-1)
     if len(r) != len(p):
         raise SimError(f"neighbors: {len(p)} positions but {len(r)} radii")
+    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(r)) and np.all(r >= 0) and math.isfinite(sense_m) and sense_m >= 0):
+        raise SimError("neighbors: positions, radii and sense_m must be finite numbers (radii and sense_m >= 0); "
+                       "drop or fix the drones whose state is not finite")
     hit = np.zeros(len(p), np.uint8)
     ids = np.zeros((len(p), OBS_OBSTACLES), np.int32)
     dist = np.zeros((len(p), OBS_OBSTACLES), np.float32)

@@ -1278,6 +1278,15 @@ static void sl_formation(const SlTaskConfig *t, uint32_t *rng, int n, const floa
     }
 }
 
+SL_INLINE int sl_finite(float x) { return fabsf(x) <= 3.4028235e38f; } /* false for NaN and infinities */
+
+/* Might a and b be closer than reach? A cheap test before the exact distance (squared, with a
+ * margin for rounding, so it never rejects a pair the exact test would keep). */
+SL_INLINE int sl_within(const float *a, const float *b, float reach) {
+    float d0 = a[0] - b[0], d1 = a[1] - b[1], d2 = a[2] - b[2], r = reach * 1.0001f + 1e-6f;
+    return !(d0 * d0 + d1 * d1 + d2 * d2 > r * r);
+}
+
 /* Keeps the M nearest (distance, id) pairs, sorted; ties broken by id, so the order in which
  * candidates are visited does not matter. */
 SL_INLINE void sl_keep_nearest(float *dist, int *id, int *count, float d, int j) {
@@ -1301,27 +1310,38 @@ int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, in
     for (int i = 0; i < n; i++) {
         r_max = sl_max(r_max, radius[i]);
         for (int a = 0; a < 3; a++) {
-            float x = pos[3 * i + a] == pos[3 * i + a] ? pos[3 * i + a] : 0.f; /* a NaN drone goes to a corner */
+            float x = sl_finite(pos[3 * i + a]) ? pos[3 * i + a] : 0.f; /* a NaN or infinite drone goes to a corner */
             lo[a] = sl_min(lo[a], x); hi[a] = sl_max(hi[a], x);
         }
     }
     float cell = sl_max(sense_m + 2.f * r_max, 1e-3f);
     int dim[3] = {1, 1, 1}, cells = 1, *start = NULL, *order = NULL, *cell_of = NULL;
+    float *sorted = NULL; /* [n][4]: position and radius, in cell order */
     if (use_grid && n > 1) {
+        /* sized in double: the extent of finite floats can overflow a float, the cell count an int;
+         * the cell grows until the grid is small, which it is once the cell exceeds the extent */
+        double cell_d = sl_finite(cell) ? (double)cell : 1e39;
         for (;;) {
-            cells = 1;
-            for (int a = 0; a < 3; a++) { dim[a] = (int)sl_min((hi[a] - lo[a]) / cell, 1e6f) + 1; cells *= dim[a]; }
-            if (cells <= 8 * n + 64) break;
-            cell *= 1.5f;
+            double count = 1.0;
+            for (int a = 0; a < 3; a++) {
+                double d = floor(((double)hi[a] - (double)lo[a]) / cell_d) + 1.0;
+                dim[a] = (int)(d < 1e6 ? d : 1e6);
+                count *= (double)dim[a];
+            }
+            if (count <= 8.0 * n + 64.0) break;
+            cell_d *= 1.5;
         }
+        cell = (float)cell_d;
+        cells = dim[0] * dim[1] * dim[2];
         start = (int *)calloc((size_t)cells + 1, sizeof(int));
         order = (int *)malloc((size_t)n * sizeof(int));
         cell_of = (int *)malloc((size_t)n * sizeof(int));
-        if (!start || !order || !cell_of) { free(start); free(order); free(cell_of); return -1; }
+        sorted = (float *)malloc((size_t)n * 4 * sizeof(float));
+        if (!start || !order || !cell_of || !sorted) { free(start); free(order); free(cell_of); free(sorted); return -1; }
         for (int i = 0; i < n; i++) { /* counting sort of the drones by cell */
             int c[3];
             for (int a = 0; a < 3; a++) {
-                float x = pos[3 * i + a] == pos[3 * i + a] ? pos[3 * i + a] : 0.f;
+                float x = sl_finite(pos[3 * i + a]) ? pos[3 * i + a] : 0.f;
                 c[a] = (int)sl_clamp((x - lo[a]) / cell, 0.f, (float)(dim[a] - 1));
             }
             cell_of[i] = (c[2] * dim[1] + c[1]) * dim[0] + c[0];
@@ -1329,10 +1349,15 @@ int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, in
         }
         for (int c = 0; c < cells; c++) start[c + 1] += start[c];
         int *fill = (int *)malloc((size_t)cells * sizeof(int));
-        if (!fill) { free(start); free(order); free(cell_of); return -1; }
+        if (!fill) { free(start); free(order); free(cell_of); free(sorted); return -1; }
         memcpy(fill, start, (size_t)cells * sizeof(int));
         for (int i = 0; i < n; i++) order[fill[cell_of[i]]++] = i;
         free(fill);
+        /* positions and radii in cell order: the candidates of a row of cells lie side by side */
+        for (int k = 0; k < n; k++) {
+            for (int a = 0; a < 3; a++) sorted[4 * k + a] = pos[3 * order[k] + a];
+            sorted[4 * k + 3] = radius[order[k]];
+        }
     }
     for (int i = 0; i < n; i++) {
         float dist[SL_OBS_OBSTACLES];
@@ -1340,19 +1365,21 @@ int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, in
         const float *p = pos + 3 * i;
         if (start) {
             int c = cell_of[i], cx = c % dim[0], cy = (c / dim[0]) % dim[1], cz = c / (dim[0] * dim[1]);
+            const int x0 = cx > 0 ? cx - 1 : 0, x1 = cx + 1 < dim[0] ? cx + 1 : dim[0] - 1;
             for (int z = cz - 1; z <= cz + 1; z++)
-                for (int y = cy - 1; y <= cy + 1; y++)
-                    for (int x = cx - 1; x <= cx + 1; x++) {
-                        if (x < 0 || y < 0 || z < 0 || x >= dim[0] || y >= dim[1] || z >= dim[2]) continue;
-                        int cc = (z * dim[1] + y) * dim[0] + x;
-                        for (int k = start[cc]; k < start[cc + 1]; k++) {
-                            int j = order[k];
-                            if (j == i) continue;
-                            float d = sl_dist3(p, pos + 3 * j) - radius[i] - radius[j];
-                            touch |= d < 0.f;
-                            if (d < sense_m) sl_keep_nearest(dist, id, &count, d, j);
-                        }
+                for (int y = cy - 1; y <= cy + 1; y++) {
+                    if (y < 0 || z < 0 || y >= dim[1] || z >= dim[2]) continue;
+                    const int row = (z * dim[1] + y) * dim[0]; /* cells x0..x1 of this row: one range */
+                    for (int k = start[row + x0]; k < start[row + x1 + 1]; k++) {
+                        const float *q = sorted + 4 * k;
+                        if (!sl_within(p, q, sense_m + radius[i] + q[3])) continue;
+                        const int j = order[k];
+                        if (j == i) continue;
+                        float d = sl_dist3(p, q) - radius[i] - radius[j];
+                        touch |= d < 0.f;
+                        if (d < sense_m) sl_keep_nearest(dist, id, &count, d, j);
                     }
+                }
         } else {
             for (int j = 0; j < n; j++) {
                 if (j == i) continue;
@@ -1367,7 +1394,7 @@ int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, in
             nearest_dist[i * SL_OBS_OBSTACLES + k] = k < count ? dist[k] : 0.f;
         }
     }
-    free(start); free(order); free(cell_of);
+    free(start); free(order); free(cell_of); free(sorted);
     return 0;
 }
 
