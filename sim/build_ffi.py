@@ -56,6 +56,7 @@ SlEnv *sl_env_new(int n, const SlParams *p, const SlRandomization *r, const SlTa
                   char *err, int errlen);
 void sl_env_free(SlEnv *e);
 size_t sl_env_bytes(const SlEnv *e);
+uint64_t sl_env_substeps_integrated(const SlEnv *e);
 const char *sl_build_target(int *vector_bytes);
 void sl_env_set_reference(SlEnv *e, int on);
 void sl_env_reset(SlEnv *e, uint64_t seed);

@@ -154,6 +154,11 @@ class CoreEnv:
         """Memory the C side allocated for this environment (every array, padding and shared spaces)."""
         return int(lib.sl_env_bytes(self._env))
 
+    @property
+    def substeps_integrated(self) -> int:
+        """RK4 substeps of real drones the C kernels integrated since this environment was made."""
+        return int(lib.sl_env_substeps_integrated(self._env))
+
     def use_reference(self, on: bool = True) -> None:
         """Step the physics with the scalar reference (drone by drone) instead of the vector kernel;
         both give the same numbers bit for bit (for tests)."""

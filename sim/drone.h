@@ -576,6 +576,7 @@ typedef struct {
     float dt_s, control_dt_s;
     int reference;  /* 1: step physics with the scalar reference (sl_physics_reference), for tests */
     size_t bytes;   /* memory allocated for this environment, in all */
+    uint64_t substeps_integrated; /* RK4 steps of real drones done so far (counted by the kernels) */
     uint32_t head; /* motor-command ring buffer: slot written by the next physics step */
     SlParams nominal;
     SlRandomization rnd;
@@ -661,6 +662,7 @@ static void sl_physics_reference(SlEnv *e, const int i0, const int i1) {
     const int np = e->n_pad, S = e->substeps, MODE = e->action_mode;
     const float dt = e->dt_s, v_nominal = e->nominal.battery_v_nominal;
     const SlParams p = e->nominal;
+    e->substeps_integrated += (uint64_t)(i1 - i0) * (uint64_t)S;
     for (int i = i0; i < i1; i++) {
         for (int m = 0; m < 4; m++) SL_D(action_now, m) = e->actions[i * 4 + m];
         for (int a = 0; a < 3; a++) SL_D(prev_pos_enu_m, a) = SL_D(pos_enu_m, a); /* for gate crossings */
@@ -807,6 +809,7 @@ SL_INLINE void sl_physics(SlEnv *e, const int MODE, const int i0, const int i1) 
     const SlParams p = e->nominal;
     const uint32_t head = e->head;
     sl_block_load(e, &B, i0, nb);
+    e->substeps_integrated += (uint64_t)(i1 - i0) * (uint64_t)S;
     int d_lo = SL_DELAY_SLOTS, d_hi = 0;
     for (int j = 0; j < nb; j++) {
         const int d = (int)B.delay[j];
@@ -1917,6 +1920,7 @@ SlEnv *sl_env_new(int n, const SlParams *p, const SlRandomization *r, const SlTa
         ptr = (type *)aligned_alloc(64, sz);                                                       \
         if (!ptr) { snprintf(err, (size_t)errlen, "out of memory"); sl_env_free(e); return NULL; } \
         memset(ptr, 0, sz);                                                                        \
+        e->bytes += sz;                                                                            \
     } while (0)
     SL_ALLOC(e->obs, float, np * SL_OBS_SIZE);
     SL_ALLOC(e->final_obs, float, np * SL_OBS_SIZE);
@@ -1955,6 +1959,9 @@ void sl_env_free(SlEnv *e) {
 
 /* Bytes this environment allocated (every array, its padding and its shared spaces included). */
 size_t sl_env_bytes(const SlEnv *e) { return e->bytes; }
+
+/* RK4 substeps of real drones the physics kernels integrated since the environment was made. */
+uint64_t sl_env_substeps_integrated(const SlEnv *e) { return e->substeps_integrated; }
 
 /* What this build targets: the instruction set and the vector width (bytes), from the compiler's macros. */
 const char *sl_build_target(int *vector_bytes) { *vector_bytes = SL_VECTOR_BYTES; return SL_ISA; }
