@@ -65,7 +65,9 @@
 #endif
 #define SL_LANES (SL_VECTOR_BYTES / 4) /* floats per vector */
 #define SL_BLOCK 64            /* drones stepped together through a control step (cache blocking; a multiple of SL_LANES) */
-#define SL_DELAY_SLOTS 32      /* motor-command ring buffer, in physics steps (power of two) */
+#define SL_DELAY_SELECT_MAX 8  /* a block whose delays spread over more physics steps reads the ring with a gather */
+#define SL_DELAY_SLOTS 32      /* motor-command ring buffer, in physics steps (power of two): the least */
+#define SL_MAX_DELAY_SLOTS 8192 /* ... and the most (longer delays at a finer physics_dt_s are refused) */
 #define SL_ACTION_HISTORY 2    /* K: the last K actions are part of the observation */
 #define SL_ACTION_SIZE 4
 #define SL_MAX_GATES 16        /* gates per course */
@@ -226,7 +228,7 @@ static const SlField SL_PARAM_FIELDS[] = {
     SL_F(SlParams, throttle_to_omega_rad_s, 3, -1e4f, 1e4f, "steady speed = c0 + c1 u + c2 u^2"),
     SL_F(SlParams, motor_tau_up_s, 1, 1e-4f, 2.f, "motor time constant up"),
     SL_F(SlParams, motor_tau_down_s, 1, 1e-4f, 2.f, "motor time constant down"),
-    SL_F(SlParams, motor_delay_s, 1, 0.f, 0.05f, "motor pure delay"),
+    SL_F(SlParams, motor_delay_s, 1, 0.f, 0.5f, "motor pure delay (ESC, firmware filters: up to a few hundred ms)"),
     SL_F(SlParams, drag_n_per_m_s, 3, 0.f, 100.f, "linear drag per body axis"),
     SL_F(SlParams, rotor_inertia_kg_m2, 1, 0.f, 1.f, "rotor inertia (gyroscopic)"),
     SL_F(SlParams, battery_v_nominal, 1, 1.f, 100.f, "nominal battery voltage"),
@@ -578,6 +580,7 @@ typedef struct {
     size_t bytes;   /* memory allocated for this environment, in all */
     uint64_t substeps_integrated; /* RK4 steps of real drones done so far (counted by the kernels) */
     uint32_t head; /* motor-command ring buffer: slot written by the next physics step */
+    uint32_t delay_mask; /* ring slots - 1 (a power of two, sized for the longest delay) */
     SlParams nominal;
     SlRandomization rnd;
     SlTaskConfig task;
@@ -590,7 +593,7 @@ typedef struct {
     float *final_obs;   /* [n][SL_OBS_SIZE]: last observation of a finished episode (valid where done) */
     float *f;           /* [SL_N_ROWS][n_pad]: every per-drone field */
     uint32_t *rng;      /* [n_pad] one random stream per drone */
-    float *ring;        /* [SL_DELAY_SLOTS][4][n_pad] rotor-speed commands */
+    float *ring;        /* [delay_mask + 1][4][n_pad] rotor-speed commands */
     float *block;       /* [SL_N_ROWS][SL_BLOCK] working copy of one block's rows (observations) */
     /* the shared spaces: drones i * space_size .. (i + 1) * space_size - 1 fly in space i */
     int space_size, n_spaces;
@@ -673,14 +676,14 @@ static void sl_physics_reference(SlEnv *e, const int i0, const int i1) {
         sl_load_state(F, np, i, &s);
         const float cap = SL_D(omega_max_rad_s, 0) * SL_D(battery_v, 0) / v_nominal;
         for (int k = 0; k < S; k++) {
-            const int w_slot = (int)((e->head + (uint32_t)k) & (SL_DELAY_SLOTS - 1));
+            const int w_slot = (int)((e->head + (uint32_t)k) & e->delay_mask);
             float a[4], cmd[4], target[4], integ[3], w_prev[3];
             float is_new = (float)k >= SL_D(latency_steps, 0) ? 1.f : 0.f;
             for (int m = 0; m < 4; m++) a[m] = SL_D(action_prev, m) + is_new * (SL_D(action_now, m) - SL_D(action_prev, m));
             for (int c = 0; c < 3; c++) { integ[c] = SL_D(rate_integral, c); w_prev[c] = SL_D(rate_prev, c); }
             if (MODE == SL_ACTION_MOTOR) sl_motor_command(a, &nm, cmd);
             else sl_ctbr_command(a, &nm, &p, s.w, w_prev, integ, dt, cmd);
-            const int r_slot = (w_slot - (int)SL_D(delay_steps, 0)) & (SL_DELAY_SLOTS - 1);
+            const int r_slot = (w_slot - (int)SL_D(delay_steps, 0)) & (int)e->delay_mask;
             for (int m = 0; m < 4; m++) ring[(w_slot * 4 + m) * np + i] = cmd[m];
             for (int m = 0; m < 4; m++) target[m] = sl_clamp(ring[(r_slot * 4 + m) * np + i] * SL_D(omega_scale, 0), 0.f, cap);
             sl_rk4(&s, &b, target, dt);
@@ -810,14 +813,16 @@ SL_INLINE void sl_physics(SlEnv *e, const int MODE, const int i0, const int i1) 
     const uint32_t head = e->head;
     sl_block_load(e, &B, i0, nb);
     e->substeps_integrated += (uint64_t)(i1 - i0) * (uint64_t)S;
-    int d_lo = SL_DELAY_SLOTS, d_hi = 0;
+    const int mask = (int)e->delay_mask;
+    int d_lo = mask + 1, d_hi = 0;
     for (int j = 0; j < nb; j++) {
         const int d = (int)B.delay[j];
         d_lo = d < d_lo ? d : d_lo;
         d_hi = d > d_hi ? d : d_hi;
     }
+    const int gather = d_hi - d_lo >= SL_DELAY_SELECT_MAX;
     for (int k = 0; k < S; k++) {
-        const int w_slot = (int)((head + (uint32_t)k) & (SL_DELAY_SLOTS - 1));
+        const int w_slot = (int)((head + (uint32_t)k) & e->delay_mask);
         float *restrict ring_w = ring + (ptrdiff_t)w_slot * 4 * np + i0;
 #pragma GCC ivdep
         for (int j = 0; j < nb; j++) {
@@ -833,10 +838,17 @@ SL_INLINE void sl_physics(SlEnv *e, const int MODE, const int i0, const int i1) 
             for (int c = 0; c < 3; c++) { B.integ[c][j] = integ[c]; B.w_prev[c][j] = w_prev[c]; }
             for (int m = 0; m < 4; m++) ring_w[(ptrdiff_t)m * np + j] = cmd[m];
         }
-        /* pure delay: each drone reads the command of delay_steps ago (in its own lane) */
+        /* pure delay: each drone reads the command of delay_steps ago (in its own lane): for the
+         * few delays a block has, one contiguous load and a select each; for a wide spread of
+         * delays (long randomized ones), a gather */
         float past[4][SL_BLOCK] __attribute__((aligned(64)));
-        for (int d = d_lo; d <= d_hi; d++) {
-            const float *restrict slot = ring + (ptrdiff_t)((w_slot - d) & (SL_DELAY_SLOTS - 1)) * 4 * np + i0;
+        if (gather)
+            for (int m = 0; m < 4; m++)
+#pragma GCC ivdep
+                for (int j = 0; j < nb; j++)
+                    past[m][j] = ring[(ptrdiff_t)((w_slot - (int)B.delay[j]) & mask) * 4 * np + (ptrdiff_t)m * np + i0 + j];
+        for (int d = d_lo; d <= d_hi && !gather; d++) {
+            const float *restrict slot = ring + (ptrdiff_t)((w_slot - d) & mask) * 4 * np + i0;
             const float fd = (float)d;
             for (int m = 0; m < 4; m++)
 #pragma GCC ivdep
@@ -1137,7 +1149,7 @@ static void sl_settle_commands(SlEnv *e, int i, const float held[4]) {
     for (int m = 0; m < 4; m++) {
         SL_D(action_prev, m) = SL_D(action_now, m) = held[m];
         for (int k = 0; k < SL_ACTION_HISTORY; k++) SL_D(action_hist, k * 4 + m) = held[m];
-        for (int slot = 0; slot < SL_DELAY_SLOTS; slot++)
+        for (int slot = 0; slot <= (int)e->delay_mask; slot++)
             e->ring[(slot * 4 + m) * np + i] = SL_D(rotor_rad_s, m) / SL_D(omega_scale, 0);
     }
     for (int c = 0; c < 3; c++) { SL_D(rate_integral, c) = 0.f; SL_D(rate_prev, c) = SL_D(omega_flu_rad_s, c); }
@@ -1851,9 +1863,9 @@ static int sl_check_config(const SlParams *p, const SlRandomization *r, const Sl
                "task.control_hz = %g and task.physics_dt_s = %g: the control period must be a whole number of physics steps",
                (double)t->control_hz, (double)t->physics_dt_s);
     float max_delay = p->motor_delay_s * (1.f + r->motor_delay_frac);
-    SL_REQUIRE(max_delay / t->physics_dt_s < (float)(SL_DELAY_SLOTS - 1) - 0.5f,
+    SL_REQUIRE(max_delay / t->physics_dt_s < (float)(SL_MAX_DELAY_SLOTS - 1) - 0.5f,
                "params.motor_delay_s with randomization reaches %g s; the sim holds at most %g s at physics_dt_s = %g",
-               (double)max_delay, (double)((SL_DELAY_SLOTS - 2) * t->physics_dt_s), (double)t->physics_dt_s);
+               (double)max_delay, (double)((SL_MAX_DELAY_SLOTS - 2) * t->physics_dt_s), (double)t->physics_dt_s);
     SL_REQUIRE(r->latency_s_range[0] <= r->latency_s_range[1] && r->latency_s_range[1] <= 1.f / t->control_hz + 1e-6f,
                "randomization.latency_s_range [%g, %g] must be ordered and at most one control period (%g s)",
                (double)r->latency_s_range[0], (double)r->latency_s_range[1], 1.0 / (double)t->control_hz);
@@ -1930,7 +1942,10 @@ SlEnv *sl_env_new(int n, const SlParams *p, const SlRandomization *r, const SlTa
     SL_ALLOC(e->truncations, uint8_t, np);
     SL_ALLOC(e->f, float, np * SL_N_ROWS);
     SL_ALLOC(e->rng, uint32_t, np);
-    SL_ALLOC(e->ring, float, (size_t)SL_DELAY_SLOTS * 4 * np);
+    uint32_t slots = SL_DELAY_SLOTS;   /* enough for the longest randomized delay, in whole physics steps */
+    while ((float)(slots - 1) - 0.5f <= p->motor_delay_s * (1.f + r->motor_delay_frac) / t->physics_dt_s) slots *= 2;
+    e->delay_mask = slots - 1;
+    SL_ALLOC(e->ring, float, (size_t)slots * 4 * np);
     SL_ALLOC(e->block, float, (size_t)SL_N_ROWS * SL_BLOCK);
     SL_ALLOC(e->gates, float, ns * SL_MAX_GATES * SL_GATE_FLOATS);
     SL_ALLOC(e->n_gates, int, ns);
@@ -2013,7 +2028,7 @@ static void sl_step_blocks(SlEnv *e, SlBlockFn then) {
         else sl_physics(e, SL_ACTION_CTBR, i0, i1);
         if (then) then(e, i0, i1);
     }
-    e->head = (e->head + (uint32_t)e->substeps) & (SL_DELAY_SLOTS - 1);
+    e->head = (e->head + (uint32_t)e->substeps) & e->delay_mask;
 }
 
 /* After the physics of a block, with the task: rewards and terminations, then finished episodes

@@ -9,12 +9,21 @@ import pytest
 
 from sim.core import DRONE_FIELDS, SimError, build_target, neighbors
 from sim.env import DroneEnv, parse_tasks
+from sim.profiles import load_profile
 
 SHARED = {"task_prob": parse_tasks("all"), "drones_per_space": 40.0, "bounds_m": [12.0, 12.0, 8.0]}
 
 
-def _pair(n, mode, task):
-    envs = [DroneEnv(n, "size_family", action_mode=mode, task=dict(task)) for _ in range(2)]
+def _long_delays():
+    """A profile whose randomized delays spread over ~50 physics steps (the kernel's gather path)."""
+    p = load_profile("size_family")
+    p.params["motor_delay_s"] = 0.1
+    p.randomization["motor_delay_frac"] = 0.5
+    return p
+
+
+def _pair(n, mode, task, profile="size_family"):
+    envs = [DroneEnv(n, profile, action_mode=mode, task=dict(task)) for _ in range(2)]
     envs[1].core.use_reference(True)
     for env in envs:
         env.reset(seed=7)
@@ -22,9 +31,11 @@ def _pair(n, mode, task):
 
 
 @pytest.mark.parametrize("mode", ["motor", "ctbr"])
-@pytest.mark.parametrize("task", [{}, {"task_prob": parse_tasks("all")}, SHARED], ids=["hover", "all", "shared"])
-def test_vector_kernel_matches_the_scalar_reference_bit_for_bit(mode, task):
-    fast, ref = _pair(83, mode, task)          # 83 drones: a partial block and padding lanes
+@pytest.mark.parametrize("task, profile", [({}, "size_family"), ({"task_prob": parse_tasks("all")}, "size_family"),
+                                           (SHARED, "size_family"), ({}, "long delays")],
+                         ids=["hover", "all", "shared", "long-delays"])
+def test_vector_kernel_matches_the_scalar_reference_bit_for_bit(mode, task, profile):
+    fast, ref = _pair(83, mode, task, _long_delays() if profile == "long delays" else profile)  # 83: a partial block, padding
     rng = np.random.default_rng(3)
     ended = 0
     for step in range(150):
