@@ -1,8 +1,12 @@
-"""cffi (API mode) build of the C core, sim/drone.h, into the extension module sim._skyloop_c.
+"""cffi (API mode) build of the C core, sim/c/skyloop.h (which includes sim/c/*.h in reading order),
+into the extension module sim._skyloop_c.
 
-Run at install time by setup.py (`pip install -e .` rebuilds it after a change to drone.h). The declarations below are only what Python calls; struct
-layouts and field names come from the tables in drone.h, so nothing here repeats them.
-Flags: -O3 and the host's vector extensions (the core is compiled on the user's machine).
+Run at install time by setup.py (`pip install -e .` rebuilds it after a change to sim/c/*.h). The
+declarations below are only what Python calls; struct layouts and field names come from the tables
+in the C files, so nothing here repeats them.
+Flags: -O3 and the host's vector extensions (the core is compiled on the user's machine; the vector
+width follows from what the compiler targets). -ffp-contract=off: the C code fuses multiply-adds
+itself (SL_FMA), so the vector kernels and their scalar reference round alike.
 Set SKYLOOP_CFLAGS to replace the optimisation flags (e.g. "-O2" for a portable build).
 """
 import os
@@ -88,10 +92,11 @@ def compile_flags():
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
+C_DIR = os.path.join(HERE, "c")
 ffibuilder.set_source(
     "sim._skyloop_c",
-    '#include "drone.h"',
-    include_dirs=[HERE],
-    depends=[os.path.join(HERE, "drone.h")],
+    '#include "skyloop.h"',
+    include_dirs=[C_DIR],
+    depends=[os.path.join(C_DIR, name) for name in sorted(os.listdir(C_DIR)) if name.endswith(".h")],
     extra_compile_args=compile_flags(),
 )

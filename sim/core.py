@@ -1,4 +1,4 @@
-"""Thin binding over the C core (sim/drone.h, compiled by sim/build_ffi.py).
+"""Thin binding over the C core (sim/c/skyloop.h and the files it includes, compiled by sim/build_ffi.py).
 
 Everything about layout comes from C: the observation layout, the action size, the parameter
 field names with their valid ranges, and the per-drone arrays. The arrays of an environment are
@@ -16,7 +16,7 @@ try:
 except ImportError as exc:  # pragma: no cover - only when the install step was skipped
     raise ImportError(
         "the Skyloop C core is not compiled. Install the project with the README's install command "
-        "(it compiles sim/drone.h), or run: python sim/build_ffi.py"
+        "(it compiles sim/c/skyloop.h), or run: pip install --no-deps --no-build-isolation -e ."
     ) from exc
 
 log = logging.getLogger(__name__)
