@@ -32,6 +32,9 @@ OBS_GATES: int = lib.SL_OBS_GATES              # next gates in an observation
 OBS_OBSTACLES: int = lib.SL_OBS_OBSTACLES      # nearest obstacles in an observation
 GATE_FLOATS: int = lib.SL_GATE_FLOATS          # a gate: centre xyz, normal xyz, half width, half height
 MAX_GATES: int = lib.SL_MAX_GATES
+#: where the numbers of a gate record sit: centre xyz, unit normal xyz (direction of flight), half width, half height
+GATE_CENTRE, GATE_NORMAL = slice(lib.SL_GATE_CENTRE, lib.SL_GATE_CENTRE + 3), slice(lib.SL_GATE_NORMAL, lib.SL_GATE_NORMAL + 3)
+GATE_HALF_WIDTH, GATE_HALF_HEIGHT = lib.SL_GATE_HALF_WIDTH, lib.SL_GATE_HALF_HEIGHT
 
 
 class SimError(ValueError):
@@ -55,6 +58,24 @@ def _field_table(getter):
 PARAM_FIELDS = _field_table(lib.sl_param_fields)
 RANDOMIZATION_FIELDS = _field_table(lib.sl_randomization_fields)
 TASK_FIELDS = _field_table(lib.sl_task_fields)
+
+
+def _read_struct(cdata, fields) -> dict:
+    """{field: number or list} of a C struct, floats shown with float32's 7 significant digits."""
+    base = ffi.cast("char *", cdata)
+    out = {}
+    for name, (offset, count, _lo, _hi, _doc) in fields.items():
+        src = ffi.cast("float *", base + offset)
+        vals = [float(f"{src[k]:.7g}") for k in range(count)]
+        out[name] = vals if count > 1 else vals[0]
+    return out
+
+
+def task_defaults() -> dict:
+    """The default task configuration, every field of SlTaskConfig, as the C core defines it."""
+    t = ffi.new("SlTaskConfig *")
+    lib.sl_task_defaults(t)
+    return _read_struct(t, TASK_FIELDS)
 _STRUCTS = {"params": ("SlParams", PARAM_FIELDS), "randomization": ("SlRandomization", RANDOMIZATION_FIELDS),
             "task": ("SlTaskConfig", TASK_FIELDS)}
 

@@ -259,12 +259,12 @@ int sl_env_set_course(SlEnv *e, int n, const float *gates, char *err, int errlen
     for (int k = 0; k < n; k++) {
         const float *g = gates + k * SL_GATE_FLOATS;
         float nn = g[3] * g[3] + g[4] * g[4] + g[5] * g[5];
-        int inside = fabsf(g[0]) <= e->task.bounds_m[0] && fabsf(g[1]) <= e->task.bounds_m[1] && g[2] - g[7] >= 0.f &&
-                     g[2] + g[7] <= e->task.bounds_m[2];
-        if (!(fabsf(nn - 1.f) < 1e-3f) || !(g[6] > 0.f && g[7] > 0.f) || !inside) {
+        int inside = fabsf(g[0]) <= e->task.bounds_m[0] && fabsf(g[1]) <= e->task.bounds_m[1] && g[2] - g[SL_GATE_HALF_HEIGHT] >= 0.f &&
+                     g[2] + g[SL_GATE_HALF_HEIGHT] <= e->task.bounds_m[2];
+        if (!(fabsf(nn - 1.f) < 1e-3f) || !(g[SL_GATE_HALF_WIDTH] > 0.f && g[SL_GATE_HALF_HEIGHT] > 0.f) || !inside) {
             snprintf(err, (size_t)errlen, "gate %d: centre (%g, %g, %g), half size (%g, %g): needs a unit normal, a positive size "
                      "and to lie inside the task's bounds_m (%g, %g, %g)", k, (double)g[0], (double)g[1], (double)g[2],
-                     (double)g[6], (double)g[7], (double)e->task.bounds_m[0], (double)e->task.bounds_m[1], (double)e->task.bounds_m[2]);
+                     (double)g[SL_GATE_HALF_WIDTH], (double)g[SL_GATE_HALF_HEIGHT], (double)e->task.bounds_m[0], (double)e->task.bounds_m[1], (double)e->task.bounds_m[2]);
             return -1;
         }
     }
@@ -332,6 +332,17 @@ const SlDroneField *sl_drone_fields(int *n) { *n = SL_N_DRONE_FIELDS; return SL_
 int sl_gate_check(const float gate[SL_GATE_FLOATS], const float p0[3], const float p1[3], float radius_m, float frame_m) {
     return sl_gate_event(gate, p0, p1, radius_m, frame_m);
 }
+/* The default task configuration (every field). */
+void sl_task_defaults(SlTaskConfig *t) { *t = SL_TASK_DEFAULTS; }
+
+/* Standard gravity as the core uses it. */
+float sl_gravity_m_s2(void) { return SL_GRAVITY_M_S2; }
+
+/* The throttle (0..1) whose steady rotor speed on curve c0 + c1 u + c2 u^2 is omega[k], for n speeds. */
+void sl_throttle_for_omega_n(const float curve[3], const float *omega, int n, float *throttle) {
+    for (int k = 0; k < n; k++) throttle[k] = sl_clamp(sl_throttle_for_omega(curve, omega[k]), 0.f, 1.f);
+}
+
 const char *sl_task_name(int k) { return k >= 0 && k < SL_N_TASKS ? SL_TASK_NAMES[k] : NULL; }
 
 #endif /* SKYLOOP_API_H */

@@ -40,6 +40,13 @@ enum { SL_TASKS(SL_TASK_ENUM) SL_N_TASKS };
 static const char *const SL_TASK_NAMES[] = {SL_TASKS(SL_TASK_NAME)};
 #undef SL_TASK_NAME
 
+/* How an episode is judged (each task's goal, in the task table of tasks.h). */
+typedef enum {
+    SL_GOAL_HOLD = 0,  /* reach the target and hold there (slower than success_speed) for hold_s */
+    SL_GOAL_TRACK = 1, /* stay within track_radius of a moving target for track_success_frac of the episode */
+    SL_GOAL_GATES = 2, /* pass the gates in order, forwards, for race_laps laps */
+} SlGoal;
+
 /* The tasks, their mix and the time step. */
 typedef struct {
     float physics_dt_s;               /* RK4 step */
@@ -132,6 +139,50 @@ static const SlField SL_TASK_FIELDS[] = {
 #undef SL_F
 #define SL_N_TASK_FIELDS ((int)(sizeof SL_TASK_FIELDS / sizeof SL_TASK_FIELDS[0]))
 
+/* The defaults of every field (sim.env.DEFAULT_TASK reads them): a 10 x 10 x 5 m box, hover / go-to
+ * only, every drone in a world of its own. */
+static const SlTaskConfig SL_TASK_DEFAULTS = {
+    .physics_dt_s = 0.002f,
+    .control_hz = 100.f,
+    .bounds_m = {5.f, 5.f, 5.f},
+    .target_dist_m_range = {0.5f, 3.f},
+    .success_radius_m = 0.1f,
+    .success_speed_m_s = 0.3f,
+    .hold_s = 0.5f,
+    .episode_s = 6.f,
+    .ground_start_prob = 0.1f,
+    .init_tilt_max_rad = 0.5f,
+    .init_speed_max_m_s = 1.f,
+    .init_rate_max_rad_s = 2.f,
+    .reward_alive_per_s = 1.f,
+    .reward_progress_per_m = 5.f,
+    .reward_dist_per_m_s = 0.5f,
+    .reward_hold_per_s = 2.f,
+    .reward_rate_per_rad2_s = 0.02f,
+    .reward_action_change_per_s = 0.5f,
+    .reward_crash = 10.f,
+    .end_on_success = 0.f,
+    .task_prob = {1.f, 0.f, 0.f, 0.f, 0.f, 0.f},
+    .drones_per_space = 1.f,
+    .sense_range_m = 3.f,
+    .race_laps = 1.f,
+    .race_time_per_gate_s = 4.f,
+    .gate_count_range = {3.f, 6.f},
+    .gate_spacing_m_range = {3.f, 6.f},
+    .gate_size_m = 0.8f,
+    .gate_frame_m = 0.15f,
+    .reward_gate = 5.f,
+    .orbit_radius_m_range = {0.5f, 2.5f},
+    .orbit_speed_m_s_range = {0.3f, 1.5f},
+    .follow_speed_m_s_max = 1.5f,
+    .track_radius_m = 0.3f,
+    .track_success_frac = 0.7f,
+    .formation_spacing_m = 1.5f,
+    .obstacle_count = 6.f,
+    .obstacle_radius_m_range = {0.15f, 0.5f},
+    .obstacle_goal_dist_m_range = {2.5f, 5.f},
+};
+
 /* ============================================================================================
  * 2. Observation layout. The one definition; the sim, trainer, exporter and flight runner
  *    all read it from here. Bump SL_OBS_LAYOUT_VERSION when it changes.
@@ -184,7 +235,7 @@ static const SlObsField SL_OBS_TABLE[] = {SL_OBS_FIELDS(SL_OBS_NAME_ROW)};
     /* actions: current (transposed from the action buffer) and previous (for latency) */       \
     X(action_now, 4) X(action_prev, 4) X(action_hist, SL_ACTION_HISTORY * SL_ACTION_SIZE)       \
     /* task: the target is c + A sin(W t + phase) (A = 0: a fixed point) */                      \
-    X(task_id, 1) X(radius_m, 1) X(target_enu_m, 3) X(target_vel_enu_m_s, 3)                    \
+    X(task_id, 1) X(goal, 1) X(radius_m, 1) X(target_enu_m, 3) X(target_vel_enu_m_s, 3)         \
     X(move_centre_enu_m, 3) X(move_amp_m, 3) X(move_w_rad_s, 3) X(move_phase_rad, 3)            \
     X(prev_pos_enu_m, 3) X(next_gate, 1) X(gates_passed, 1) X(gates_to_pass, 1) X(episode_s, 1) \
     X(prev_dist_m, 1) X(time_s, 1) X(hold_s, 1) X(track_s, 1) X(time_to_target_s, 1)            \
@@ -557,8 +608,8 @@ SL_INLINE void sl_observe(const SlObsInput *in, float *restrict out, const int s
             o[(a) * st] = sq * sl_to_body(R, dg, a);
             o[(3 + a) * st] = present * sl_to_body(R, gate + 3, a);
         }
-        o[(6) * st] = present * gate[6];
-        o[(7) * st] = present * gate[7];
+        o[(6) * st] = present * gate[SL_GATE_HALF_WIDTH];
+        o[(7) * st] = present * gate[SL_GATE_HALF_HEIGHT];
         o[(8) * st] = present;
     }
     for (int k = 0; k < SL_OBS_OBSTACLES; k++) {
@@ -757,10 +808,9 @@ static void sl_randomize_drone(SlEnv *e, int i) {
     float omega_hover = sqrtf(mass * SL_GRAVITY_M_S2 / (4.f * kf)), hover;
     if (e->action_mode == SL_ACTION_CTBR) {
         hover = 2.f * (mass * SL_GRAVITY_M_S2 / SL_D(nom_thrust_max, 0)) - 1.f;
-    } else { /* solve c0 + c1 u + c2 u^2 = omega_hover for u in [0,1] */
-        float c0 = SL_D(nom_curve, 0) - omega_hover, c1 = SL_D(nom_curve, 1), c2 = SL_D(nom_curve, 2);
-        float u = fabsf(c2) < 1e-9f * fabsf(c1) ? -c0 / c1 : (-c1 + sqrtf(sl_max(c1 * c1 - 4.f * c2 * c0, 0.f))) / (2.f * c2);
-        hover = 2.f * u - 1.f;
+    } else { /* the throttle whose steady rotor speed is omega_hover */
+        const float curve[3] = {SL_D(nom_curve, 0), SL_D(nom_curve, 1), SL_D(nom_curve, 2)};
+        hover = 2.f * sl_throttle_for_omega(curve, omega_hover) - 1.f;
     }
     SL_D(hover_action, 0) = sl_clamp(hover, -1.f, 1.f);
 }

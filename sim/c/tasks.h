@@ -6,10 +6,6 @@
 
 #include "world.h"
 
-/* ============================================================================================
- * The tasks: reset (task draw, world, start, target), reward, termination, statistics.
- * ========================================================================================== */
-
 /* Where the target is at time t_s, and how fast it moves: c + A sin(W t + phase). */
 SL_INLINE void sl_target_at(float *restrict F, int np, int i, float t_s) {
     for (int a = 0; a < 3; a++) {
@@ -34,10 +30,10 @@ static void sl_free_start(SlEnv *e, int i, uint32_t *rng, const float lo[3], con
     const int np = e->n_pad, space = i / e->space_size, first = space * e->space_size;
     for (int attempt = 0; attempt < 16; attempt++) {
         if (gate && attempt < 12) {
-            float back = sl_uniform_in(rng, 1.5f, 3.f), side = sl_uniform_in(rng, -0.5f, 0.5f) * gate[6];
+            float back = sl_uniform_in(rng, 1.5f, 3.f), side = sl_uniform_in(rng, -0.5f, 0.5f) * gate[SL_GATE_HALF_WIDTH];
             p[0] = sl_clamp(gate[0] - back * gate[3] - side * gate[4], lo[0], hi[0]);
             p[1] = sl_clamp(gate[1] - back * gate[4] + side * gate[3], lo[1], hi[1]);
-            p[2] = sl_clamp(gate[2] + sl_uniform_in(rng, -0.5f, 0.5f) * gate[7], lo[2], hi[2]);
+            p[2] = sl_clamp(gate[2] + sl_uniform_in(rng, -0.5f, 0.5f) * gate[SL_GATE_HALF_HEIGHT], lo[2], hi[2]);
         } else {
             p[0] = sl_uniform_in(rng, lo[0], hi[0]);
             p[1] = sl_uniform_in(rng, lo[1], hi[1]);
@@ -54,6 +50,144 @@ static void sl_free_start(SlEnv *e, int i, uint32_t *rng, const float lo[3], con
     }
 }
 
+/* ============================================================================================
+ * 1. One function per task, behind a table. Each task reduces to "where should I be, and what
+ *    must I avoid": a world of its own (when the drone has one), a start, and a target
+ *    c + A sin(W t + phase) (A = 0: a fixed point), and a goal that decides success.
+ * ========================================================================================== */
+
+/* What a task's functions share at a drone's reset. */
+typedef struct {
+    int i, space;
+    float *gates;                 /* the drone's space's gates (n_gates of them) */
+    float lo[3], hi[3], margin;   /* the box a start and a target stay in */
+    float p[3], yaw;              /* the start */
+    int on_ground, first_gate;
+    float c[3], amp[3], w[3], phase[3]; /* the target */
+} SlReset;
+
+/* A world of its own (drones_per_space = 1): only what the task needs. Race: its course. */
+static void sl_world_none(SlEnv *e, uint32_t *rng, SlReset *r) { (void)e; (void)rng; (void)r; }
+static void sl_world_race(SlEnv *e, uint32_t *rng, SlReset *r) {
+    const float *F = e->f;
+    const int np = e->n_pad, i = r->i;
+    if (e->course_n > 0) {
+        memcpy(r->gates, e->course, sizeof e->course);
+        e->n_gates[r->space] = e->course_n;
+    } else {
+        e->n_gates[r->space] = sl_random_course(&e->task, rng, e->task.gate_size_m + 4.f * SL_D(arm_m, 0), r->gates);
+    }
+}
+
+/* The start: anywhere free in the box, on the ground for a share of episodes ... */
+static void sl_start_free(SlEnv *e, uint32_t *rng, SlReset *r) {
+    r->on_ground = sl_uniform(rng) < e->task.ground_start_prob;
+    sl_free_start(e, r->i, rng, r->lo, r->hi, r->on_ground, NULL, r->p);
+}
+/* ... or (race) in the air before a gate, facing it: the first of a random course of its own, else any. */
+static void sl_start_race(SlEnv *e, uint32_t *rng, SlReset *r) {
+    if (e->n_gates[r->space] == 0) { sl_free_start(e, r->i, rng, r->lo, r->hi, 0, NULL, r->p); return; }
+    r->first_gate = e->course_n > 0 || e->space_size > 1 ? (int)sl_uniform_in(rng, 0.f, (float)e->n_gates[r->space] - 0.001f) : 0;
+    const float *g = r->gates + r->first_gate * SL_GATE_FLOATS;
+    sl_free_start(e, r->i, rng, r->lo, r->hi, 0, g, r->p);
+    r->yaw = atan2f(g[SL_GATE_NORMAL + 1], g[SL_GATE_NORMAL]) + sl_uniform_in(rng, -0.3f, 0.3f);
+}
+
+/* A fixed goal at a random distance (range) from the start, inside the box, clear of the world;
+ * z_scale < 1 keeps it nearer the start's height. */
+static void sl_goal_at_distance(SlEnv *e, uint32_t *rng, SlReset *r, const float range[2], float z_scale) {
+    const float *F = e->f;
+    const int np = e->n_pad, i = r->i;
+    for (int attempt = 0; attempt < 8; attempt++) {
+        float dist = sl_uniform_in(rng, range[0], range[1]);
+        float dir[3] = {sl_normalish(rng), sl_normalish(rng), z_scale * sl_normalish(rng)};
+        float dn = 1.f / sl_max(sl_norm3(dir), 1e-6f);
+        for (int a = 0; a < 3; a++) r->c[a] = sl_clamp(r->p[a] + dist * dir[a] * dn, r->lo[a], r->hi[a]);
+        r->c[2] = sl_max(r->c[2], r->margin);
+        if (sl_clear_of_world(e, r->space, r->c, SL_D(radius_m, 0) + 0.3f)) break;
+    }
+}
+
+/* hover / go-to: fly to a point and hold there */
+static void sl_target_hover(SlEnv *e, uint32_t *rng, SlReset *r) {
+    sl_goal_at_distance(e, rng, r, e->task.target_dist_m_range, 1.f);
+}
+
+/* race: the gates in order, for race_laps laps; the target is the next gate */
+static void sl_target_race(SlEnv *e, uint32_t *rng, SlReset *r) {
+    float *F = e->f;
+    const int np = e->n_pad, i = r->i;
+    SL_D(gates_to_pass, 0) = (float)e->n_gates[r->space] * e->task.race_laps;
+    if (e->n_gates[r->space] == 0) { sl_target_hover(e, rng, r); return; }
+    for (int a = 0; a < 3; a++) r->c[a] = r->gates[r->first_gate * SL_GATE_FLOATS + SL_GATE_CENTRE + a];
+    SL_D(episode_s, 0) = SL_D(gates_to_pass, 0) * e->task.race_time_per_gate_s;
+}
+
+/* orbit: a circle of radius R about a point, at speed v */
+static void sl_target_orbit(SlEnv *e, uint32_t *rng, SlReset *r) {
+    const SlTaskConfig *t = &e->task;
+    float room = sl_max(sl_min(r->hi[0] - r->lo[0], r->hi[1] - r->lo[1]) * 0.5f, 0.1f);
+    float radius = sl_min(sl_uniform_in(rng, t->orbit_radius_m_range[0], t->orbit_radius_m_range[1]), room);
+    float speed = sl_uniform_in(rng, t->orbit_speed_m_s_range[0], t->orbit_speed_m_s_range[1]);
+    float spin = sl_uniform(rng) < 0.5f ? -1.f : 1.f, phi = sl_uniform_in(rng, -SL_PI, SL_PI);
+    r->c[0] = sl_uniform_in(rng, r->lo[0] + radius, r->hi[0] - radius);
+    r->c[1] = sl_uniform_in(rng, r->lo[1] + radius, r->hi[1] - radius);
+    r->c[2] = sl_uniform_in(rng, r->lo[2], r->hi[2]);
+    r->amp[0] = r->amp[1] = radius;
+    r->w[0] = r->w[1] = spin * speed / radius;
+    r->phase[0] = phi + 0.5f * SL_PI; /* x = cx + R cos(w t + phi), y = cy + R sin(w t + phi) */
+    r->phase[1] = phi;
+}
+
+/* follow: a smooth wandering point (a Lissajous curve), at most follow_speed */
+static void sl_target_follow(SlEnv *e, uint32_t *rng, SlReset *r) {
+    for (int a = 0; a < 3; a++) {
+        float half = 0.5f * (r->hi[a] - r->lo[a]);
+        r->c[a] = 0.5f * (r->hi[a] + r->lo[a]);
+        r->amp[a] = half * sl_uniform_in(rng, 0.3f, 1.f);
+        r->w[a] = r->amp[a] > 0.05f ? sl_uniform_in(rng, 0.5f, 1.f) * e->task.follow_speed_m_s_max / (r->amp[a] * 1.7320508f) : 0.f;
+        r->phase[a] = sl_uniform_in(rng, -SL_PI, SL_PI);
+    }
+}
+
+/* formation: the drone's slot in its space's formation (alone: a slot anywhere in the box) */
+static void sl_target_formation(SlEnv *e, uint32_t *rng, SlReset *r) {
+    if (e->space_size == 1) {
+        float centre[3];
+        for (int a = 0; a < 3; a++) centre[a] = sl_uniform_in(rng, r->lo[a], r->hi[a]);
+        sl_formation(&e->task, rng, 1, centre, e->formation + (size_t)r->space * 3);
+    }
+    for (int a = 0; a < 3; a++) r->c[a] = e->formation[((size_t)r->space * e->space_size + r->i % e->space_size) * 3 + a];
+}
+
+/* obstacles: a goal past a field of spheres (scattered about the way there, in a world of its own) */
+static void sl_target_obstacles(SlEnv *e, uint32_t *rng, SlReset *r) {
+    const float *F = e->f;
+    const int np = e->n_pad, i = r->i;
+    sl_goal_at_distance(e, rng, r, e->task.obstacle_goal_dist_m_range, 0.3f);
+    if (e->space_size == 1) sl_obstacle_field(e, r->space, rng, r->p, r->c, SL_D(radius_m, 0) + 0.3f);
+}
+
+typedef struct {
+    void (*world)(SlEnv *e, uint32_t *rng, SlReset *r);  /* a world of its own, drawn for the episode */
+    void (*start)(SlEnv *e, uint32_t *rng, SlReset *r);
+    void (*target)(SlEnv *e, uint32_t *rng, SlReset *r);
+    SlGoal goal;                                          /* how the reward loop judges it (env.h) */
+} SlTask;
+
+static const SlTask SL_TASK_TABLE[SL_N_TASKS] = {
+    [SL_TASK_hover] = {sl_world_none, sl_start_free, sl_target_hover, SL_GOAL_HOLD},
+    [SL_TASK_race] = {sl_world_race, sl_start_race, sl_target_race, SL_GOAL_GATES},
+    [SL_TASK_orbit] = {sl_world_none, sl_start_free, sl_target_orbit, SL_GOAL_TRACK},
+    [SL_TASK_follow] = {sl_world_none, sl_start_free, sl_target_follow, SL_GOAL_TRACK},
+    [SL_TASK_formation] = {sl_world_none, sl_start_free, sl_target_formation, SL_GOAL_HOLD},
+    [SL_TASK_obstacles] = {sl_world_none, sl_start_free, sl_target_obstacles, SL_GOAL_HOLD},
+};
+
+/* ============================================================================================
+ * 2. A drone's reset: a new drone drawn from the profile, a task drawn from the mix, then the
+ *    task's world, start and target; the attitude, speeds and rotor speeds of the start.
+ * ========================================================================================== */
 static void sl_reset_drone(SlEnv *e, int i) {
     const SlTaskConfig *t = &e->task;
     float *F = e->f;
@@ -62,44 +196,29 @@ static void sl_reset_drone(SlEnv *e, int i) {
     sl_randomize_drone(e, i);
     sl_derive_drone(e, i);
     const int task = sl_draw_task(e, rng);
+    const SlTask *fn = &SL_TASK_TABLE[task];
     SL_D(task_id, 0) = (float)task;
-    float *gates = e->gates + (size_t)space * SL_MAX_GATES * SL_GATE_FLOATS;
-
-    /* a world of its own: only what this task needs */
+    SL_D(goal, 0) = (float)fn->goal;
+    SlReset r = {.i = i, .space = space, .gates = e->gates + (size_t)space * SL_MAX_GATES * SL_GATE_FLOATS};
     if (e->space_size == 1) {
         e->n_gates[space] = e->n_obstacles[space] = 0;
-        if (task == SL_TASK_race && e->course_n > 0) {
-            memcpy(gates, e->course, sizeof e->course);
-            e->n_gates[space] = e->course_n;
-        } else if (task == SL_TASK_race) {
-            e->n_gates[space] = sl_random_course(t, rng, t->gate_size_m + 4.f * SL_D(arm_m, 0), gates);
-        }
+        fn->world(e, rng, &r);
     }
-
-    float margin = sl_min(1.f, 0.25f * t->bounds_m[2]);
-    float lo[3], hi[3], p[3], yaw = sl_uniform_in(rng, -SL_PI, SL_PI);
-    sl_inner_box(t, margin, lo, hi);
-    lo[2] = margin; /* the floor margin */
-    int on_ground = task != SL_TASK_race && sl_uniform(rng) < t->ground_start_prob;
-    int first_gate = 0;
-    if (task == SL_TASK_race && e->n_gates[space] > 0) {
-        /* in the air before a gate, facing it: the first of a random course of its own, else any */
-        first_gate = e->course_n > 0 || e->space_size > 1 ? (int)sl_uniform_in(rng, 0.f, (float)e->n_gates[space] - 0.001f) : 0;
-        const float *g = gates + first_gate * SL_GATE_FLOATS;
-        sl_free_start(e, i, rng, lo, hi, 0, g, p);
-        yaw = atan2f(g[4], g[3]) + sl_uniform_in(rng, -0.3f, 0.3f);
-    } else {
-        sl_free_start(e, i, rng, lo, hi, on_ground, NULL, p);
-    }
+    r.margin = sl_min(1.f, 0.25f * t->bounds_m[2]);
+    r.yaw = sl_uniform_in(rng, -SL_PI, SL_PI);
+    sl_inner_box(t, r.margin, r.lo, r.hi);
+    r.lo[2] = r.margin; /* the floor margin */
+    fn->start(e, rng, &r);
+    const int on_ground = r.on_ground;
     /* random attitude: yaw, then a tilt up to init_tilt_max about a random horizontal axis */
     float tilt = on_ground ? 0.f : t->init_tilt_max_rad * sl_uniform(rng);
     float axis = sl_uniform_in(rng, -SL_PI, SL_PI);
-    float cy = cosf(0.5f * yaw), sy = sinf(0.5f * yaw), ct = cosf(0.5f * tilt), st = sinf(0.5f * tilt);
+    float cy = cosf(0.5f * r.yaw), sy = sinf(0.5f * r.yaw), ct = cosf(0.5f * tilt), st = sinf(0.5f * tilt);
     float ax = cosf(axis), ay = sinf(axis);
     float q[4] = {ct * cy, st * ax * cy + st * ay * sy, st * ay * cy - st * ax * sy, ct * sy}; /* q_tilt * q_yaw */
     float omega_hover = sqrtf(SL_D(mass_kg, 0) * SL_GRAVITY_M_S2 / (4.f * SL_D(kf_n_per_rad2s2, 0)));
     for (int a = 0; a < 3; a++) {
-        SL_D(pos_enu_m, a) = SL_D(prev_pos_enu_m, a) = p[a];
+        SL_D(pos_enu_m, a) = SL_D(prev_pos_enu_m, a) = r.p[a];
         SL_D(vel_enu_m_s, a) = on_ground ? 0.f : t->init_speed_max_m_s * (2.f * sl_uniform(rng) - 1.f) * 0.57735f;
         SL_D(omega_flu_rad_s, a) = on_ground ? 0.f : t->init_rate_max_rad_s * (2.f * sl_uniform(rng) - 1.f) * 0.57735f;
     }
@@ -114,66 +233,26 @@ static void sl_reset_drone(SlEnv *e, int i) {
     if (e->action_mode == SL_ACTION_CTBR) held[1] = held[2] = held[3] = 0.f;
     sl_settle_commands(e, i, held);
 
-    /* the target: c + A sin(W t + phase); A = 0 for a fixed point */
-    float c[3] = {0.f, 0.f, 0.f}, amp[3] = {0.f, 0.f, 0.f}, w[3] = {0.f, 0.f, 0.f}, phase[3] = {0.f, 0.f, 0.f};
     SL_D(episode_s, 0) = t->episode_s;
-    SL_D(next_gate, 0) = (float)first_gate;
-    SL_D(gates_passed, 0) = 0.f;
-    SL_D(gates_to_pass, 0) = task == SL_TASK_race ? (float)e->n_gates[space] * t->race_laps : 0.f;
-    if (task == SL_TASK_race && e->n_gates[space] > 0) {
-        for (int a = 0; a < 3; a++) c[a] = gates[first_gate * SL_GATE_FLOATS + a];
-        SL_D(episode_s, 0) = SL_D(gates_to_pass, 0) * t->race_time_per_gate_s;
-    } else if (task == SL_TASK_orbit) {  /* a circle of radius R about a point, at speed v */
-        float room = sl_max(sl_min(hi[0] - lo[0], hi[1] - lo[1]) * 0.5f, 0.1f);
-        float radius = sl_min(sl_uniform_in(rng, t->orbit_radius_m_range[0], t->orbit_radius_m_range[1]), room);
-        float speed = sl_uniform_in(rng, t->orbit_speed_m_s_range[0], t->orbit_speed_m_s_range[1]);
-        float spin = sl_uniform(rng) < 0.5f ? -1.f : 1.f, phi = sl_uniform_in(rng, -SL_PI, SL_PI);
-        c[0] = sl_uniform_in(rng, lo[0] + radius, hi[0] - radius);
-        c[1] = sl_uniform_in(rng, lo[1] + radius, hi[1] - radius);
-        c[2] = sl_uniform_in(rng, lo[2], hi[2]);
-        amp[0] = amp[1] = radius;
-        w[0] = w[1] = spin * speed / radius;
-        phase[0] = phi + 0.5f * SL_PI; /* x = cx + R cos(w t + phi), y = cy + R sin(w t + phi) */
-        phase[1] = phi;
-    } else if (task == SL_TASK_follow) { /* a smooth wandering point (a Lissajous curve), at most follow_speed */
-        for (int a = 0; a < 3; a++) {
-            float half = 0.5f * (hi[a] - lo[a]);
-            c[a] = 0.5f * (hi[a] + lo[a]);
-            amp[a] = half * sl_uniform_in(rng, 0.3f, 1.f);
-            w[a] = amp[a] > 0.05f ? sl_uniform_in(rng, 0.5f, 1.f) * t->follow_speed_m_s_max / (amp[a] * 1.7320508f) : 0.f;
-            phase[a] = sl_uniform_in(rng, -SL_PI, SL_PI);
-        }
-    } else if (task == SL_TASK_formation) {
-        if (e->space_size == 1) { /* alone: a slot anywhere in the box */
-            float centre[3];
-            for (int a = 0; a < 3; a++) centre[a] = sl_uniform_in(rng, lo[a], hi[a]);
-            sl_formation(t, rng, 1, centre, e->formation + (size_t)space * 3);
-        }
-        for (int a = 0; a < 3; a++) c[a] = e->formation[((size_t)space * e->space_size + i % e->space_size) * 3 + a];
-    } else { /* hover / go-to, and obstacles: a fixed goal at a random distance, inside the box */
-        const float *range = task == SL_TASK_obstacles ? t->obstacle_goal_dist_m_range : t->target_dist_m_range;
-        for (int attempt = 0; attempt < 8; attempt++) {
-            float dist = sl_uniform_in(rng, range[0], range[1]);
-            float dir[3] = {sl_normalish(rng), sl_normalish(rng), (task == SL_TASK_obstacles ? 0.3f : 1.f) * sl_normalish(rng)};
-            float dn = 1.f / sl_max(sl_norm3(dir), 1e-6f);
-            for (int a = 0; a < 3; a++) c[a] = sl_clamp(p[a] + dist * dir[a] * dn, lo[a], hi[a]);
-            c[2] = sl_max(c[2], margin);
-            if (sl_clear_of_world(e, space, c, SL_D(radius_m, 0) + 0.3f)) break;
-        }
-        if (task == SL_TASK_obstacles && e->space_size == 1) sl_obstacle_field(e, space, rng, p, c, SL_D(radius_m, 0) + 0.3f);
-    }
+    SL_D(next_gate, 0) = (float)r.first_gate;
+    SL_D(gates_passed, 0) = SL_D(gates_to_pass, 0) = 0.f;
+    fn->target(e, rng, &r);
     for (int a = 0; a < 3; a++) {
-        SL_D(move_centre_enu_m, a) = c[a]; SL_D(move_amp_m, a) = amp[a];
-        SL_D(move_w_rad_s, a) = w[a]; SL_D(move_phase_rad, a) = phase[a];
+        SL_D(move_centre_enu_m, a) = r.c[a]; SL_D(move_amp_m, a) = r.amp[a];
+        SL_D(move_w_rad_s, a) = r.w[a]; SL_D(move_phase_rad, a) = r.phase[a];
     }
     sl_target_at(F, np, i, 0.f);
-    float d0[3] = {SL_D(target_enu_m, 0) - p[0], SL_D(target_enu_m, 1) - p[1], SL_D(target_enu_m, 2) - p[2]};
+    float d0[3] = {SL_D(target_enu_m, 0) - r.p[0], SL_D(target_enu_m, 1) - r.p[1], SL_D(target_enu_m, 2) - r.p[2]};
     SL_D(prev_dist_m, 0) = sl_norm3(d0);
     SL_D(time_s, 0) = SL_D(hold_s, 0) = SL_D(track_s, 0) = SL_D(ep_return, 0) = SL_D(ep_success, 0) = 0.f;
     SL_D(collided, 0) = 0.f;
     SL_D(time_to_target_s, 0) = -1.f;
     sl_load_next_gates(e, i);
 }
+
+/* ============================================================================================
+ * 3. Reward, termination and records.
+ * ========================================================================================== */
 
 /* Rewards, terminations and the running episode statistics of drones i0..i1-1, after the
  * physics and sensing. The caller resets the drones whose episode ended. Three passes: the
@@ -188,14 +267,14 @@ static void sl_task(SlEnv *e, const int i0, const int i1) {
     const int np = e->n_pad;
     const float dt = e->control_dt_s;
     for (int i = i0; i < i1; i++) {
-        const int task = (int)SL_D(task_id, 0), space = i / e->space_size;
-        if (task == SL_TASK_orbit || task == SL_TASK_follow) sl_target_at(F, np, i, SL_D(time_s, 0) + dt);
+        const int goal = (int)SL_D(goal, 0), space = i / e->space_size;
+        if (goal == SL_GOAL_TRACK) sl_target_at(F, np, i, SL_D(time_s, 0) + dt);
         /* gates: any frame is solid; the next gate of a race is passed forwards only */
         float event = 0.f;
         const float *gates = e->gates + (size_t)space * SL_MAX_GATES * SL_GATE_FLOATS;
         const float p0[3] = {SL_D(prev_pos_enu_m, 0), SL_D(prev_pos_enu_m, 1), SL_D(prev_pos_enu_m, 2)};
         const float p1[3] = {SL_D(pos_enu_m, 0), SL_D(pos_enu_m, 1), SL_D(pos_enu_m, 2)};
-        const int next = task == SL_TASK_race ? (int)SL_D(next_gate, 0) : -1;
+        const int next = goal == SL_GOAL_GATES ? (int)SL_D(next_gate, 0) : -1;
         for (int k = 0; k < e->n_gates[space]; k++) {
             int ev = sl_gate_event(gates + k * SL_GATE_FLOATS, p0, p1, SL_D(radius_m, 0), t.gate_frame_m);
             if (k == next && ev > 0) event = event < 0.f ? event : 1.f;
@@ -205,9 +284,9 @@ static void sl_task(SlEnv *e, const int i0, const int i1) {
     }
 #pragma GCC ivdep
     for (int i = i0; i < i1; i++) {
-        const float task = SL_D(task_id, 0);
-        const float race = task == (float)SL_TASK_race ? 1.f : 0.f;
-        const float moving = task == (float)SL_TASK_orbit || task == (float)SL_TASK_follow ? 1.f : 0.f;
+        const float goal = SL_D(goal, 0);
+        const float race = goal == (float)SL_GOAL_GATES ? 1.f : 0.f;
+        const float moving = goal == (float)SL_GOAL_TRACK ? 1.f : 0.f;
         const float time = SL_D(time_s, 0) + dt;
         const float passed = SL_D(gate_event, 0) > 0.f ? 1.f : 0.f, hit_gate = SL_D(gate_event, 0) < 0.f ? 1.f : 0.f;
         float d[3], v2 = 0.f, w2 = 0.f, da2 = 0.f;
@@ -287,7 +366,7 @@ static void sl_record_episode(SlEnv *e, int i) {
     SL_D(last_return, 0) = SL_D(ep_return, 0);
     SL_D(last_length_s, 0) = SL_D(time_s, 0);
     SL_D(last_success, 0) = SL_D(ep_success, 0);
-    SL_D(last_crash, 0) = (float)e->terminals[i] * (SL_D(ep_success, 0) > 0.f && (e->task.end_on_success > 0.f || SL_D(task_id, 0) == (float)SL_TASK_race) ? 0.f : 1.f);
+    SL_D(last_crash, 0) = (float)e->terminals[i] * (SL_D(ep_success, 0) > 0.f && (e->task.end_on_success > 0.f || SL_D(goal, 0) == (float)SL_GOAL_GATES) ? 0.f : 1.f);
     SL_D(last_time_to_target_s, 0) = SL_D(time_to_target_s, 0);
     SL_D(last_final_error_m, 0) = SL_D(prev_dist_m, 0);
     SL_D(last_arm_m, 0) = SL_D(arm_m, 0);

@@ -24,9 +24,9 @@ SL_INLINE float sl_dist3(const float *a, const float *b) {
 
 /* A vertical gate at centre c, flown through towards yaw (counter-clockwise from east). */
 static void sl_set_gate(float *g, const float c[3], float yaw_rad, float width_m, float height_m) {
-    for (int a = 0; a < 3; a++) g[a] = c[a];
-    g[3] = cosf(yaw_rad); g[4] = sinf(yaw_rad); g[5] = 0.f;
-    g[6] = 0.5f * width_m; g[7] = 0.5f * height_m;
+    for (int a = 0; a < 3; a++) g[SL_GATE_CENTRE + a] = c[a];
+    g[SL_GATE_NORMAL] = cosf(yaw_rad); g[SL_GATE_NORMAL + 1] = sinf(yaw_rad); g[SL_GATE_NORMAL + 2] = 0.f;
+    g[SL_GATE_HALF_WIDTH] = 0.5f * width_m; g[SL_GATE_HALF_HEIGHT] = 0.5f * height_m;
 }
 
 /* The box inside the bounds that keeps `margin` from every wall, floor and ceiling. */
@@ -80,7 +80,7 @@ static int sl_clear_of_world(const SlEnv *e, int space, const float p[3], float 
         if (sl_dist3(p, obs + 4 * k) < obs[4 * k + 3] + r) return 0;
     const float *g = e->gates + (size_t)space * SL_MAX_GATES * SL_GATE_FLOATS;
     for (int k = 0; k < e->n_gates[space]; k++, g += SL_GATE_FLOATS)
-        if (sl_dist3(p, g) < sl_max(g[6], g[7]) + e->task.gate_frame_m + r) return 0;
+        if (sl_dist3(p, g) < sl_max(g[SL_GATE_HALF_WIDTH], g[SL_GATE_HALF_HEIGHT]) + e->task.gate_frame_m + r) return 0;
     return 1;
 }
 
@@ -369,8 +369,8 @@ SL_INLINE int sl_gate_event(const float *g, const float p0[3], const float p1[3]
     float f = s0 / (s0 - s1), off[3];
     for (int a = 0; a < 3; a++) off[a] = p0[a] + f * (p1[a] - p0[a]) - g[a];
     float u = fabsf(-g[4] * off[0] + g[3] * off[1]), v = fabsf(off[2]);
-    int in_opening = u <= g[6] - r && v <= g[7] - r;
-    int in_frame = u <= g[6] + frame_m + r && v <= g[7] + frame_m + r;
+    int in_opening = u <= g[SL_GATE_HALF_WIDTH] - r && v <= g[SL_GATE_HALF_HEIGHT] - r;
+    int in_frame = u <= g[SL_GATE_HALF_WIDTH] + frame_m + r && v <= g[SL_GATE_HALF_HEIGHT] + frame_m + r;
     if (!in_frame) return 0;
     return forward && in_opening ? 1 : -1;
 }
@@ -380,7 +380,7 @@ SL_INLINE int sl_gate_event(const float *g, const float p0[3], const float p1[3]
 static void sl_load_next_gates(SlEnv *e, int i) {
     float *F = e->f;
     const int np = e->n_pad, space = i / e->space_size, ng = e->n_gates[space];
-    const float left = SL_D(task_id, 0) == (float)SL_TASK_race && ng > 0 ? SL_D(gates_to_pass, 0) - SL_D(gates_passed, 0) : 0.f;
+    const float left = SL_D(goal, 0) == (float)SL_GOAL_GATES && ng > 0 ? SL_D(gates_to_pass, 0) - SL_D(gates_passed, 0) : 0.f;
     SL_D(next_gates_count, 0) = sl_clamp(left, 0.f, (float)SL_OBS_GATES);
     for (int g = 0; g < SL_OBS_GATES; g++) {
         const int idx = ng > 0 ? ((int)SL_D(next_gate, 0) + g) % ng : 0;
