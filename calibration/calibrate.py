@@ -135,19 +135,78 @@ def calibrate(paths: list[str], base: Profile, *, name: str | None = None, mass_
         log.warning("%s not fitted, kept from the base profile: %s", name_, why)
 
     profile = build_profile(base, fits, name=name, mass_kg=mass_kg, battery_v=(v_nom, v_source),
-                            files=[r.name for r in rows_list])
+                            files=[r.name for r in rows_list], not_fitted=not_fitted)
+    problems = profile_problems(profile) + unit_problems(fits, rows_list, profile["params"])
     return Calibration(fits=fits, profile=profile, not_fitted=not_fitted, rows=rows_list,
-                       battery_v_nominal=v_nom, battery_v_source=v_source, problems=profile_problems(profile))
+                       battery_v_nominal=v_nom, battery_v_source=v_source, problems=problems)
+
+
+#: unit slips seen in stand logs: (what the log may hold, factor that makes it newtons)
+THRUST_UNIT_SLIPS = (("grams-force (gf)", G_M_S2 * 1e-3), ("kilograms-force (kgf)", G_M_S2),
+                     ("ounces-force (ozf)", 0.27801385), ("pounds-force (lbf)", 4.4482216))
+MAX_THRUST_TO_WEIGHT = 25.0        # the fastest racing quads reach about 15
+MAX_THRUST_PER_POWER_GF_W = 30.0   # real props: about 1 to 15 gf per electrical watt
+TORQUE_TO_THRUST_M = (0.002, 0.1)  # km / kf: a length near a tenth of the prop radius
+
+
+def _slip_hint(ratio: float, lo: float, hi: float) -> str:
+    """Which unit slip would bring `ratio` (a thrust-proportional figure) into [lo, hi]."""
+    for unit, factor in THRUST_UNIT_SLIPS:
+        if lo <= ratio * factor <= hi:
+            return f"; is the thrust column in {unit} rather than newtons? (x{factor:.4g} would fit)"
+    return ""
+
+
+def unit_problems(fits: dict, rows_list: list[Rows], params: dict) -> list[str]:
+    """Plausibility checks that catch a thrust or torque logged in the wrong unit (grams as newtons
+    gives kf 102x too large): thrust-to-weight with the profile's mass, thrust per electrical
+    watt where the log has power, and the torque-to-thrust ratio km / kf."""
+    problems = []
+    kf = fits.get("kf_n_per_rad2s2")
+    if kf is None:
+        return problems
+    weight = params["mass_kg"] * G_M_S2
+    t_w = 4 * kf.value * params["omega_max_rad_s"] ** 2 / weight
+    if t_w > MAX_THRUST_TO_WEIGHT:
+        problems.append(f"thrust-to-weight {t_w:.3g} with kf = {kf.value:.4g} N/(rad/s)^2, omega_max = "
+                        f"{params['omega_max_rad_s']:.4g} rad/s and mass {params['mass_kg']:g} kg is not plausible "
+                        f"(real drones: under {MAX_THRUST_TO_WEIGHT:g})"
+                        + _slip_hint(t_w, 1.2, MAX_THRUST_TO_WEIGHT) + "; or give --mass-kg")
+    per_watt = []
+    for rows in rows_list:
+        if rows.current_a is None:
+            continue
+        power = rows.voltage_v * rows.current_a
+        ok = np.isfinite(power) & np.isfinite(rows.thrust_n) & (power > 0.05 * np.nanmax(power, initial=0)) & (rows.omega_rad_s > 0)
+        if ok.sum() >= 3:
+            per_watt.append(float(np.median(rows.thrust_n[ok] / power[ok])) / (G_M_S2 * 1e-3))
+    if per_watt and max(per_watt) > MAX_THRUST_PER_POWER_GF_W:
+        problems.append(f"the logs give {max(per_watt):.3g} gf of thrust per electrical watt (median over spinning rows); "
+                        f"real props give under {MAX_THRUST_PER_POWER_GF_W:g}"
+                        + _slip_hint(max(per_watt), 0.5, MAX_THRUST_PER_POWER_GF_W))
+    km = fits.get("km_nm_per_rad2s2")
+    if km is not None and km.value > 0:
+        ratio = km.value / kf.value
+        lo, hi = TORQUE_TO_THRUST_M
+        if not lo <= ratio <= hi:
+            problems.append(f"km / kf = {ratio:.3g} m is not plausible for a propeller (expected {lo:g}..{hi:g} m): "
+                            "thrust or torque is in the wrong unit" + _slip_hint(1.0 / ratio, 1.0 / hi, 1.0 / lo))
+    return problems
 
 
 def build_profile(base: Profile, fits: dict, *, name: str | None, mass_kg: float | None,
-                  battery_v: tuple[float, str], files: list[str]) -> dict:
+                  battery_v: tuple[float, str], files: list[str], not_fitted: dict | None = None) -> dict:
     """The base profile with the fitted numbers and their `source` objects (check it: profile_problems)."""
     data = base.to_json()
     params, source = dict(data["params"]), dict(data["source"])
     for field_name, f in fits.items():
         params[field_name] = rounded(f.value, 7)
         source[field_name] = f.source()
+    for field_name, why in (not_fitted or {}).items():
+        before = source.get(field_name)
+        before = before.get("method", "") if isinstance(before, dict) else str(before or "")
+        source[field_name] = f"kept from the base profile {base.name} (not measured: {why})" + (
+            f"; there: {before}" if before and not before.startswith("kept from") else "")
     v_nom, v_source = battery_v
     if v_source != f"base profile {base.name}":
         params["battery_v_nominal"] = rounded(v_nom)
@@ -156,6 +215,8 @@ def build_profile(base: Profile, fits: dict, *, name: str | None, mass_kg: float
         params["mass_kg"] = float(mass_kg)
         source["mass_kg"] = "given on the command line (--mass-kg)"
     described = re.sub(r" ?Motor constants calibrated by `skyloop calibrate` .*$", "", data.get("description", ""))
+    data["calibration"] = {"measured": sorted(fits), "kept_from_base": dict(sorted((not_fitted or {}).items())),
+                           "base_profile": base.name, "files": list(files)}
     data.update(name=name or f"{base.name}_calibrated", params=params, source=source,
                 description=(described + f" Motor constants calibrated by `skyloop calibrate` from {', '.join(files)} "
                              f"on {_dt.date.today().isoformat()}.").strip())

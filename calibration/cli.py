@@ -16,8 +16,15 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("logs", nargs="+", metavar="STAND_LOG",
+    parser.add_argument("logs", nargs="*", metavar="STAND_LOG",
                         help="stand logs (our CSV, a Tyto/RCbenchmark export, or a Bitcraze stand CSV)")
+    parser.add_argument("--flight", metavar="LOG", default=None,
+                        help="identify from a flight log with IMU and motor commands instead (thrust curve, motor "
+                             "lag and delay, inertia, km): a CSV with --mapping, or .ulg/.bin/.tlog")
+    parser.add_argument("--mapping", default=None,
+                        help="column mapping of --flight / --test-flight CSVs (e.g. crazyflie_sysid)")
+    parser.add_argument("--test-flight", metavar="LOG", default=None,
+                        help="cross-validate the --flight identification on this other flight")
     parser.add_argument("--profile", required=True,
                         help="base drone profile (built-in name or path); every number not fitted comes from it")
     parser.add_argument("-o", "--output", default=None,
@@ -63,6 +70,41 @@ def _hover(args, cal) -> dict | None:
     return hover_closure(kf, rpm, mass)
 
 
+def run_flight(args, base, output: str, name: str) -> int:
+    from calibration.flightid import calibrate_flight
+    from calibration.report import flight_summary_text
+
+    if args.logs:
+        raise CalibrationError("give stand logs or --flight, not both (calibrate the stand first, then pass its "
+                               "profile as --profile to the flight identification)")
+    out = calibrate_flight(args.flight, base, mapping=args.mapping, name=name, mass_kg=args.mass_kg,
+                           test_flight=args.test_flight)
+    if args.report:
+        os.makedirs(args.report, exist_ok=True)
+        with open(os.path.join(args.report, "flight_identification.json"), "w", encoding="utf-8") as f:
+            json.dump(out["profile"]["calibration"], f, indent=2, default=str)
+    if out["problems"]:
+        raise CalibrationError("the identified profile would not run in the sim, so it was not written: "
+                               + "; ".join(out["problems"]))
+    _write(output, out["profile"])
+    if args.json:
+        ident = out["identification"]
+        print(json.dumps({"profile": output, **{k: f.value for k, f in ident.fits.items()},
+                          "ci95": {k: f.ci95 for k, f in ident.fits.items()}, "not_fitted": ident.not_fitted,
+                          "skipped_rows": ident.skipped, "figures": ident.figures,
+                          "cross_validation": out["cross_validation"]}, default=str))
+    else:
+        print(flight_summary_text(out, output))
+    return 0
+
+
+def _write(output: str, profile: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w", encoding="utf-8") as f:
+        json.dump(profile, f, indent=2)
+        f.write("\n")
+
+
 def run(args) -> int:
     from sim.profiles import load_profile
 
@@ -72,6 +114,10 @@ def run(args) -> int:
     base = load_profile(args.profile)
     output = args.output or f"{base.name}_calibrated.json"
     name = args.name or os.path.splitext(os.path.basename(output))[0]
+    if args.flight:
+        return run_flight(args, base, output, name)
+    if not args.logs:
+        raise CalibrationError("no stand logs given (or --flight LOG for a flight identification)")
     cal = calibrate(args.logs, base, name=name, mass_kg=args.mass_kg, battery_v_nominal=args.battery_v_nominal,
                     esc_range_us=tuple(args.esc_range_us), min_step=args.min_step)
     cal.hover = _hover(args, cal)
@@ -81,10 +127,7 @@ def run(args) -> int:
     if cal.problems:
         raise CalibrationError("the calibrated profile would not run in the sim, so it was not written: "
                                + "; ".join(cal.problems))
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w", encoding="utf-8") as f:
-        json.dump(cal.profile, f, indent=2)
-        f.write("\n")
+    _write(output, cal.profile)
     if args.json:
         print(json.dumps({"profile": output, **cal.summary()}))
     else:

@@ -33,8 +33,8 @@ from scipy.signal import savgol_filter
 from calibration.data import G_M_S2
 from calibration.flightlogs import Trajectory
 from calibration.hover import hover_closure
-from flight import frames
-from sim.core import ACTION_HISTORY
+from skyloop import frames
+from sim.core import ACTION_HISTORY, omega_to_throttle
 from sim.env import DroneEnv
 from sim.profiles import Profile
 
@@ -137,13 +137,7 @@ def _throttle_to_omega(params: dict, u, v_frac=1.0) -> np.ndarray:
 
 def _omega_to_throttle(params: dict, omega, v_frac=1.0) -> np.ndarray:
     """The inverse of the profile's throttle curve (the rising root), clipped to 0..1."""
-    c0, c1, c2 = params["throttle_to_omega_rad_s"]
-    w = np.asarray(omega, float) / v_frac
-    if abs(c2) < 1e-9 * abs(c1):
-        u = (w - c0) / c1
-    else:
-        u = (-c1 + np.sqrt(np.maximum(c1 * c1 - 4 * c2 * (c0 - w), 0.0))) / (2 * c2)
-    return np.clip(u, 0.0, 1.0)
+    return omega_to_throttle(params["throttle_to_omega_rad_s"], np.asarray(omega, float) / v_frac)
 
 
 def _battery_frac(traj: Trajectory, profile: Profile) -> np.ndarray:

@@ -40,7 +40,7 @@ def _draw_gates(top, side, course) -> None:
 
 def plot_trajectory(traj: Trajectory, path: str) -> str:
     """The logged flight: top and side views, and position and attitude over time."""
-    from flight.frames import quat_to_euler_rpy
+    from skyloop.frames import quat_to_euler_rpy
     plt = _plt()
     fig, ax = plt.subplots(2, 2, figsize=(13, 8))
     p = traj.pos_enu_m

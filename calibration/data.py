@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from thrust_stand.log import COLUMNS, StandLog, read_stand_log
+from sim.core import GRAVITY_M_S2 as G_M_S2      # the C core's g: the one value
 
 RAD_S_PER_RPM = 2.0 * math.pi / 60.0
-G_M_S2 = 9.80665
 ESC_RANGE_US = (1000.0, 2000.0)   # the usual PWM ESC range: throttle 0 at 1000 us, 1 at 2000 us
 MIN_STEP = 0.05                   # a throttle change this large (of full throttle) is a step
 MIN_HOLD_ROWS = 5                 # ... when the new throttle is then held this many rows
@@ -155,6 +155,7 @@ class Rows:
     steps: list = field(default_factory=list)   # held throttle steps: (first row, end row)
     tare: dict = field(default_factory=dict)    # column -> offset removed, plus 'rows'
     meta: dict = field(default_factory=dict)
+    current_a: np.ndarray | None = None   # per motor, NaN = not measured
 
     def __len__(self) -> int:
         return len(self.t_s)
@@ -320,4 +321,5 @@ def screen_log(stand_log: StandLog, esc_range_us=ESC_RANGE_US, min_step: float =
     steps = find_steps(u, min_step) if np.isfinite(d["t_s"]).all() else []
     return Rows(path=stand_log.path, t_s=d["t_s"], throttle=u, omega_rad_s=omega, thrust_n=thrust, torque_nm=torque,
                 voltage_v=d["voltage_v"], rising=_rising(u), faults={r: m for r, m in faults.items() if m.any()},
-                stopped=stopped, steady=_steady_rows(n, steps), steps=steps, tare=tare, meta=dict(stand_log.meta))
+                stopped=stopped, steady=_steady_rows(n, steps), steps=steps, tare=tare, meta=dict(stand_log.meta),
+                current_a=d["current_a"])

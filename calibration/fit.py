@@ -155,17 +155,30 @@ def fit_square_law(rows_list: list[Rows], quantity: str = "thrust_n") -> Fit:
     field_name, unit = {"thrust_n": ("kf_n_per_rad2s2", "N"), "torque_nm": ("km_nm_per_rad2s2", "N·m")}[quantity]
     (omega, y, rising), reasons, sources, which = _select(rows_list, ("omega_rad_s", quantity), field_name,
                                                           optional=("rising",))
-    # a log without idle rows could not be tared: its load-cell offset is fitted alongside k
+    # The sim's model is k w^2 through the origin, so that is the fit. A log with idle rows was
+    # tared from them (the offset is measured); a log without idle rows cannot measure its load
+    # cell's offset, so the fit with a fitted offset is only reported beside it, never used.
     untared = [j for j, rows in enumerate(sources) if rows.tare["rows"] < 3]
     offsets = np.column_stack([(which == j).astype(float) for j in untared]) if untared else np.zeros((len(y), 0))
     w2 = omega[:, None] ** 2
-    quad = robust_lstsq(np.hstack([w2, offsets]), y, lower=[0.0] + [-np.inf] * len(untared),
-                        detect=np.hstack([np.ones_like(w2), omega[:, None], w2, offsets]))
-    y = y - offsets @ quad.coef[1:]
-    reasons = {**reasons, "outlier": int((~quad.inliers).sum())}
+    detect = np.hstack([np.ones_like(w2), omega[:, None], w2])
+    quad = robust_lstsq(w2, y, lower=[0.0], detect=detect)
     extra = {}
+    tared = {sources[j].name: {"offset_" + unit: sources[j].tare.get(quantity, 0.0), "idle_rows": sources[j].tare["rows"]}
+             for j in range(len(sources)) if j not in untared}
+    if tared:
+        extra["tare_from_idle_rows"] = tared
+    if untared:
+        off = robust_lstsq(np.hstack([w2, offsets]), y, lower=[0.0] + [-np.inf] * len(untared), detect=detect)
+        extra["fit_with_offset"] = {
+            "model": f"{quantity} = k w^2 + offset per log (offset not measured: no idle rows; not used)",
+            "k": off.coef[0], "k_ci95": off.ci95[0],
+            "offset_" + unit: {sources[j].name: off.coef[1 + i] for i, j in enumerate(untared)},
+            "rms_residual_" + unit: off.rms, "difference_pct": 100 * (off.coef[0] - quad.coef[0]) / quad.coef[0]}
+        extra["fit_through_origin"] = {"k": quad.coef[0], "rms_residual_" + unit: quad.rms}
+    reasons = {**reasons, "outlier": int((~quad.inliers).sum())}
     keep = quad.inliers
-    lin = robust_lstsq(np.hstack([w2, omega[:, None], offsets])[keep], y[keep])
+    lin = robust_lstsq(np.hstack([w2, omega[:, None]])[keep], y[keep])
     # earns its keep: clearly better by BIC and at least 10 % less RMS residual
     if _bic(lin, 2) < _bic(quad, 1) - 10 and lin.rms < 0.9 * quad.rms and lin.coef[0] > 0:
         extra["linear_term"] = {"model": f"{quantity} = k2 w^2 + k1 w", "k2": lin.coef[0], "k2_ci95": lin.ci95[0],
@@ -176,9 +189,12 @@ def fit_square_law(rows_list: list[Rows], quantity: str = "thrust_n") -> Fit:
         k_up, k_down = (float(omega[b] ** 2 @ y[b] / np.sum(omega[b] ** 4)) for b in branches)
         extra["rising_vs_falling"] = {"k_rising": k_up, "k_falling": k_down,
                                       "difference_pct": 100 * (k_up - k_down) / quad.coef[0]}
-    method = f"robust least squares {quantity} = k w^2 through the origin after taring the idle rows"
+    method = f"robust least squares {quantity} = k w^2 through the origin (the sim's model)"
+    if tared:
+        method += ", after taring the idle rows"
     if untared:
-        method += f" (with a fitted offset for {', '.join(sources[j].name for j in untared)}: no idle rows)"
+        method += (f"; {', '.join(sources[j].name for j in untared)} has no idle rows, so its load-cell offset is "
+                   "not measured: taken as 0 (a fit with an offset is in extra.fit_with_offset)")
     method += f", {CLIP_SIGMA:g}-sigma clipping" + quad.ci_note()
     if "linear_term" in extra:
         method += "; a linear term k1 w fits clearly better (see extra), the sim's model has none"

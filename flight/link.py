@@ -7,7 +7,7 @@ UDP, TCP or serial with pymavlink.
         link.send_action(action, shadow)        # per control tick
         link.land_and_disarm()
 
-A receiver thread keeps the newest state, converted once through flight/frames.py into the sim's
+A receiver thread keeps the newest state, converted once through skyloop/frames.py into the sim's
 frames (pos/vel ENU, attitude body FLU -> world ENU, body rates FLU), stamped with the monotonic
 time it arrived. We announce ourselves as an onboard controller (1 Hz heartbeat) and measure the
 link's round trip with TIMESYNC. Leaving the `with` block always ends with the vehicle disarmed
@@ -22,18 +22,17 @@ import time
 
 import numpy as np
 
-from flight import frames
+from flight.command import ctbr_command
 from flight.connection import Connection
 from flight.linkbase import LinkBase
+from skyloop import frames
+from skyloop.autopilot import FORCE_DISARM_MAGIC, LANDING, MODES, OFFBOARD, mode_name
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("MAVLINK20", "1")          # pymavlink reads this at import: MAVLink 2 framing
 from pymavlink import mavutil  # noqa: E402
 
 mav = mavutil.mavlink
-ARDUPILOT_MODES = {"GUIDED_NOGPS": 20, "LAND": 9, "STABILIZE": 0}
-PX4_OFFBOARD = 6 << 16                           # custom_mode: main mode in bits 16..23, sub mode 24..31
-PX4_AUTO_LAND = (4 << 16) | (6 << 24)
 TYPE_MASK_RATES_THRUST = 128                     # SET_ATTITUDE_TARGET: ignore the attitude
 STREAMS_HZ = {"LOCAL_POSITION_NED": 100, "ATTITUDE_QUATERNION": 100, "SYS_STATUS": 5, "BATTERY_STATUS": 5,
               "ESC_TELEMETRY_1_TO_4": 20}
@@ -226,10 +225,7 @@ class MavLink(LinkBase):
                 "omega_flu_rad_s": att[2], "rpm": self._rpm}
 
     def mode_name(self) -> str:
-        if self.autopilot == "px4":
-            return {PX4_OFFBOARD: "OFFBOARD", PX4_AUTO_LAND: "AUTO.LAND"}.get(self.custom_mode, f"px4:{self.custom_mode}")
-        names = {v: k for k, v in ARDUPILOT_MODES.items()}
-        return names.get(self.custom_mode, f"mode {self.custom_mode}")
+        return mode_name(self.autopilot or "ardupilot", self.custom_mode)
 
     # ---------------------------------------------------------------- commands
     def _command(self, command: int, *params, wait: bool = True, timeout_s: float = 2.0) -> int | None:
@@ -274,7 +270,7 @@ class MavLink(LinkBase):
 
     def start_offboard(self, send_hold, timeout_s: float = 5.0) -> None:
         """Streams the hold setpoint, enters GUIDED_NOGPS / OFFBOARD and arms; raises LinkError if refused."""
-        offboard = PX4_OFFBOARD if self.autopilot == "px4" else ARDUPILOT_MODES["GUIDED_NOGPS"]
+        offboard = MODES[self.autopilot][OFFBOARD[self.autopilot]]
         self._offboard_mode = ("wanted", offboard)
         start = time.monotonic()
         while time.monotonic() - start < 1.2:          # PX4 wants a setpoint stream before OFFBOARD
@@ -301,10 +297,9 @@ class MavLink(LinkBase):
 
     def send_action(self, action, shadow) -> dict:
         """Sends one policy action; returns what was sent, for the flight log."""
-        from flight.runner import ctbr_command
         t_ms = int((time.monotonic() - self._t0_s) * 1000) & 0xFFFFFFFF
         if self.action_mode == "ctbr":
-            thrust, rates_flu = ctbr_command(action, shadow, self.rate_max_rad_s, self.hover_throttle)
+            thrust, rates_flu = ctbr_command(action, shadow.hover_action, self.rate_max_rad_s, self.hover_throttle)
             rates_frd = frames.flu_to_frd(rates_flu)
             self.master.mav.set_attitude_target_send(t_ms, self.target[0], self.target[1], TYPE_MASK_RATES_THRUST,
                                                      [1.0, 0.0, 0.0, 0.0], *[float(r) for r in rates_frd], thrust)
@@ -321,7 +316,7 @@ class MavLink(LinkBase):
         failsafe and this returns False."""
         if self.master is None:
             return not self.armed
-        land = PX4_AUTO_LAND if self.autopilot == "px4" else ARDUPILOT_MODES["LAND"]
+        land = MODES[self.autopilot][LANDING[self.autopilot]]
         deadline = time.monotonic() + timeout_s
         still_since, next_land = None, 0.0
         while self.armed and time.monotonic() < deadline:
@@ -349,4 +344,4 @@ class MavLink(LinkBase):
     def disarm(self, force: bool = False) -> None:
         if self.master is None:
             return
-        self._command(mav.MAV_CMD_COMPONENT_ARM_DISARM, 0, 21196 if force else 0, timeout_s=1.0)
+        self._command(mav.MAV_CMD_COMPONENT_ARM_DISARM, 0, FORCE_DISARM_MAGIC if force else 0, timeout_s=1.0)

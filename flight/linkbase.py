@@ -1,4 +1,4 @@
-"""What every flight-controller link shares (MAVLink in flight/link.py, MSP in flight/msp.py):
+"""What every flight-controller link shares (MAVLink in flight/link.py, MSP in flight/msp/):
 the context manager that leaves the vehicle landed and disarmed, waiting for a state estimate,
 and the link's round-trip time. A link sets `armed`, `ground_z_enu_m` and `_rtt_s` (recent round
 trips, seconds) and provides open(), close(), connected(), latest_state() and land_and_disarm()."""
@@ -10,6 +10,9 @@ import numpy as np
 
 
 class LinkBase:
+    #: the flight controller's own failsafe, as a reason for the runner to stop (None: none)
+    fc_failsafe: str | None = None
+
     def __enter__(self):
         self.open()
         return self

@@ -3,7 +3,7 @@
 `fly_course` runs one flight on a connected link (flight/link.py, MAVLink): pre-flight checks,
 arm and enter the offboard mode, then at the policy's control rate on a monotonic clock:
 
-    newest state (ENU / FLU, from telemetry through flight/frames.py)
+    newest state (ENU / FLU, from telemetry through skyloop/frames.py)
       -> target: a point sliding along the course (flight/course.py)
       -> observation: sim.core.observe, the C function the sim itself uses
       -> action: onnxruntime
@@ -21,14 +21,17 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
+from flight.command import hold_action
 from flight.course import Course, CourseProgress
 from flight.safety import Limits, Supervisor, preflight
 from sim.core import ACTION_HISTORY, ACTION_SIZE, OBS_GATES, observe
 from sim.env import DroneEnv
 from sim.profiles import Profile
+from skyloop.frames import flu_to_frd
 from skyloop.rowlog import RowLogWriter
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,7 @@ FLIGHT_COLUMNS = tuple(
     + [f"rpm_{k}" for k in range(1, 5)] + ["battery_v", "mode", "armed", "gate", "failsafe"]
     + _xyz("shadow_pos_enu_m") + _xyz("shadow_vel_enu_m_s")
     + _xyz("goal_enu_m") + ["target_event"]      # teleop (flight/teleop.py): the operator's goal, its changes
-    # a flight controller's own gyro and motor outputs 0..1 (sim order), where the link reads them (flight/msp.py)
+    # a flight controller's own gyro and motor outputs 0..1 (sim order), where the link reads them (flight/msp/)
     + _xyz("fc_omega_frd_rad_s") + [f"fc_motor_{k}" for k in range(1, 5)])
 
 
@@ -113,95 +116,96 @@ class StatusLine:
             self.stream.flush()
 
 
-def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *, limits: Limits = Limits(),
-               lookahead_m: float = 1.5, max_time_s: float = 300.0,
-               status: StatusLine | None = None, meta: dict | None = None, targets=None) -> FlightResult:
-    """Flies the course once (all laps) on a connected link. Returns what happened; a failsafe is
-    a result (with its reason), not an exception.
+class TargetSource(Protocol):
+    """What fly_course reads its target from each tick: flight/course.py's CourseProgress (the
+    course's sliding target, or the next gate in race mode) or flight/teleop.py's TeleopTargets
+    (the operator's)."""
+    race: bool                          # the policy sees the next gates (next_gates) in its observation
+    passes: list                        # (gate number over all laps, time) of the gates passed
+    next_gate: int
+    total_gates: int
+    failsafe: str | None                # a reason to stop and land, or None
 
-    `targets` replaces the course's sliding target (CourseProgress) with another source of the
-    same interface (update(pos, t) -> target, finished, passes, next_gate, total_gates) that may
-    also have `failsafe` (a reason to stop and land), `log_fields()` (extra log columns for this
-    tick) and `stopped(reason)` (told when the loop ends): flight/teleop.py's TeleopTargets."""
+    @property
+    def finished(self) -> bool: ...
+
+    def update(self, pos_enu_m, t_s: float) -> np.ndarray:
+        """Records progress along the path flown; returns the target (ENU)."""
+
+    def next_gates(self, count: int) -> np.ndarray: ...
+
+    def log_fields(self) -> dict:
+        """Extra flight-log columns for this tick."""
+
+    def stopped(self, reason: str | None) -> None:
+        """Told once when the loop ends (None: finished)."""
+
+
+@dataclass
+class _Loop:
+    """What the control loop keeps between ticks."""
+    dt_s: float
+    last_actions: np.ndarray
+    policy_state: object
+    start_pos: np.ndarray
+    t0: float = 0.0
+    next_tick: float = 0.0
+    ticks: int = 0
+    missed: int = 0
+    tick_ms: list = field(default_factory=list)
+    path: list = field(default_factory=list)
+
+    def sleep_to_next_tick(self) -> None:
+        self.next_tick += self.dt_s
+        pause = self.next_tick - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        else:
+            self.missed += int(-pause // self.dt_s) + 1
+            self.next_tick = time.monotonic()
+
+
+def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *, limits: Limits = Limits(),
+               lookahead_m: float = 1.5, max_time_s: float = 300.0, status: StatusLine | None = None,
+               meta: dict | None = None, targets: TargetSource | None = None) -> FlightResult:
+    """Flies the course once (all laps) on a connected link. Returns what happened; a failsafe is
+    a result (with its reason), not an exception. `targets` replaces the course's sliding target
+    (CourseProgress) with another TargetSource, e.g. flight/teleop.py's TeleopTargets."""
     status = status or StatusLine()
     mode = policy.action_mode
     shadow = Shadow(profile, mode)
-    dt = 1.0 / policy.control_hz
     state = link.wait_for_state(timeout_s=10.0)
     problems = preflight(course, state, link.battery_v, link.cells, limits)
     if problems:
         raise PreflightError("pre-flight checks failed, not arming:\n  - " + "\n  - ".join(problems))
     # a policy trained on the sim's race task sees the next gates and aims at them, as in the sim
     race = "race" in policy.metadata.get("tasks", [])
-    progress = targets if targets is not None else CourseProgress(course, lookahead_m, race=race)
+    progress: TargetSource = targets if targets is not None else CourseProgress(course, lookahead_m, race=race)
     supervisor = Supervisor(course, limits, link.cells)
-    last_actions = np.zeros(ACTION_HISTORY * ACTION_SIZE, np.float32)
-    last_actions[:] = np.tile(_hold_action(mode, shadow.hover_action, on_ground=True), ACTION_HISTORY)
-    policy_state = policy.initial_state(1)
-    ticks, missed, tick_ms = 0, 0, []
-    failsafe, path = None, []
-    start_pos = np.asarray(state["pos_enu_m"], float)
+    hold = hold_action(mode, shadow.hover_action, on_ground=True)
+    loop = _Loop(1.0 / policy.control_hz, np.tile(hold, ACTION_HISTORY).astype(np.float32),
+                 policy.initial_state(1), np.asarray(state["pos_enu_m"], float))
     meta = {**(meta or {}), "course": course.to_json(), "profile": profile.name, "policy_mode": mode,
             "control_hz": policy.control_hz, "link": link.describe()}
-    interrupts, failsafe_at = 0, None
+    failsafe = failsafe_at = None
     with RowLogWriter(log_path, FLIGHT_COLUMNS, FLIGHT_LOG_FORMAT, meta) as flight_log:
-        link.start_offboard(lambda: link.send_action(_hold_action(mode, shadow.hover_action, True), shadow))
-        t0 = time.monotonic()
-        next_tick = t0
+        link.start_offboard(lambda: link.send_action(hold_action(mode, shadow.hover_action, True), shadow))
+        loop.t0 = loop.next_tick = time.monotonic()
+        interrupts = 0
         try:
-            while True:
-                try:
-                    now = time.monotonic()
-                    t = now - t0
-                    tick_start = time.perf_counter()
-                    state = link.latest_state()
-                    pos = state["pos_enu_m"] if state is not None else start_pos
-                    target = progress.update(pos, t)        # the first leg climbs straight up from the start
-                    action = None
-                    if state is not None:
-                        obs = observe(state["pos_enu_m"], state["vel_enu_m_s"], state["quat_wxyz"],
-                                      state["omega_flu_rad_s"], target, last_actions, shadow.hover_action,
-                                      gates=progress.next_gates(OBS_GATES) if getattr(progress, "race", False) else None)
-                        action, policy_state = policy.run(obs[None], policy_state)
-                        action = action[0]
-                    failsafe = supervisor.check(now, state, action, link.last_heartbeat_s, link.battery_v)
-                    if failsafe is None and t > max_time_s:
-                        failsafe = f"time limit: the course was not finished in {max_time_s:g} s"
-                    failsafe = failsafe or getattr(progress, "failsafe", None) or getattr(link, "fc_failsafe", None)
-                    if failsafe is not None:
-                        failsafe_at = time.monotonic()
-                        log.warning("failsafe: %s", failsafe)
-                        break
-                    sent = link.send_action(action, shadow)
-                    last_actions = np.concatenate([action, last_actions[:-ACTION_SIZE]]).astype(np.float32)
-                    shadow_pos, shadow_vel = shadow.predict(state, action)
-                    elapsed_ms = (time.perf_counter() - tick_start) * 1e3
-                    tick_ms.append(elapsed_ms)
-                    path.append(np.array(state["pos_enu_m"], float))
-                    extra = progress.log_fields() if hasattr(progress, "log_fields") else {}
-                    flight_log.write(**_row(t, elapsed_ms, state, target, action, sent, link, progress, shadow_pos,
-                                            shadow_vel), **extra)
-                    ticks += 1
-                    if progress.finished:
-                        break
-                    status.show(f"{link.mode_name():<14} pos {np.round(state['pos_enu_m'], 1).tolist()} m  gate "
-                                f"{min(progress.next_gate + 1, progress.total_gates)}/{progress.total_gates}  "
-                                f"t {t:5.1f} s  link {link.latency_text()}  overruns {missed}")
-                    next_tick += dt
-                    sleep = next_tick - time.monotonic()
-                    if sleep > 0:
-                        time.sleep(sleep)
-                    else:
-                        missed += int(-sleep // dt) + 1
-                        next_tick = time.monotonic()
-                except KeyboardInterrupt:
-                    failsafe_at = time.monotonic()
-                    interrupts += 1
-                    failsafe = "Ctrl-C: landing (press Ctrl-C again to disarm at once)"
-                    break
+            try:
+                while failsafe is None and not progress.finished:
+                    failsafe = _tick(link, policy, shadow, progress, supervisor, loop, flight_log, max_time_s, status)
+                    if failsafe is None and not progress.finished:
+                        loop.sleep_to_next_tick()
+            except KeyboardInterrupt:
+                interrupts += 1
+                failsafe = "Ctrl-C: landing (press Ctrl-C again to disarm at once)"
+            if failsafe is not None:
+                failsafe_at = time.monotonic()
+                log.warning("failsafe: %s", failsafe)
             status.done()
-            if hasattr(progress, "stopped"):
-                progress.stopped(failsafe)
+            progress.stopped(failsafe)
             try:
                 link.land_and_disarm(timeout_s=30.0)
             except KeyboardInterrupt:
@@ -212,27 +216,58 @@ def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *,
         except BaseException:                # a bug or a dead link: land, never drop it from the air
             link.land_and_disarm(timeout_s=10.0)
             raise
-        lap_time = progress.passes[-1][1] - progress.passes[0][1] if progress.finished and len(progress.passes) > 1 \
-            else None
+        passes = progress.passes
+        lap_time = passes[-1][1] - passes[0][1] if progress.finished and len(passes) > 1 else None
         flight_log.finish("completed" if failsafe is None else f"failsafe: {failsafe}",
-                          gates_passed=len(progress.passes), missed_ticks=missed)
-    p99 = float(np.percentile(tick_ms, 99)) if tick_ms else 0.0
-    return FlightResult(len(progress.passes), progress.total_gates, course.laps, lap_time, failsafe, p99, missed,
-                        ticks, log_path, link.latency_ms(), failsafe_at, path)
+                          gates_passed=len(passes), missed_ticks=loop.missed)
+    p99 = float(np.percentile(loop.tick_ms, 99)) if loop.tick_ms else 0.0
+    return FlightResult(len(progress.passes), progress.total_gates, course.laps, lap_time, failsafe, p99, loop.missed,
+                        loop.ticks, log_path, link.latency_ms(), failsafe_at, loop.path)
+
+
+def _tick(link, policy, shadow: Shadow, progress: TargetSource, supervisor: Supervisor, loop: _Loop, flight_log,
+          max_time_s: float, status: StatusLine) -> str | None:
+    """One control tick: newest state -> target -> observation -> action -> safety -> command -> log
+    row. Returns the failsafe's reason, or None."""
+    now = time.monotonic()
+    t = now - loop.t0
+    tick_start = time.perf_counter()
+    state = link.latest_state()
+    pos = state["pos_enu_m"] if state is not None else loop.start_pos
+    target = progress.update(pos, t)        # the first leg climbs straight up from the start
+    action = None
+    if state is not None:
+        obs = observe(state["pos_enu_m"], state["vel_enu_m_s"], state["quat_wxyz"], state["omega_flu_rad_s"],
+                      target, loop.last_actions, shadow.hover_action,
+                      gates=progress.next_gates(OBS_GATES) if progress.race else None)
+        action, loop.policy_state = policy.run(obs[None], loop.policy_state)
+        action = action[0]
+    failsafe = supervisor.check(now, state, action, link.last_heartbeat_s, link.battery_v)
+    if failsafe is None and t > max_time_s:
+        failsafe = f"time limit: the course was not finished in {max_time_s:g} s"
+    failsafe = failsafe or progress.failsafe or link.fc_failsafe
+    if failsafe is not None:
+        return failsafe
+    sent = link.send_action(action, shadow)
+    loop.last_actions = np.concatenate([action, loop.last_actions[:-ACTION_SIZE]]).astype(np.float32)
+    shadow_pos, shadow_vel = shadow.predict(state, action)
+    elapsed_ms = (time.perf_counter() - tick_start) * 1e3
+    loop.tick_ms.append(elapsed_ms)
+    loop.path.append(np.array(state["pos_enu_m"], float))
+    flight_log.write(**_row(t, elapsed_ms, state, target, action, sent, link, progress, shadow_pos, shadow_vel),
+                     **progress.log_fields())
+    loop.ticks += 1
+    status.show(f"{link.mode_name():<14} pos {np.round(state['pos_enu_m'], 1).tolist()} m  gate "
+                f"{min(progress.next_gate + 1, progress.total_gates)}/{progress.total_gates}  "
+                f"t {t:5.1f} s  link {link.latency_text()}  overruns {loop.missed}")
+    return None
 
 
 class PreflightError(ValueError):
     """The vehicle or the plan is not ready; nothing was armed."""
 
 
-def _hold_action(mode: str, hover_action: float, on_ground: bool) -> np.ndarray:
-    """The action that idles on the ground (zero thrust) or holds hover, with zero rates."""
-    thrust = -1.0 if on_ground else hover_action
-    return np.array([thrust, 0, 0, 0] if mode == "ctbr" else [thrust] * 4, np.float32)
-
-
 def _row(t, tick_ms, state, target, action, sent, link, progress, shadow_pos, shadow_vel) -> dict:
-    from flight.frames import flu_to_frd
     row = {"t_s": t, "tick_ms": tick_ms, "battery_v": link.battery_v, "mode": link.mode_name(),
            "armed": int(link.armed), "gate": progress.next_gate, "failsafe": ""}
     for name, values in (("pos_enu_m", state["pos_enu_m"]), ("vel_enu_m_s", state["vel_enu_m_s"]),
@@ -254,16 +289,3 @@ def _row(t, tick_ms, state, target, action, sent, link, progress, shadow_pos, sh
     if state.get("fc_motors") is not None:
         row.update({f"fc_motor_{k + 1}": float(m) for k, m in enumerate(state["fc_motors"])})
     return row
-
-
-def ctbr_command(action, shadow: Shadow, rate_max_rad_s, hover_throttle: float | None) -> tuple[float, np.ndarray]:
-    """The policy's ctbr action -> (normalized thrust 0..1 for SET_ATTITUDE_TARGET, body rates FLU).
-
-    In the sim, a[0] asks for the fraction (a[0] + 1) / 2 of the nominal drone's maximum thrust.
-    A vehicle that reports its hover throttle (ArduPilot MOT_THST_HOVER) gets that fraction
-    rescaled so the policy's hover action lands exactly on the vehicle's hover throttle."""
-    frac = float(np.clip((action[0] + 1.0) / 2.0, 0.0, 1.0))
-    if hover_throttle:
-        frac *= hover_throttle / ((shadow.hover_action + 1.0) / 2.0)
-    rates_flu = np.clip(np.asarray(action[1:4], float), -1.0, 1.0) * np.asarray(rate_max_rad_s, float)
-    return float(np.clip(frac, 0.0, 1.0)), rates_flu

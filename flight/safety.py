@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from skyloop.inputs import number
+
 
 @dataclass
 class Limits:
@@ -23,6 +25,19 @@ class Limits:
     max_tilt_rad: float = math.radians(70)
     max_rate_rad_s: float = 20.0          # |body rate|
     battery_critical_v_per_cell: float = 3.3
+
+    #: field -> (lowest, highest, unit): a limit outside its range, or NaN / inf, is refused (a NaN limit
+    #: compares false with everything and would switch its check off)
+    RANGES = {"geofence_margin_m": (0.0, 5.0, "m"), "stale_telemetry_s": (0.01, 2.0, "s"),
+              "link_timeout_s": (0.05, 10.0, "s"), "max_tilt_rad": (0.05, math.radians(90), "rad"),
+              "max_rate_rad_s": (0.5, 50.0, "rad/s"), "battery_critical_v_per_cell": (2.5, 4.2, "V")}
+
+    def __post_init__(self):
+        problems: list = []
+        for name, (lo, hi, unit) in self.RANGES.items():
+            number(getattr(self, name), f"safety limit {name}", problems, lo=lo, hi=hi, unit=unit)
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 class SafetyStop(RuntimeError):

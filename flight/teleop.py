@@ -33,8 +33,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from flight import frames
 from flight.course import Course
+from sim.core import GATE_FLOATS
+from skyloop import frames
 
 log = logging.getLogger(__name__)
 PAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "teleop_page")
@@ -71,6 +72,10 @@ class TeleopTargets:
     from the server's threads through `command(...)`; everything is guarded by one lock."""
 
     next_gate = total_gates = 0
+    race = False                                   # the operator's target: no gates in the observation
+
+    def next_gates(self, count: int) -> np.ndarray:
+        return np.zeros((0, GATE_FLOATS), np.float32)
 
     def __init__(self, course: Course, *, margin_m: float = 1.0, min_height_m: float = 0.5,
                  takeoff_height_m: float = 1.0, speed_m_s: float = 1.0, page_timeout_s: float = 1.0,
@@ -406,15 +411,3 @@ def run_teleop(link, policy, course: Course, profile, log_path: str, targets: Te
     if result.failsafe is not None and result.failsafe.startswith("kill"):
         link.disarm(force=True)                 # the kill thread's disarm, once more after the loop stopped
     return result
-
-
-def add_arguments(parser) -> None:
-    """`skyloop teleop`: the same options as `fly`, with --teleop on."""
-    from flight.cli import add_arguments as fly_arguments
-    fly_arguments(parser)
-    parser.set_defaults(teleop=True)
-
-
-def run(args) -> int:
-    from flight.cli import run as fly
-    return fly(args)

@@ -105,13 +105,21 @@ def format_result(onnx_path: str, result: dict) -> str:
     ])
 
 
+def add_arguments(parser) -> None:
+    """`skyloop bench policy`'s options (skyloop/verbs/bench.py puts it beside bench sim / train)."""
+    parser.add_argument("policy", help="the exported model (.onnx)")
+    parser.add_argument("--c", dest="c_header", help="the C export (.h); default: made from the .pt beside the .onnx")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time to measure each runtime")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
 def run(args) -> int:
-    """`skyloop bench policy POLICY.onnx [--c HEADER] [--seconds S] [--json]` (arguments of sim/bench.py)."""
-    path = getattr(args, "policy", None)
+    """`skyloop bench policy POLICY.onnx [--c HEADER] [--seconds S] [--json]`."""
+    path = args.policy
     if not path:
         raise FileNotFoundError("bench policy needs the exported model: skyloop bench policy POLICY.onnx")
-    result = bench_policy(path, getattr(args, "c_header", None), min(float(getattr(args, "seconds", 1.0)), 10.0))
-    if getattr(args, "json", False):
+    result = bench_policy(path, args.c_header, min(float(args.seconds), 10.0))
+    if args.json:
         print(json.dumps({k: result[k] for k in ("onnx_p50_us", "onnx_p99_us", "c_p50_us", "c_p99_us")}))
     else:
         print(format_result(path, result))

@@ -18,6 +18,7 @@ import textwrap
 
 import numpy as np
 
+from skyloop.inputs import loads_json, number
 from sim.core import ACTION_MODES, ACTION_SIZE, OBS_FIELDS, OBS_LAYOUT_VERSION, OBS_SIZE
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 FORMAT = "skyloop.onnx_policy/1"
 OBS_INPUT, STATE_INPUT, ACTION_OUTPUT, STATE_OUTPUT = "obs", "state", "action", "state_out"
 DIGEST_KEY = "contract_sha256"
+#: what a contract's numbers may be: a policy outside these is refused, whatever its checksum says
+CONTROL_HZ_RANGE = (10.0, 1000.0)
+RATE_MAX_LIMIT_RAD_S = 50.0          # ~2900 deg/s, beyond any flight controller's rate limit
+MAX_STATE_SIZE = 4096
 
 #: Every metadata property an export writes, in the order `--inspect` shows them, with a label.
 #: Values are stored as plain text for the STRING_KEYS and as JSON for the others.
@@ -87,8 +92,8 @@ def decode_metadata(props: dict, where: str = "policy") -> dict:
             values[key] = text
             continue
         try:
-            values[key] = json.loads(text)
-        except json.JSONDecodeError:
+            values[key] = loads_json(text, key, PolicyContractError)
+        except PolicyContractError:
             raise PolicyContractError(f"{where}: metadata {key!r} is not valid ({text[:60]!r}): "
                                       f"re-export it with `skyloop export POLICY.pt -o {where}`") from None
     return values
@@ -171,8 +176,22 @@ def check_contract(values: dict, where: str, action_modes) -> None:
             f"{where}: a {values['action_mode']!r} policy, but this link can fly only {', '.join(action_modes) or 'nothing'}: "
             f"fly a policy trained with --train.action_mode {' or '.join(action_modes) or '...'} (or choose a link / --mode that "
             f"accepts {values['action_mode']} commands)")
-    if not (isinstance(values["control_hz"], (int, float)) and 0 < values["control_hz"] <= 10_000):
-        raise PolicyContractError(f"{where}: control rate {values['control_hz']!r} Hz is not usable: re-export it")
+    problems: list = []
+    number(values["control_hz"], "control_hz", problems, lo=CONTROL_HZ_RANGE[0], hi=CONTROL_HZ_RANGE[1], unit="Hz")
+    if not isinstance(values["recurrent"], bool):
+        problems.append(f"recurrent must be true or false, got {values['recurrent']!r}")
+    number(values["state_size"], "state_size", problems, lo=0, hi=MAX_STATE_SIZE, integer=True)
+    scaling = values["action_scaling"]
+    if not isinstance(scaling, dict):
+        problems.append(f"action_scaling must be an object, got {str(scaling)[:60]}")
+    elif "rate_max_rad_s" in scaling:
+        rate_max = scaling["rate_max_rad_s"]
+        for k, v in enumerate(rate_max if isinstance(rate_max, list) and len(rate_max) == 3 else [rate_max]):
+            number(v, f"action_scaling.rate_max_rad_s{f'[{k}]' if isinstance(rate_max, list) else ''}", problems,
+                   lo=0.0, hi=RATE_MAX_LIMIT_RAD_S, lo_open=True, unit="rad/s")
+    if problems:
+        raise PolicyContractError(f"{where}: contract values out of range: {'; '.join(problems)}: "
+                                  f"re-export it with `skyloop export POLICY.pt -o {where}`")
 
 
 def _check_graph(session, values: dict, where: str) -> None:

@@ -1,5 +1,5 @@
 """Benchmarks that print figures: `skyloop bench sim`, `bench train` and `bench policy`
-(the last lives in policy_export/bench.py).
+(the last lives in policy_export/bench.py; skyloop/verbs/bench.py puts the three under one verb).
 
 `bench sim`: simulator throughput on one core. For each number of drones: agent steps per second (one control step of every drone: physics
 substeps, rewards, terminations, automatic resets and observations, i.e. the full env step),
@@ -106,7 +106,8 @@ def bench_train(seconds: float = 60.0, snapshot_every_s: float = 5.0, episodes: 
 
 
 def add_arguments(parser) -> None:
-    from skyloop.cli import HelpFormatter as fmt
+    """The sim and train sub-commands; returns the sub-parsers (skyloop/verbs/bench.py adds `policy`)."""
+    from skyloop.helpformat import HelpFormatter as fmt
     sub = parser.add_subparsers(dest="what", required=True, metavar="{sim,train,policy}")
     p = sub.add_parser("sim", help="simulator throughput on one core", formatter_class=fmt)
     p.add_argument("--drones", type=int, nargs="+", default=[1, 64, 1024, 8192], help="batch sizes")
@@ -124,12 +125,7 @@ def add_arguments(parser) -> None:
     p.add_argument("--snapshot-every", type=float, default=5.0, help="seconds between evaluated snapshots")
     p.add_argument("--episodes", type=int, default=1000, help="evaluation episodes per snapshot")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p = sub.add_parser("policy", help="single-observation inference latency of an exported policy (ONNX and C)",
-                       formatter_class=fmt)
-    p.add_argument("policy", help="the exported model (.onnx)")
-    p.add_argument("--c", dest="c_header", help="the C export (.h); default: made from the .pt beside the .onnx")
-    p.add_argument("--seconds", type=float, default=2.0, help="time to measure each runtime")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return sub
 
 
 def run(args, extra: list[str]) -> int:
@@ -137,9 +133,6 @@ def run(args, extra: list[str]) -> int:
         return _run_train(args, extra)
     if extra:
         raise ValueError(f"bench {args.what}: unknown options {extra}")
-    if args.what == "policy":
-        from policy_export.bench import run as bench_policy
-        return bench_policy(args)
 
     def show(row):
         space = "own worlds" if row["drones_per_space"] == 1 else f"{row['drones_per_space']} per space"

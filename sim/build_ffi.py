@@ -53,6 +53,7 @@ typedef struct {
 #define SL_GATE_NORMAL ...
 #define SL_GATE_HALF_WIDTH ...
 #define SL_GATE_HALF_HEIGHT ...
+static const float SL_GRAVITY_M_S2;       /* the one value of g: every Python use reads sim.core.GRAVITY_M_S2 */
 
 const SlField *sl_param_fields(int *n);
 const SlField *sl_randomization_fields(int *n);
@@ -82,7 +83,6 @@ int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, in
                  int *nearest, float *nearest_dist);
 const char *sl_task_name(int k);
 void sl_task_defaults(SlTaskConfig *t);
-float sl_gravity_m_s2(void);
 void sl_throttle_for_omega_n(const float curve[3], const float *omega, int n, float *throttle);
 int sl_gate_check(const float gate[8], const float p0[3], const float p1[3], float radius_m, float frame_m);
 """

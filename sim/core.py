@@ -32,6 +32,8 @@ OBS_GATES: int = lib.SL_OBS_GATES              # next gates in an observation
 OBS_OBSTACLES: int = lib.SL_OBS_OBSTACLES      # nearest obstacles in an observation
 GATE_FLOATS: int = lib.SL_GATE_FLOATS          # a gate: centre xyz, normal xyz, half width, half height
 MAX_GATES: int = lib.SL_MAX_GATES
+#: standard gravity as the C core uses it (float32 9.80665): the one value every part reads
+GRAVITY_M_S2: float = float(lib.SL_GRAVITY_M_S2)
 #: where the numbers of a gate record sit: centre xyz, unit normal xyz (direction of flight), half width, half height
 GATE_CENTRE, GATE_NORMAL = slice(lib.SL_GATE_CENTRE, lib.SL_GATE_CENTRE + 3), slice(lib.SL_GATE_NORMAL, lib.SL_GATE_NORMAL + 3)
 GATE_HALF_WIDTH, GATE_HALF_HEIGHT = lib.SL_GATE_HALF_WIDTH, lib.SL_GATE_HALF_HEIGHT
@@ -250,6 +252,22 @@ def motor_response(params: dict, throttle, dt_s: float, v_frac: float = 1.0, ome
     lib.sl_motor_response(p, ffi.from_buffer("float[]", u), len(u), float(dt_s), float(v_frac), float(omega0_rad_s),
                           ffi.from_buffer("float[]", out))
     return out
+
+
+def omega_to_throttle(curve, omega_rad_s) -> np.ndarray:
+    """The inverse of a throttle curve omega = c0 + c1 u + c2 u^2 (a profile's throttle_to_omega_rad_s,
+    the drone's nom_curve): the throttle u that gives these rotor speeds (the rising root), clipped to
+    0..1. The one inverse: the simulated vehicle, the MSP link and the sim-vs-real replay use it."""
+    c = np.ascontiguousarray(curve, dtype=np.float32).reshape(-1)
+    if c.shape != (3,):
+        raise SimError(f"omega_to_throttle: a throttle curve has 3 coefficients, got {np.shape(curve)}")
+    w = np.asarray(omega_rad_s, dtype=np.float64)
+    flat = np.ascontiguousarray(w, dtype=np.float32).reshape(-1)
+    u = np.empty_like(flat)
+    lib.sl_throttle_for_omega_n(ffi.from_buffer("float[]", c), ffi.from_buffer("float[]", flat), len(flat),
+                                ffi.from_buffer("float[]", u))    # the C core's own inverse (sim/c/physics.h)
+    out = u.astype(np.float64).reshape(w.shape)
+    return out if out.ndim else out[()]
 
 
 def neighbors(pos, radius, sense_m: float, use_grid: bool = True):

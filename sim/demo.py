@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from sim.core import OBS_GATES, OBS_OBSTACLES, TASKS, obs_slice
+from sim.core import GRAVITY_M_S2, OBS_GATES, OBS_OBSTACLES, TASKS, obs_slice
 from sim.env import DroneEnv, parse_tasks, task_config
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class CascadeController:
         self.integral[mask] = 0.0
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        g = 9.80665
+        g = GRAVITY_M_S2
         R = obs[:, _R].reshape(-1, 3, 3)                          # body -> world
         t_body = obs[:, _T]
         squash = np.linalg.norm(t_body, axis=1, keepdims=True)  # |d| / (1 + |d|)

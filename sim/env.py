@@ -62,7 +62,7 @@ def task_config(**overrides) -> dict:
 
 class DroneEnv(VectorEnv):
     """N quadrotors (one per sub-environment) flying the task mix of `task["task_prob"]` (default:
-    hover / go-to only). `course` (a flight.course.Course or a course name / path) makes every
+    hover / go-to only). `course` (a skyloop.course.Course or a course name / path) makes every
     race fly that course, in a box centred on it (see `course_task`)."""
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
@@ -155,10 +155,10 @@ class DroneEnv(VectorEnv):
 
 
 def course_task(course, task: dict) -> tuple[dict, np.ndarray, np.ndarray]:
-    """A course (flight.course.Course or its JSON name/path) as the env's race: the task with the
+    """A course (skyloop.course.Course or its JSON name/path) as the env's race: the task with the
     course's box and laps, the offset of the box's centre in the course frame, and the gates
     [n, GATE_FLOATS] in the env's frame (the env's box is centred on x and y, floor at z = 0)."""
-    from flight.course import Course, load_course      # pure Python: courses are shared with the flight runner
+    from skyloop.course import Course, load_course     # the base layer: the flight runner flies the same courses
     if not isinstance(course, Course):
         course = load_course(course)
     if len(course.gates) > MAX_GATES_ENV:

@@ -1,8 +1,10 @@
 """`skyloop <verb>`: one command line for the whole toolkit.
 
 Each verb lives in the package that owns it and provides `add_arguments(parser)` and
-`run(args) -> int`. Verbs are imported only when used, so `skyloop --help` is instant and the
-flight path never imports plotting or training code.
+`run(args) -> int`; a verb that composes parts of different layers (fly, then draw its picture)
+lives in skyloop/verbs/. Verbs are imported only when used, so `skyloop --help` is instant and the
+flight path never imports plotting or training code. This module and skyloop/verbs/ are the top
+layer: nothing imports them (tests/test_layering.py).
 """
 from __future__ import annotations
 
@@ -12,29 +14,22 @@ import inspect
 import logging
 import sys
 
+from skyloop.helpformat import HelpFormatter
+
 #: verb -> (module, one-line help)
 VERBS = {
     "sim": ("sim.demo", "run drones in the simulator and draw their flights (--demo)"),
-    "bench": ("sim.bench", "benchmarks that print figures (bench sim / train / policy)"),
+    "bench": ("skyloop.verbs.bench", "benchmarks that print figures (bench sim / train / policy)"),
     "train": ("sim.train", "train a policy with PPO on the randomized sim (one file: sim/train.py)"),
     "eval": ("sim.evaluate", "evaluate a policy on fresh randomized drones"),
     "export": ("policy_export.cli", "export a trained policy to ONNX (or C) with its contract; --inspect a model"),
     "sitl": ("flight.sitl", "a simulated MAVLink quadrotor on our sim (ArduPilot- or PX4-like)"),
-    "fly": ("flight.cli", "fly a course with an exported policy (the simulated vehicle unless --connect)"),
-    "teleop": ("flight.teleop", "fly to a target dragged on a web page (fly --teleop; prints the page's URL)"),
+    "fly": ("skyloop.verbs.fly", "fly a course with an exported policy (the simulated vehicle unless --connect)"),
+    "teleop": ("skyloop.verbs.teleop", "fly to a target dragged on a web page (fly --teleop; prints the page's URL)"),
     "stand": ("thrust_stand.cli", "drive a motor on a thrust stand and record it (stand run / stand import)"),
     "calibrate": ("calibration.cli", "fit motor constants from stand logs into a drone profile"),
     "compare": ("calibration.compare_cli", "replay a real flight log in the sim and report where they differ"),
 }
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except where there is none to show (None, False)."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def _usage() -> str:
@@ -68,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:  # our typed errors derive from these; they carry the fix
         print(f"skyloop {verb}: error: {exc}", file=sys.stderr)
         return 1
+    except (RecursionError, OverflowError, MemoryError) as exc:  # input too deep or too large for any check
+        print(f"skyloop {verb}: error: the input is too large or too deeply nested "
+              f"({type(exc).__name__}: {str(exc)[:120]})", file=sys.stderr)
+        return 1
+
+
+def fly_main(argv: list[str] | None = None) -> int:
+    """The `fly` command: the same as `skyloop fly`."""
+    return main(["fly"] + list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from flight import frames
+from skyloop import frames
 from flight.connection import parse_connection
 from flight.msp import MspLink, PoseReceiver
 
@@ -112,7 +112,7 @@ def test_fly_through_betaflight_passes_the_first_hall_gates_and_logs_its_gyro_an
     ctbr policy on the hall course cut to its first two gates (13 s of flight; the whole course takes
     45 s): both passed, no failsafe, and the log has Betaflight's gyro and motor outputs next to ours."""
     from flight import betaflight_sitl
-    from flight.cli import main as fly
+    from skyloop.cli import fly_main as fly
     from flight.course import resolve_course_path
     monkeypatch.setattr(betaflight_sitl, "default_build_dir", lambda: sitl_build_dir)
     with open(resolve_course_path("hall")) as f:

@@ -4,6 +4,8 @@ Synthetic truth comes from the sim's own motor model (calibration.synthetic); th
 read from ../shared/data/real/ and the tests that need them skip when they are absent.
 """
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +244,118 @@ def test_a_step_with_no_level_before_it_is_rejected_not_a_crash():
     y = np.where(t >= 0.0, 1000.0 - 500.0 * np.exp(-t / 0.02), 500.0)   # the log starts mid-step
     out = fit_one_step(t, y, k_step=0, pre_start=0, end=200, noise=1.0)
     assert out["reject"] == "no_level_before_or_after"
+
+
+# ---------------------------------------------------------------- export shapes, the sim's model, units
+
+STEPS_2S = REAL / "tyto1580_RS1108-5200KV_avan2in-4blade_2S_StepsTest_2020-06-16_214944.csv"
+
+
+def test_a_step_response_export_with_sparse_columns_reads_and_names_the_columns_used(tmp_path):
+    """The Tyto step-response shape: 24 header cells, two columns filled on 5 rows only (the app
+    ends the other lines before them), thrust in kgf, no optical speed, BOM and a trailing cell."""
+    header = ("Time (s),ESC signal (µs),Servo 1 (µs),Servo 2 (µs),Servo 3 (µs),AccX (g),AccY (g),AccZ (g),"
+              "Torque (N·m),Thrust (kgf),Voltage (V),Current (A),Motor Electrical Speed (RPM),"
+              "Motor Optical Speed (RPM),Electrical Power (W),Mechanical Power (W),Motor Efficiency (%),"
+              "Propeller Mech. Efficiency (kgf/W),Overall Efficiency (kgf/W),Vibration (g),App message,"
+              "90% settling time (s),Max acceleration (RPM/s),")
+    lines = [header]
+    for k in range(40):
+        rpm = 8000 + 300 * k
+        w = rpm * np.pi / 30
+        row = [f"{k * 0.02}", "1500", "", "", "", "0", "0", "-1", f"{1.2e-9 * w * w:.6g}",
+               f"{6.5e-8 * w * w / 9.80665:.6g}", "7.6", "1.0", str(rpm), "0", "7.6", "1", "50", "0.001", "0.001",
+               "0.1", ""]
+        if k % 8 == 0:
+            row += ["0.045", "120000", ""]
+        lines.append(",".join(row))
+    path = tmp_path / "StepResponse.csv"
+    path.write_bytes("\n".join(lines).encode("utf-8-sig"))
+    stand = load_log(str(path))
+    meta = stand.meta
+    assert meta["columns_used"]["thrust_n"] == "Thrust (kgf)" and meta["speed_column"] == "Motor Electrical Speed (RPM)"
+    assert meta["sparse_columns"] == ["90% settling time (s)", "Max acceleration (RPM/s)"]
+    assert "Motor Optical Speed (RPM)" in meta["columns_not_used"]
+    assert len(stand) == 40
+    assert fit_square_law([screen_log(stand)], "thrust_n").value == pytest.approx(6.5e-8, rel=1e-3)
+    # a line short of a column filled everywhere else is broken, and says so
+    lines.insert(10, ",".join(lines[10].split(",")[:9]))
+    path.write_bytes("\n".join(lines).encode("utf-8-sig"))
+    with pytest.raises(ValueError, match="line 11: 9 cells"):
+        load_log(str(path))
+
+
+def test_without_idle_rows_the_fit_goes_through_the_origin_and_reports_the_offset_fit():
+    """The 2S StepsTest export has no idle rows: no offset can be measured, so kf and km are the
+    sim's model k w^2 through the origin (within 1 % of a plain through-origin fit of the same rows);
+    the fit with an offset is reported beside it, not used."""
+    cal = calibrate([real(STEPS_2S)], load_profile("fpv5"))
+    rows = cal.rows[0]
+    assert rows.tare["rows"] == 0 and rows.meta["columns_used"]["thrust_n"] == "Thrust (gf)"
+    for field, column in (("kf_n_per_rad2s2", "thrust_n"), ("km_nm_per_rad2s2", "torque_nm")):
+        fit = cal.fits[field]
+        w, y = fit.plot["x"][fit.plot["used"]], fit.plot["y"][fit.plot["used"]]
+        through_origin = float(w ** 2 @ y / np.sum(w ** 4))
+        assert fit.value == pytest.approx(through_origin, rel=0.01)
+        offset = fit.extra["fit_with_offset"]
+        assert "not used" in offset["model"] and abs(offset["difference_pct"]) > 0.1
+        assert "no idle rows" in fit.method
+    kf = cal.fits["kf_n_per_rad2s2"]
+    assert kf.extra["fit_with_offset"]["difference_pct"] > 3      # what the former offset fit added to kf
+
+
+def test_thrust_logged_in_grams_is_refused_and_the_unit_named(synthetic_logs, tmp_path, capsys):
+    sweep, _steps, _ = synthetic_logs
+    text = open(sweep, encoding="utf-8").read().splitlines()
+    header = text[0].split(",")
+    k = header.index("thrust_n")
+    grams = []
+    for line in text[1:]:
+        cells = line.split(",")
+        if cells[k]:
+            cells[k] = f"{float(cells[k]) / 9.80665e-3:.6g}"
+        grams.append(",".join(cells))
+    path = tmp_path / "sweep_grams.csv"
+    path.write_text("\n".join([text[0]] + grams) + "\n")
+    sidecar = sweep[:-4] + ".json"
+    if os.path.exists(sidecar):
+        shutil.copy(sidecar, str(path)[:-4] + ".json")
+    out = tmp_path / "grams.json"
+    rc = main(["calibrate", str(path), "--profile", "fpv5", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and not out.exists()
+    assert "grams-force" in err and "thrust-to-weight" in err
+
+
+def test_the_profile_records_what_was_measured_and_what_was_kept():
+    cal = calibrate([real(STEPS_2S)], load_profile("fpv5"))
+    record = cal.profile["calibration"]
+    assert {"kf_n_per_rad2s2", "km_nm_per_rad2s2"} <= set(record["measured"])
+    # one averaged row per step: no step response, so no time constant in either direction
+    for name in ("motor_tau_up_s", "motor_tau_down_s", "motor_delay_s"):
+        assert name in record["kept_from_base"]
+        assert cal.profile["source"][name].startswith("kept from the base profile fpv5 (not measured:")
+
+
+def test_a_delay_of_200_ms_is_a_valid_profile_and_the_sim_holds_it():
+    """Delays of a few hundred ms are real (ESC filtering, slow firmware): the profile's range
+    allows them and the sim's delay line is sized for them."""
+    from sim.env import DroneEnv
+    p = load_profile("crazyflie21").nominal()
+    p.params["motor_delay_s"] = 0.2
+    env = DroneEnv(1, p, action_mode="motor", task={"ground_start_prob": 0.0, "init_tilt_max_rad": 0.0,
+                                                    "init_speed_max_m_s": 0.0, "init_rate_max_rad_s": 0.0})
+    env.reset(seed=0)
+    env.set_state(0, pos_enu_m=[0, 0, 50])
+    h = float(env.core.drone["hover_action"][0, 0])
+    dt = env.core.control_dt_s                # step_physics: one control period
+    for _ in range(int(round(0.5 / dt))):     # hover until the delay line holds nothing else
+        env.step_physics(np.full((1, 4), h, np.float32))
+    env.set_state(0, pos_enu_m=[0, 0, 50])
+    before = env.state(0)["rotor_rad_s"][0]
+    speeds = []
+    for _ in range(int(round(0.3 / dt))):
+        env.step_physics(np.full((1, 4), h + 0.2, np.float32))
+        speeds.append(env.state(0)["rotor_rad_s"][0])
+    first = int(np.argmax(np.abs(np.array(speeds) - before) > 1.0))   # speeds[k]: at the end of period k + 1
+    assert first * dt == pytest.approx(0.2, abs=dt / 2)   # the command moves the rotor from 0.2 s on

@@ -10,7 +10,7 @@ import pytest
 from calibration.compare import compare_flight, model_check, replay, simulate_flight
 from calibration.compare_report import plot_trajectory
 from calibration.flightlogs import FlightLogError, read_flight_log
-from flight.frames import motors_from_sim_order, motors_to_sim_order
+from skyloop.frames import motors_from_sim_order, motors_to_sim_order
 from sim.profiles import Profile, load_profile
 from skyloop.cli import main as skyloop
 
@@ -112,8 +112,13 @@ def test_truncated_and_corrupt_logs_say_where_and_keep_what_was_read(tmp_path, c
     lines = open(real(CF_FLIGHT), encoding="utf-8").read().splitlines()
     cut = tmp_path / "cut.csv"
     cut.write_text("\n".join(lines[:1200]) + "\n" + lines[1200][:25])        # the writer died mid-row
-    traj = read_flight_log(str(cut), "crazyflie_usd")
-    assert traj.n == 1199 and any("line 1201" in i and "truncated" in i for i in traj.issues)
+    with pytest.raises(FlightLogError, match="truncated at line 1201") as err:
+        read_flight_log(str(cut), "crazyflie_usd")
+    assert err.value.partial.n == 1199
+    rc = skyloop(["compare", str(cut), "--mapping", "crazyflie_usd", "--profile", "crazyflie21", "--json",
+                  "--no-closed-loop"])
+    captured = capsys.readouterr()
+    assert rc == 1 and "truncated at line 1201" in json.loads(captured.out)["log"]["broken"]
     bad = tmp_path / "bad.csv"
     bad.write_text("\n".join(lines[:700] + ["804999,\x00\x17garbage" + "," * 24] + lines[700:]) + "\n")
     with pytest.raises(FlightLogError, match="corrupt at line 701") as err:
@@ -124,12 +129,44 @@ def test_truncated_and_corrupt_logs_say_where_and_keep_what_was_read(tmp_path, c
     assert rc == 1 and "line 701" in capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert "line 701" in metrics["log"]["broken"] and metrics["log"]["samples"] == 699
+    cut_mid_number = tmp_path / "cut2.csv"
+    cut_mid_number.write_text("\n".join(lines[:1200]) + "\n" + lines[1200][:-3])   # a full row count, no line end
+    with pytest.raises(FlightLogError, match="no line end") as err:
+        read_flight_log(str(cut_mid_number), "crazyflie_usd")
+    assert err.value.partial.n == 1199
     garbage = tmp_path / "x.ulg"
     garbage.write_bytes(b"\x00" * 64)
     with pytest.raises(FlightLogError, match="not a readable ULog"):
         read_flight_log(str(garbage))
     with pytest.raises(FlightLogError, match="--mapping"):
         read_flight_log(str(cut))
+
+
+@pytest.mark.parametrize("name, keep", [("erle_pxf_copter_5-12-2014_218.BIN", 1_000_003), ("pyulog_sample.ulg", 200_000)])
+def test_a_binary_log_cut_off_mid_message_is_a_break_not_a_clean_end(tmp_path, name, keep):
+    path = real(os.path.join(REAL, name))
+    whole = read_flight_log(path)
+    cut = tmp_path / name
+    cut.write_bytes(open(path, "rb").read()[:keep])
+    with pytest.raises(FlightLogError, match="truncated at byte") as err:
+        read_flight_log(str(cut))
+    assert 10 < err.value.partial.n < whole.n
+
+
+def test_a_tlog_cut_off_mid_message_is_a_break(tmp_path):
+    import struct
+    os.environ.setdefault("MAVLINK20", "1")
+    from pymavlink.dialects.v20 import ardupilotmega as mavlink
+    mav = mavlink.MAVLink(None, srcSystem=1, srcComponent=1)
+    data = b"".join(struct.pack(">Q", int(1.7e15 + k * 1e4)) + mav.attitude_encode(k * 10, 0.01 * k, 0, 0.1, 0, 0, 0).pack(mav)
+                    for k in range(200))
+    whole, cut = tmp_path / "whole.tlog", tmp_path / "cut.tlog"
+    whole.write_bytes(data)
+    cut.write_bytes(data[:-7])
+    assert read_flight_log(str(whole)).n == 200
+    with pytest.raises(FlightLogError, match="truncated") as err:
+        read_flight_log(str(cut))
+    assert err.value.partial.n == 199
 
 
 # ---------------------------------------------------------------- the real-data goals
@@ -237,4 +274,4 @@ def test_compare_help_and_a_missing_mapping_are_clear(capsys):
         skyloop(["compare", "--help"])
     assert exc.value.code == 0 and "--mapping" in capsys.readouterr().out
     assert skyloop(["compare", real(CF_FLIGHT), "--profile", "crazyflie21", "--mapping", "nosuch"]) == 1
-    assert "shipped mappings: ['crazyflie_usd']" in capsys.readouterr().err
+    assert "shipped mappings: ['crazyflie_sysid', 'crazyflie_usd']" in capsys.readouterr().err

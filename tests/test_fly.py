@@ -1,6 +1,5 @@
-"""End to end over loopback UDP: the flight runner flies the simulated MAVLink vehicle (flight/sitl.py),
+"""End to end over loopback UDP: the flight runner flies the simulated MAVLink vehicle (flight/sitl/),
 with the real pymavlink link, the shipped ONNX policies and the safety supervisor."""
-import contextlib
 import json
 import os
 import threading
@@ -9,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from flight.cli import _free_udp_port, default_policy
+from flight.cli import default_policy
 from flight.course import load_course, parse_course
 from flight.link import LinkError, MavLink
 from flight.connection import parse_connection
@@ -26,26 +25,6 @@ SHORT = {"format": "skyloop.course/1", "name": "short",
          "start": {"pos_enu_m": [3.0, 2.0, 0.0], "yaw_deg": 135.0}, "laps": 1,
          "gates": [{"centre_enu_m": [3.0, 6.0, 1.5], "yaw_deg": 90, "inner_size_m": 1.5},
                    {"centre_enu_m": [-2.0, 4.0, 1.5], "yaw_deg": 200, "inner_size_m": 1.5}]}
-
-
-class Quiet:
-    def show(self, *a, **k):
-        pass
-
-    def done(self):
-        pass
-
-
-@contextlib.contextmanager
-def vehicle_and_link(course, profile="crazyflie21", autopilot="ardupilot", mode="ctbr", **sitl):
-    port = _free_udp_port()
-    prof = load_profile(profile)
-    policy = load_policy(default_policy(mode), action_modes=(mode,))
-    with SitlVehicle(prof, f"udpout:127.0.0.1:{port}", autopilot, course.start_pos_enu_m, course.start_yaw_rad,
-                     **sitl) as vehicle:
-        rate_max = policy.metadata["action_scaling"].get("rate_max_rad_s", prof.params["rate_max_rad_s"])
-        with MavLink(parse_connection(f"udpin:127.0.0.1:{port}"), autopilot, mode, rate_max) as link:
-            yield vehicle, link, policy, prof
 
 
 def landed_and_disarmed(vehicle, timeout_s=15.0):
@@ -82,10 +61,11 @@ def test_fly_completes_the_hall_course_on_the_simulated_vehicle(tmp_path, capsys
 
 
 @pytest.mark.parametrize("autopilot,mode,profile", [("px4", "motor", "fpv5"), ("ardupilot", "ctbr", "camera15")])
-def test_rotated_offset_start_and_both_action_modes(tmp_path, autopilot, mode, profile):
+def test_rotated_offset_start_and_both_action_modes(tmp_path, autopilot, mode, profile, vehicle_and_link,
+                                                   quiet_status):
     course = parse_course(SHORT)
     with vehicle_and_link(course, profile, autopilot, mode) as (vehicle, link, policy, prof):
-        result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=Quiet(), max_time_s=40)
+        result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=quiet_status, max_time_s=40)
         assert result.failsafe is None and result.gates_passed == 2
         assert landed_and_disarmed(vehicle)
     assert link.autopilot == autopilot
@@ -95,7 +75,8 @@ def test_rotated_offset_start_and_both_action_modes(tmp_path, autopilot, mode, p
     assert np.allclose([data[f"pos_enu_m_{a}"][0] for a in "xyz"], SHORT["start"]["pos_enu_m"], atol=0.05)
 
 
-def test_lost_telemetry_fires_the_failsafe_within_half_a_second_and_the_vehicle_lands(tmp_path):
+def test_lost_telemetry_fires_the_failsafe_within_half_a_second_and_the_vehicle_lands(tmp_path, vehicle_and_link,
+                                                                                      quiet_status):
     course = parse_course(SHORT)
     with vehicle_and_link(course) as (vehicle, link, policy, prof):
         cut = {}
@@ -105,7 +86,7 @@ def test_lost_telemetry_fires_the_failsafe_within_half_a_second_and_the_vehicle_
             vehicle.cut_telemetry()
         timer = threading.Timer(4.0, cut_after_takeoff)
         timer.start()
-        result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=Quiet(), max_time_s=20)
+        result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=quiet_status, max_time_s=20)
         timer.join()
         assert "stale telemetry" in result.failsafe
         latency = result.failsafe_at_s - cut["t"]
@@ -116,11 +97,11 @@ def test_lost_telemetry_fires_the_failsafe_within_half_a_second_and_the_vehicle_
     assert meta["ended"].startswith("failsafe: stale telemetry")
 
 
-def test_the_vehicles_own_failsafe_ends_the_flight_at_once(tmp_path):
+def test_the_vehicles_own_failsafe_ends_the_flight_at_once(tmp_path, vehicle_and_link, quiet_status):
     # a nearly flat battery: the vehicle's critical-battery failsafe switches it to LAND mid-course
     course = parse_course(SHORT)
     with vehicle_and_link(course, battery_soc=0.10) as (vehicle, link, policy, prof):
-        result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=Quiet(), max_time_s=20)
+        result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=quiet_status, max_time_s=20)
         assert vehicle.failsafe.startswith("battery critical")
         assert "left GUIDED_NOGPS for LAND" in result.failsafe
         assert landed_and_disarmed(vehicle)
@@ -129,7 +110,7 @@ def test_the_vehicles_own_failsafe_ends_the_flight_at_once(tmp_path):
     assert data["t_s"][-1] < 15.0, "the runner stopped commanding once the vehicle took over"
 
 
-def test_geofence_breach_fires_the_failsafe(tmp_path):
+def test_geofence_breach_fires_the_failsafe(tmp_path, vehicle_and_link, quiet_status):
     course = parse_course(SHORT)
     with vehicle_and_link(course) as (vehicle, link, policy, prof):
         # an updraft over twice the 27 g drone's weight: even with its motors off it rises to the ceiling
@@ -140,12 +121,12 @@ def test_geofence_breach_fires_the_failsafe(tmp_path):
                 time.sleep(0.02)
             vehicle.set_wind([0.0, 0.0, 0.0])
         threading.Thread(target=gust, daemon=True).start()
-        result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=Quiet(), max_time_s=20)
+        result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=quiet_status, max_time_s=20)
         assert result.failsafe.startswith("geofence")
         assert landed_and_disarmed(vehicle)
 
 
-def test_ctrl_c_lands(tmp_path):
+def test_ctrl_c_lands(tmp_path, vehicle_and_link, quiet_status):
     import _thread
     import signal
     course = parse_course(SHORT)
@@ -153,16 +134,16 @@ def test_ctrl_c_lands(tmp_path):
     try:
         with vehicle_and_link(course) as (vehicle, link, policy, prof):
             threading.Timer(3.0, _thread.interrupt_main).start()
-            result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=Quiet(), max_time_s=20)
+            result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=quiet_status, max_time_s=20)
             assert result.failsafe.startswith("Ctrl-C: landing")
             assert landed_and_disarmed(vehicle, timeout_s=2.0)    # fly_course returns once it is down
     finally:
         signal.signal(signal.SIGINT, previous)
 
 
-def test_ardupilot_without_thrust_means_thrust_is_refused_with_the_fix():
+def test_ardupilot_without_thrust_means_thrust_is_refused_with_the_fix(free_udp_port):
     course = parse_course(SHORT)
-    port = _free_udp_port()
+    port = free_udp_port()
     with SitlVehicle("crazyflie21", f"udpout:127.0.0.1:{port}", "ardupilot") as vehicle:
         vehicle.params["GUID_OPTIONS"] = 0.0
         with pytest.raises(LinkError, match="param set GUID_OPTIONS 8"):
@@ -193,17 +174,17 @@ def test_a_malformed_course_is_a_clear_error_before_connecting(tmp_path, capsys)
     assert "gates[0].centre_enu_m: expected 3 finite numbers" in err and "simulated" not in err
 
 
-def test_preflight_refuses_a_vehicle_outside_the_geofence(tmp_path):
+def test_preflight_refuses_a_vehicle_outside_the_geofence(tmp_path, quiet_status, free_udp_port):
     course = parse_course(SHORT)
     elsewhere = parse_course({**SHORT, "start": {"pos_enu_m": [30.0, 0.0, 0.0], "yaw_deg": 0}, "bounds_m":
                               {"min": [-6, -6, 0], "max": [40, 8, 5]}})
-    port = _free_udp_port()
+    port = free_udp_port()
     prof = load_profile("crazyflie21")
     with SitlVehicle(prof, f"udpout:127.0.0.1:{port}", "ardupilot", elsewhere.start_pos_enu_m) as vehicle:
         with MavLink(parse_connection(f"udpin:127.0.0.1:{port}"), "ardupilot") as link:
             with pytest.raises(PreflightError, match="outside the course's geofence"):
                 fly_course(link, load_policy(default_policy("ctbr")), course, prof, str(tmp_path / "f.csv"),
-                           status=Quiet())
+                           status=quiet_status)
         assert not vehicle.armed
 
 
@@ -211,7 +192,7 @@ def test_hall_course_file_is_the_one_flown():
     assert load_course("hall").name == "hall"
 
 
-def test_flies_through_mavproxy_and_its_tlog_reads_back(tmp_path, capsys):
+def test_flies_through_mavproxy_and_its_tlog_reads_back(tmp_path, capsys, free_udp_port):
     import shutil
     import subprocess
     import sys
@@ -221,7 +202,7 @@ def test_flies_through_mavproxy_and_its_tlog_reads_back(tmp_path, capsys):
         pytest.skip("MAVProxy is not installed (pip install -e '.[test]' installs it)")
     course_path = tmp_path / "short.json"
     course_path.write_text(json.dumps(SHORT))
-    p_vehicle, p_runner = _free_udp_port(), _free_udp_port()
+    p_vehicle, p_runner = free_udp_port(), free_udp_port()
     tlog = tmp_path / "session.tlog"
     with SitlVehicle("crazyflie21", f"udpout:127.0.0.1:{p_vehicle}", "ardupilot", SHORT["start"]["pos_enu_m"],
                      np.radians(SHORT["start"]["yaw_deg"])) as vehicle:

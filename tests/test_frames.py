@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from flight import frames
+from skyloop import frames
 
 
 def test_world_vectors():

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from flight import frames
+from skyloop import frames
 from flight.betaflight_sitl import FDM_SIZE, pack_fdm, unpack_fdm, unpack_servo
 from flight.connection import parse_connection
 from flight.msp import (BOX_ARM, BOX_FAILSAFE, MSP_API_VERSION, MSP_ATTITUDE, MSP_FC_VARIANT, MSP_FEATURE_CONFIG,

@@ -1,4 +1,4 @@
-"""The simulated MAVLink vehicle (flight/sitl.py), driven over loopback UDP with pymavlink (and
+"""The simulated MAVLink vehicle (flight/sitl/), driven over loopback UDP with pymavlink (and
 MAVProxy in between for the handshake). Most tests run in lockstep: every setpoint advances the
 sim one control step and a TIMESYNC request after it is the barrier that says the step is done."""
 import contextlib
@@ -17,10 +17,11 @@ import pytest
 os.environ.setdefault("MAVLINK20", "1")
 from pymavlink import mavutil  # noqa: E402
 
-from flight import frames  # noqa: E402
+from skyloop import frames  # noqa: E402
 from flight.connection import ConnectionStringError  # noqa: E402
 from flight.sitl import SitlVehicle, SitlError, parse_speed  # noqa: E402
-from flight.sitl_models import Realism, RealismError  # noqa: E402
+from flight.sitl.models import Realism, RealismError  # noqa: E402
+from sim.core import GRAVITY_M_S2  # noqa: E402
 from skyloop.cli import main as skyloop  # noqa: E402
 
 mav = mavutil.mavlink
@@ -405,7 +406,7 @@ def test_streams_at_requested_rates_in_ned_frd_with_sag_rpm_and_pwm():
         assert got.count("HIGHRES_IMU") == pytest.approx(100 * sim_s, abs=2)
         assert got.count("BATTERY_STATUS") == pytest.approx(10 * sim_s, abs=2) and "ATTITUDE" not in got
         imu, odo = client.seen["HIGHRES_IMU"], client.seen["ODOMETRY"]
-        assert (imu.xacc, imu.yacc, imu.zacc) == pytest.approx((0, 0, -9.81), abs=1e-3)   # FRD: up is -z
+        assert (imu.xacc, imu.yacc, imu.zacc) == pytest.approx((0, 0, -GRAVITY_M_S2), abs=1e-3)   # FRD: up is -z
         assert (odo.x, odo.y, odo.z) == pytest.approx((2.0, 3.0, 0.0), abs=1e-5)        # NED: north, east, down
         assert math.degrees(frames.quat_to_euler_rpy(odo.q)[2]) == pytest.approx(60.0, abs=1e-3)   # yaw from north
         assert odo.frame_id == mav.MAV_FRAME_LOCAL_NED and odo.child_frame_id == mav.MAV_FRAME_BODY_FRD

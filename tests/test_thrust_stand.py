@@ -299,7 +299,7 @@ def _fake_flight_controller(port: int, motor: SimulatedStand, stop: threading.Ev
 
 
 def test_mavlink_stand_drives_a_motor_test_and_merges_esc_telemetry_with_the_load_cell(stand, tmp_path):
-    from thrust_stand.driver import open_stand
+    from thrust_stand.stands import open_stand
     port, stop, commands = _free_udp_port(), threading.Event(), []
     fc = threading.Thread(target=_fake_flight_controller, args=(port, stand, stop, commands), daemon=True)
     fc.start()

@@ -5,7 +5,8 @@
 
 Modules:
     protocol       the serial line protocol's frames and checksum (PROTOCOL.md)
-    driver         the driver interface, its errors, `open_stand(port string)`
+    driver         the driver interface and its errors
+    stands         `open_stand(port string)` -> the driver for it
     serial_stand   a stand speaking PROTOCOL.md over pyserial
     mavlink_stand  a flight controller (DO_MOTOR_TEST, ESC telemetry) plus a serial load cell
     simstand       a simulated stand on a pseudo-terminal, backed by sim.core.motor_response

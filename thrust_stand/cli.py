@@ -14,6 +14,7 @@ import logging
 import sys
 import time
 
+from skyloop.inputs import finite_arg
 from thrust_stand.protocol import WATCHDOG_S
 
 log = logging.getLogger(__name__)
@@ -38,12 +39,16 @@ def add_arguments(parser) -> None:
                           "mavlink:CONNECTION for a flight controller (e.g. mavlink:udpin:0.0.0.0:14550); "
                           "sim or sim:PROFILE for a simulated stand started for this run")
     run.add_argument("--load-cell", default=None, help="DEVICE[,BAUD] of the serial load cell (mavlink ports only)")
-    run.add_argument("--motor-index", type=int, default=1, help="flight controller output of the motor (mavlink)")
+    run.add_argument("--motor-index", type=finite_arg(1, 16, integer=True), default=1,
+                     help="flight controller output of the motor (mavlink)")
     run.add_argument("-o", "--output", default=None,
                      help="stand log CSV (sidecar .json and .png next to it); unset: stand_logs/PROCEDURE_TIME.csv")
-    run.add_argument("--max-throttle", type=float, default=None, help="throttle limit 0..1; unset: the plan's")
-    run.add_argument("--max-current-a", type=float, default=None, help="current limit; unset: the plan's")
-    run.add_argument("--max-thrust-n", type=float, default=None, help="thrust limit; unset: the plan's")
+    run.add_argument("--max-throttle", type=finite_arg(0.0, 1.0, lo_open=True), default=None,
+                     help="throttle limit in (0, 1]; unset: the plan's")
+    run.add_argument("--max-current-a", type=finite_arg(0.0, 1000.0, lo_open=True), default=None,
+                     help="current limit [A]; unset: the plan's")
+    run.add_argument("--max-thrust-n", type=finite_arg(0.0, 10000.0, lo_open=True), default=None,
+                     help="thrust limit [N]; unset: the plan's")
     run.add_argument("--yes", action="store_true", help="do not ask for confirmation before spinning the motor")
     for name in ("motor", "prop", "battery", "esc", "stand", "notes"):
         run.add_argument(f"--{name}", default=None, help=f"{name} description for the sidecar")
@@ -55,7 +60,8 @@ def add_arguments(parser) -> None:
                                      "sim's motor model. Prints the device path; runs until Ctrl-C.")
     sim.add_argument("--profile", default="fpv5", help="drone profile whose motor is on the stand")
     sim.add_argument("--seed", type=int, default=0, help="noise seed")
-    sim.add_argument("--seconds", type=float, default=None, help="stop after this long; unset: until Ctrl-C")
+    sim.add_argument("--seconds", type=finite_arg(0.0, lo_open=True), default=None,
+                     help="stop after this long; unset: until Ctrl-C")
 
     plan = sub.add_parser("plan", formatter_class=fmt, help="print a procedure plan (to copy and edit)")
     plan.add_argument("procedure", help="sweep, steps, endurance or tare")
@@ -84,15 +90,15 @@ def _confirm(plan, port: str, assume_yes: bool) -> None:
 
 
 def _run(args) -> int:
-    from thrust_stand.driver import open_stand
+    from thrust_stand.stands import open_stand
     from thrust_stand.plans import load_plan
     from thrust_stand.run import RunAborted, default_log_path, run_plan
 
     # limits are checked here, before the stand is opened: a throttle above them is never sent
     plan = load_plan(args.procedure).with_limits(max_throttle=args.max_throttle, max_current_a=args.max_current_a,
                                                  max_thrust_n=args.max_thrust_n)
-    output = args.output or default_log_path(plan.procedure)
     _confirm(plan, args.port, args.yes)
+    output = args.output or default_log_path(plan.procedure)
     meta = {name: getattr(args, name) for name in ("motor", "prop", "battery", "esc", "stand", "notes")
             if getattr(args, name)}
     simulated = None
@@ -140,7 +146,8 @@ def _report(result, as_json: bool) -> None:
     print(f"{result.ended}: {result.rows} samples in {result.log_path}"
           + (f", picture {result.png_path}" if result.png_path else ""))
     print(f"  link: {c['bad_checksum']} bad checksums, {c['malformed']} malformed lines, "
-          f"{c['missed_samples']} missed samples (all dropped, never written)")
+          f"{c['missed_samples']} missed samples, {c.get('clock_backwards', 0)} samples whose clock went "
+          "backwards (all dropped, never written)")
     if result.points:
         print(f"  {'level':<12} {'throttle':>8} {'rpm':>8} {'thrust N':>9} {'torque N·m':>11} {'current A':>10}")
         for p in result.points:

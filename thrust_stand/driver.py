@@ -1,4 +1,5 @@
-"""The one small interface every stand driver has, its errors, and `open_stand` (port string -> driver).
+"""The one small interface every stand driver has and its errors (`open_stand`, port string -> driver,
+is in thrust_stand/stands.py).
 
     with open_stand("/dev/ttyUSB0,115200", max_throttle=0.8) as stand:   # handshake on enter
         stand.tare()
@@ -28,10 +29,12 @@ class ThrottleLimitError(ValueError):
 
 
 def check_throttle(throttle: float, max_throttle: float) -> float:
-    throttle = float(throttle)
+    throttle, max_throttle = float(throttle), float(max_throttle)
     if not 0.0 <= throttle <= 1.0:
         raise ThrottleLimitError(f"throttle {throttle:g} is outside 0..1")
-    if throttle > max_throttle + 1e-9:
+    if not 0.0 <= max_throttle <= 1.0:                 # NaN lands here too: it would switch the check off
+        raise ThrottleLimitError(f"the throttle limit {max_throttle:g} is not a number in 0..1")
+    if not throttle <= max_throttle + 1e-9:
         raise ThrottleLimitError(f"throttle {throttle:g} is above this run's limit of {max_throttle:g} "
                                  "(raise --max-throttle only if the motor, prop and stand are rated for it)")
     return throttle
@@ -46,8 +49,13 @@ class StandDriver:
     def __init__(self, max_throttle: float = 1.0, loss_timeout_s: float = WATCHDOG_S):
         self.max_throttle = float(max_throttle)
         self.loss_timeout_s = float(loss_timeout_s)
+        if not 0.0 <= self.max_throttle <= 1.0:
+            raise ThrottleLimitError(f"max_throttle {max_throttle!r} is not a number in 0..1")
+        if not 0.0 < self.loss_timeout_s <= 10.0:
+            raise ValueError(f"loss_timeout_s {loss_timeout_s!r} must be a number of seconds in (0, 10]")
         self.info: dict = {}
-        self.counters = {"bad_checksum": 0, "malformed": 0, "missed_samples": 0, "samples": 0}
+        self.counters = {"bad_checksum": 0, "malformed": 0, "missed_samples": 0, "samples": 0,
+                         "clock_backwards": 0}
         self.throttle = 0.0   # last commanded
 
     # -- the interface
@@ -100,22 +108,3 @@ class StandDriver:
         finally:
             self.close()
         return False
-
-
-def open_stand(port: str, *, max_throttle: float = 1.0, load_cell: str | None = None, motor: int = 1,
-               loss_timeout_s: float = WATCHDOG_S) -> StandDriver:
-    """A driver for a port string (not yet opened: use it in a `with`):
-
-    - `/dev/ttyUSB0,115200` (or `/dev/ttyUSB0`, 115200 baud): a stand speaking PROTOCOL.md;
-    - `mavlink:CONNECTION` (e.g. `mavlink:udpin:0.0.0.0:14550`, `mavlink:/dev/ttyACM0,921600`): a
-      flight controller driving the motor with MAV_CMD_DO_MOTOR_TEST, thrust from `load_cell`.
-    """
-    if port.startswith("mavlink:"):
-        from thrust_stand.mavlink_stand import MavlinkStand
-        if not load_cell:
-            raise ValueError("a MAVLink stand needs --load-cell PORT (a serial load cell speaking PROTOCOL.md) "
-                             "for thrust; the flight controller reports only rpm, voltage and current")
-        return MavlinkStand(port[len("mavlink:"):], load_cell, motor=motor, max_throttle=max_throttle,
-                            loss_timeout_s=loss_timeout_s)
-    from thrust_stand.serial_stand import SerialStand
-    return SerialStand(port, max_throttle=max_throttle, loss_timeout_s=loss_timeout_s)

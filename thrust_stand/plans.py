@@ -13,12 +13,12 @@ when the plan is checked, before the stand is even opened.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from skyloop.inputs import number, read_json
 from thrust_stand.driver import ThrottleLimitError, check_throttle
 
 FORMAT = "skyloop.stand_plan/1"
@@ -103,7 +103,7 @@ class Plan:
 
     def with_limits(self, **overrides) -> "Plan":
         """The plan with limits replaced where an override is given (not None), checked again."""
-        limits = {**self.limits, **{k: float(v) for k, v in overrides.items() if v is not None}}
+        limits = {**self.limits, **{k: v for k, v in overrides.items() if v is not None}}
         return check_plan({**self.data, "limits": limits}, self.source)
 
     def summary(self) -> str:
@@ -131,50 +131,83 @@ def plan_path(name_or_path: str) -> str:
 
 def load_plan(name_or_path: str) -> Plan:
     path = plan_path(name_or_path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise PlanError(f"{path}: not valid JSON: {exc}") from None
-    return check_plan(data, path)
+    return check_plan(read_json(path, PlanError), path)
+
+
+#: the largest values a plan may hold: far beyond any real stand, small enough to check before use
+MAX_LEVELS = 1000
+MAX_SEGMENT_S = 24 * 3600.0
+LIMIT_RANGES = {"max_throttle": (0.0, 1.0, ""), "max_current_a": (0.0, 1000.0, "A"), "max_thrust_n": (0.0, 10000.0, "N")}
+
+
+def _check_section(procedure: str, section: dict, problems: list) -> None:
+    """Every field of the procedure's section is the right type and in range (before anything is built
+    from it: `levels: 1e9` must not allocate a billion segments)."""
+    for name, value in section.items():
+        where = f"{procedure}.{name}"
+        if name.endswith("_s"):
+            number(value, where, problems, lo=0.0, hi=MAX_SEGMENT_S, unit="s")
+        elif name in ("throttle_min", "throttle_max", "throttle"):
+            number(value, where, problems, lo=0.0, hi=1.0)
+        elif name == "down":
+            if not isinstance(value, bool):
+                problems.append(f"{where} must be true or false, got {value!r}")
+        elif name == "levels" and procedure == "sweep":
+            number(value, where, problems, lo=2, hi=MAX_LEVELS, integer=True)
+        elif name == "levels":
+            if not isinstance(value, list) or not 2 <= len(value) <= MAX_LEVELS:
+                problems.append(f"steps.levels must list 2 to {MAX_LEVELS} throttles, got "
+                                f"{type(value).__name__ if not isinstance(value, list) else f'{len(value)} of them'}")
+            else:
+                for k, u in enumerate(value):
+                    number(u, f"steps.levels[{k}]", problems, lo=0.0, hi=1.0)
 
 
 def check_plan(data: dict, source: str) -> Plan:
     """The plan with defaults filled in; PlanError lists every problem, ThrottleLimitError a
-    throttle above the limit."""
+    throttle above the limit. Every number is checked for type, finiteness and range first."""
+    if not isinstance(data, dict):
+        raise PlanError(f"{source}: a plan is a JSON object (see `skyloop stand plan sweep`), got {type(data).__name__}")
     problems = []
     if data.get("format") != FORMAT:
         problems.append(f"format is {data.get('format')!r}, expected {FORMAT!r}")
     procedure = data.get("procedure")
-    if procedure not in SECTIONS:
+    if not isinstance(procedure, str) or procedure not in SECTIONS:
         raise PlanError(f"{source}: procedure {procedure!r} unknown; known: {', '.join(SECTIONS)}")
-    stray = sorted(set(data) - {"format", "procedure", "description", "sample_rate_hz", "tare_first", "idle_s",
-                              "limits", procedure})
+    stray = sorted(map(str, set(data) - {"format", "procedure", "description", "sample_rate_hz", "tare_first",
+                                         "idle_s", "limits", procedure}))
     if stray:
         problems.append(f"unknown field(s) {stray}")
-    section = {**SECTIONS[procedure], **data.get(procedure, {})}
-    unknown = sorted(set(data.get(procedure, {})) - set(SECTIONS[procedure]))
+    given = data.get(procedure, {})
+    if not isinstance(given, dict):
+        raise PlanError(f"{source}: {procedure} must be an object of the procedure's fields, got {given!r:.60}")
+    section = {**SECTIONS[procedure], **given}
+    unknown = sorted(set(given) - set(SECTIONS[procedure]))
     if unknown:
         problems.append(f"{procedure}: unknown field(s) {unknown}; known: {sorted(SECTIONS[procedure])}")
     limits = data.get("limits", {})
-    for name in LIMITS:
-        value = limits.get(name)
-        if not isinstance(value, (int, float)) or value <= 0:
+    if not isinstance(limits, dict):
+        problems.append(f"limits must be an object with {', '.join(LIMITS)}, got {limits!r:.60}")
+        limits = {}
+    for name, (lo, hi, unit) in LIMIT_RANGES.items():
+        if name not in limits:
             problems.append(f"limits.{name} must be a positive number (every run has a throttle, current and "
-                            f"thrust limit), got {value!r}")
-    if isinstance(limits.get("max_throttle"), (int, float)) and limits["max_throttle"] > 1:
-        problems.append(f"limits.max_throttle is {limits['max_throttle']!r}; throttle is 0..1")
+                            "thrust limit); it is missing")
+        else:
+            number(limits[name], f"limits.{name}", problems, lo=lo, hi=hi, lo_open=True, unit=unit)
+    stray_limits = sorted(map(str, set(limits) - set(LIMITS)))
+    if stray_limits:
+        problems.append(f"limits: unknown field(s) {stray_limits}; known: {list(LIMITS)}")
     idle = data.get("idle_s", IDLE_S)
-    if not (isinstance(idle, (int, float)) and idle >= 0):
-        problems.append(f"idle_s must be seconds >= 0, got {idle!r}")
+    number(idle, "idle_s", problems, lo=0.0, hi=MAX_SEGMENT_S, unit="s")
     rate = data.get("sample_rate_hz", 100)
-    if rate != "max" and not (isinstance(rate, (int, float)) and 0 < rate <= 10000):
-        problems.append(f"sample_rate_hz must be a number of Hz or \"max\", got {rate!r}")
-    for name, value in section.items():
-        if name.endswith("_s") and not (isinstance(value, (int, float)) and value >= 0):
-            problems.append(f"{procedure}.{name} must be seconds >= 0, got {value!r}")
-    if procedure == "steps" and (not isinstance(section["levels"], list) or len(section["levels"]) < 2):
-        problems.append("steps.levels must list at least two throttles")
+    if rate != "max":
+        number(rate, "sample_rate_hz (a number of Hz or \"max\")", problems, lo=0.0, hi=10000.0, lo_open=True)
+    if not isinstance(data.get("tare_first", False), bool):
+        problems.append(f"tare_first must be true or false, got {data['tare_first']!r}")
+    if not isinstance(data.get("description", ""), str):
+        problems.append("description must be text")
+    _check_section(procedure, section, problems)
     if problems:
         raise PlanError(f"{source}: " + "; ".join(problems))
     plan = Plan(procedure, {**data, procedure: section, "sample_rate_hz": rate}, source)

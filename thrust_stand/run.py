@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from thrust_stand.driver import StandDriver, StandError
+from thrust_stand.driver import StandDriver, StandError, check_throttle
 from thrust_stand.log import COLUMNS, StandLogWriter
 from thrust_stand.plans import Plan, Segment
 from thrust_stand.protocol import T_US_MOD, Sample
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 STATUS_PERIOD_S = 0.2
 LOG_PERIOD_S = 2.0
 READ_TIMEOUT_S = 0.01
+MAX_CLOCK_BACKWARDS = 3
 
 
 class LimitExceeded(StandError):
@@ -93,6 +94,10 @@ class Recorder:
         self._t0_us = None
         self._last_us = 0
         self._wraps = 0
+        self._backwards = 0
+        for name in ("max_current_a", "max_thrust_n"):     # a NaN limit would never fire
+            if not (isinstance(limits.get(name), (int, float)) and 0 < limits[name] < math.inf):
+                raise ValueError(f"limits.{name} must be a positive finite number, got {limits.get(name)!r}")
         self.points: list[dict] = []
         self._segment_rows: list[tuple[float, dict]] = []
 
@@ -100,16 +105,37 @@ class Recorder:
         self._segment_start_s = time.monotonic()
         self._segment_rows = []
 
-    def add(self, s: Sample, segment: Segment, index: int, total: int) -> None:
+    def _unwrap(self, t_us: int) -> bool:
+        """Follows the stand's 32-bit microsecond clock across wraps; False for a sample whose clock
+        went backwards (counted in `clock_backwards` and not logged: its time is wrong). A wrap is a
+        small step forward modulo 2**32, a step back is anything else; MAX_CLOCK_BACKWARDS such samples
+        in a row means the stand's clock restarted, and the run is aborted."""
         if self._t0_us is None:
-            self._t0_us = s.t_us
-        elif s.t_us < self._last_us:
+            self._t0_us = self._last_us = t_us
+            return True
+        if (t_us - self._last_us) % T_US_MOD >= T_US_MOD // 2:
+            self.stand.counters["clock_backwards"] = self.stand.counters.get("clock_backwards", 0) + 1
+            self._backwards += 1
+            if self._backwards >= MAX_CLOCK_BACKWARDS:
+                raise StandError(f"the stand's clock went backwards in {self._backwards} samples in a row "
+                                 f"(from {self._last_us} us to {t_us} us): did the stand restart?")
+            log.warning("dropped a sample whose clock went backwards (%d us after %d us)", t_us, self._last_us)
+            return False
+        self._backwards = 0
+        if t_us < self._last_us:
             self._wraps += 1
-        self._last_us = s.t_us
+        self._last_us = t_us
+        return True
+
+    def add(self, s: Sample, segment: Segment, index: int, total: int) -> None:
+        if not self._unwrap(s.t_us):
+            return
         row = {"t_s": (s.t_us + self._wraps * T_US_MOD - self._t0_us) * 1e-6, "throttle": s.throttle,
                "esc_us": s.esc_us, "rpm": s.rpm, "thrust_n": s.thrust_n, "torque_nm": s.torque_nm,
                "voltage_v": s.voltage_v, "current_a": s.current_a}
         self.writer.write(**row)
+        if self.writer.fault:                               # on the stand, a log that cannot be kept ends the run
+            raise StandError(f"the stand log cannot be written ({self.writer.fault}): throttle 0 commanded")
         self._segment_rows.append((time.monotonic() - self._segment_start_s, row))
         c = self.stand.counters
         self.status.update(f"[{segment.label} {index}/{total}] t {row['t_s']:6.1f} s  thr {s.throttle:.3f}  "
@@ -141,7 +167,8 @@ def run_plan(stand: StandDriver, plan: Plan, log_path: str, *, meta: dict | None
     """Opens the stand, runs the plan, stops and closes the stand; returns what was recorded.
     Raises RunAborted on a safety stop (after throttle 0), and re-raises anything else after it."""
     segments = plan.segments()
-    stand.max_throttle = min(stand.max_throttle, plan.limits["max_throttle"])
+    limit = check_throttle(plan.limits["max_throttle"], 1.0)  # a NaN limit would make min() keep the stand's
+    stand.max_throttle = min(stand.max_throttle, limit)
     line = StatusLine(status)
     ended, error = "completed", None
     with stand:                                             # leaving it always commands throttle 0
@@ -203,5 +230,6 @@ def _number(text) -> float | None:
 
 
 def default_log_path(procedure: str, directory: str = "stand_logs") -> str:
-    stamp = time.strftime("%Y%m%d_%H%M%S")
-    return os.path.join(directory, f"{procedure}_{stamp}.csv")
+    """A new, unique stand log path (two runs in the same second get different files)."""
+    from skyloop.rowlog import reserve_log_path
+    return reserve_log_path(directory, os.path.basename(procedure).replace(".json", "") or "stand")

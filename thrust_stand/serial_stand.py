@@ -50,6 +50,7 @@ class SerialStand(StandDriver):
         self._last_sample_s = 0.0
         self._last_sample_seq = None
         self._queue: list[Sample] = []
+        self._pending_error: StandError | None = None
 
     # -- link
     def open(self) -> None:
@@ -155,27 +156,39 @@ class SerialStand(StandDriver):
         self._send("THR", int(round(throttle * THROTTLE_SCALE)))
 
     def read_samples(self, timeout_s: float = 0.02) -> list[Sample]:
+        """The samples received since the last call (waiting up to timeout_s for one). What is already
+        in the port buffer is read before the link is judged: after a host stall those samples are
+        the record of what the motor did, so they are returned first and a fault that came after
+        them (the stand's watchdog ERR, a NAK) is raised on the next call."""
+        if self._pending_error is not None:
+            error, self._pending_error = self._pending_error, None
+            raise error
         deadline = time.monotonic() + timeout_s
         while True:
-            now = time.monotonic()
-            if self._streaming and now - self._last_sample_s > self.loss_timeout_s:
-                silence = now - self._last_sample_s
-                self.stop()
-                raise StandLinkLost(f"no sample from the {self.role} for {silence * 1000:.0f} ms "
-                                    f"(bound {self.loss_timeout_s * 1000:.0f} ms): throttle 0 commanded")
-            if self._armed and now - self._last_tx_s >= HOST_HEARTBEAT_S:
+            if self._armed and time.monotonic() - self._last_tx_s >= HOST_HEARTBEAT_S:
                 self._send("HB")
             try:
                 for fields in self._read_frames():
                     if fields[0] == "NAK":
                         raise StandError(f"the {self.role} refused command {fields[1]} ({fields[2:3]}): "
                                          f"{','.join(fields[3:])}")
-            except StandLinkLost:
-                self.stop()
-                raise
-            if self._queue or time.monotonic() >= deadline:
+            except StandError as exc:
+                if isinstance(exc, StandLinkLost):
+                    self.stop()
+                if not self._queue:
+                    raise
+                self._pending_error = exc
+            if self._queue:
                 out, self._queue = self._queue, []
                 return out
+            now = time.monotonic()
+            if self._streaming and now - self._last_sample_s > self.loss_timeout_s:
+                silence = now - self._last_sample_s
+                self.stop()
+                raise StandLinkLost(f"no sample from the {self.role} for {silence * 1000:.0f} ms "
+                                    f"(bound {self.loss_timeout_s * 1000:.0f} ms): throttle 0 commanded")
+            if now >= deadline:
+                return []
 
     def stop(self) -> None:
         """Throttle 0 and disarm; never raises (a port that is gone is logged)."""

@@ -18,10 +18,10 @@ import re
 import numpy as np
 
 from thrust_stand.log import COLUMNS, StandLog, StandLogWriter
+from sim.core import GRAVITY_M_S2 as G_M_S2      # the C core's g: the one value
 
 log = logging.getLogger(__name__)
 
-G_M_S2 = 9.80665
 #: unit in the header -> factor to SI
 THRUST_UNITS = {"N": 1.0, "kgf": G_M_S2, "gf": G_M_S2 * 1e-3, "lbf": 4.4482216, "ozf": 0.27801385}
 TORQUE_UNITS = {"N·m": 1.0, "N.m": 1.0, "Nm": 1.0, "N m": 1.0, "kgf·m": G_M_S2, "kgf·cm": G_M_S2 * 1e-2,
@@ -43,8 +43,9 @@ class TytoImportError(ValueError):
     """An export that cannot be read; names the file, line and column."""
 
 
-def _read_columns(path: str) -> tuple[dict, dict]:
-    """{quantity: float array} and {quantity: unit} of the header cells `Quantity (unit)`."""
+def _read_columns(path: str) -> tuple[dict, dict, dict]:
+    """{quantity: float array}, {quantity: unit} of the header cells `Quantity (unit)`, and
+    {'sparse_columns': filled on under half the rows, 'skipped': lines left out and why}."""
     if not os.path.exists(path):
         raise TytoImportError(f"{path}: no such file")
     with open(path, newline="", encoding="utf-8-sig") as f:
@@ -62,21 +63,32 @@ def _read_columns(path: str) -> tuple[dict, dict]:
                               f"The header is {','.join(header[:8])}...")
     values = {k: [] for k in wanted}
     body = [(n, r) for n, r in enumerate(rows[1:], start=2) if any(c.strip() for c in r)]
+    # Columns filled on every row that reaches them are the export's core; the app also writes
+    # columns filled on a few rows only (a step test's "90% settling time (s)"), and on the other
+    # rows it may end the line before them. A row short of a core column is cut off.
+    reach = {k: sum(len(r) > k for _n, r in body) for k in wanted}
+    filled = {k: sum(len(r) > k and bool(r[k].strip()) for _n, r in body) for k in wanted}
+    core = [k for k in wanted if reach[k] and filled[k] >= 0.5 * len(body)]
+    last_core = max(core, default=-1)
+    skipped = []
     for index, (lineno, row) in enumerate(body):
-        if len(row) <= max(wanted):
+        if len(row) <= last_core:
             if index == len(body) - 1:
                 log.warning("%s: line %d: the last line is cut short (%d cells); skipped", path, lineno, len(row))
+                skipped.append(f"line {lineno}: the last line is cut short ({len(row)} cells), skipped")
                 break
-            raise TytoImportError(f"{path}: line {lineno}: {len(row)} cells, the header has {len(header)}")
+            raise TytoImportError(f"{path}: line {lineno}: {len(row)} cells, the header has {len(header)}, and "
+                                  f"column {header[last_core]!r} (filled on the other rows) is missing: a broken line")
         for k in wanted:
-            cell = row[k].strip()
+            cell = row[k].strip() if k < len(row) else ""
             try:
                 values[k].append(float(cell) if cell else math.nan)
             except ValueError:
                 raise TytoImportError(f"{path}: line {lineno}: column {header[k]!r}: {cell!r} is not a number") from None
     data = {wanted[k][0]: np.asarray(v, dtype=np.float64) for k, v in values.items()}
     units = {wanted[k][0]: wanted[k][1] for k in wanted}
-    return data, units
+    sparse = [header[k] for k in wanted if 0 < filled[k] < 0.5 * len(body)]
+    return data, units, {"sparse_columns": sparse, "skipped": skipped}
 
 
 def _si(path: str, quantity: str, values: np.ndarray, unit: str, units: dict) -> np.ndarray:
@@ -88,20 +100,27 @@ def _si(path: str, quantity: str, values: np.ndarray, unit: str, units: dict) ->
 def read_tyto(path: str) -> StandLog:
     """A Tyto/RCbenchmark export as a StandLog in SI (rpm stays rpm). `meta` records the units
     found and which speed column was used."""
-    cols, units = _read_columns(path)
+    cols, units, read = _read_columns(path)
     n = len(cols["Time"])
     data = {name: np.full(n, math.nan) for name in COLUMNS}
+    used = {}
     for column, (quantity, known) in QUANTITIES.items():
         if quantity in cols:
             data[column] = _si(path, quantity, cols[quantity], units[quantity], known)
+            used[column] = f"{quantity} ({units[quantity]})"
     speed_column = None
     for quantity in SPEED_COLUMNS:
-        if quantity in cols and np.nanmax(np.abs(cols[quantity]), initial=0) > 0:
+        if quantity in cols and np.nanmax(np.abs(np.nan_to_num(cols[quantity])), initial=0) > 0:
             data["rpm"] = _si(path, quantity, cols[quantity], units[quantity], SPEED_UNITS)
             speed_column = f"{quantity} ({units[quantity]})"
+            used["rpm"] = speed_column
             break
+    not_used = [f"{q} ({units[q]})" for q in cols if f"{q} ({units[q]})" not in used.values()]
     meta = {"source_format": "tyto", "source_file": os.path.basename(path), "speed_column": speed_column,
-            "units_in_export": {q: units[q] for q in cols}}
+            "columns_used": used, "columns_not_used": not_used, "units_in_export": {q: units[q] for q in cols},
+            **{k: v for k, v in read.items() if v}}
+    if speed_column is None and any(q in cols for q in SPEED_COLUMNS):
+        meta["speed_note"] = "the export's speed columns read 0 or are empty on every row: no rotor speed"
     return StandLog(path=path, data=data, meta=meta)
 
 

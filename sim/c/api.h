@@ -335,9 +335,6 @@ int sl_gate_check(const float gate[SL_GATE_FLOATS], const float p0[3], const flo
 /* The default task configuration (every field). */
 void sl_task_defaults(SlTaskConfig *t) { *t = SL_TASK_DEFAULTS; }
 
-/* Standard gravity as the core uses it. */
-float sl_gravity_m_s2(void) { return SL_GRAVITY_M_S2; }
-
 /* The throttle (0..1) whose steady rotor speed on curve c0 + c1 u + c2 u^2 is omega[k], for n speeds. */
 void sl_throttle_for_omega_n(const float curve[3], const float *omega, int n, float *throttle) {
     for (int k = 0; k < n; k++) throttle[k] = sl_clamp(sl_throttle_for_omega(curve, omega[k]), 0.f, 1.f);

@@ -1,4 +1,4 @@
-"""What the simulated vehicle (flight/sitl.py) adds around the sim: the battery, the realism
+"""What the simulated vehicle (flight/sitl/) adds around the sim: the battery, the realism
 knobs (sensor noise and bias, telemetry latency and loss, wind and gusts) and the autopilot's
 own small controllers (attitude P loop, velocity loop for LAND, stopping and climb rates), all in the
 sim's frames (world ENU, body FLU).
@@ -10,9 +10,9 @@ import math
 
 import numpy as np
 
-from flight import frames
+from sim.core import GRAVITY_M_S2 as G_M_S2      # the C core's g: the one value
+from skyloop import frames
 
-G_M_S2 = 9.81
 ATTITUDE_KP_PER_S = 4.0          # attitude error [rad] -> body rate [rad/s]; inside the rate loop's bandwidth
 TILT_MAX_RAD = math.radians(25)  # the velocity hold never leans further
 

@@ -1,30 +1,5 @@
-"""MSP (MultiWii Serial Protocol, as Betaflight speaks it): framing, the rate curves, and the link
-the flight runner flies a Betaflight quad through.
-
-    with MspLink(parse_connection("tcp:127.0.0.1:5761"), profile, pose=PoseReceiver(9005)) as link:
-        link.wait_for_state()
-        link.start_offboard(send_hold)          # streams MSP_SET_RAW_RC, raises the ARM switch
-        link.send_action(action, shadow)        # per control tick: ctbr -> sticks
-        link.land_and_disarm()
-
-Framing (Betaflight src/main/msp/msp_serial.c):
-    v1  '$' 'M' dir size:u8 cmd:u8 payload xor(size, cmd, payload)
-    v2  '$' 'X' dir flag:u8 cmd:u16le size:u16le payload crc8_dvb_s2(flag .. payload)
-dir is '<' to the flight controller, '>' from it, '!' for an error reply.
-
-Betaflight takes no offboard setpoints: the link is a virtual radio. It streams MSP_SET_RAW_RC
-(receiver RX_MSP) at `rc_hz` (>= 50 Hz; 60 by default) and turns the policy's body rates into stick
-deflections through the inverse of the flight controller's own rate curve (read with MSP_RC_TUNING),
-so the commanded rate is the rate Betaflight flies. Telemetry comes in one MSP_MULTIPLE_MSP at a
-time. Arming is the configured ARM mode range on an AUX channel (read with MSP_MODE_RANGES). If
-the stream stops, Betaflight's own RX failsafe takes over (stage 1 after its signal timeout, then
-stage 2: its failsafe procedure, drop by default).
-
-Betaflight's body frame is FLU (x forward, y left, z up: roll right, pitch nose down and yaw
-counter-clockwise are positive in its gyro and PID loop); its yaw stick is reversed (stick right =
-yaw clockwise). Betaflight knows no position: pose and velocity come from an external source
-(motion capture, or the SITL bridge's truth stream: flight/betaflight_sitl.py).
-"""
+"""The MSP link the flight runner flies a Betaflight quad through (a virtual radio: see
+flight/msp/__init__.py), and its transports (TCP, serial)."""
 from __future__ import annotations
 
 import logging
@@ -33,33 +8,23 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
-from flight import frames
+from flight.command import ctbr_command
 from flight.connection import Connection
 from flight.linkbase import LinkBase
+from flight.msp.protocol import (ARM_SWITCH_ONLY, BOX_ARM, FEATURE_RX_MSP, GYRO_DEG_S_PER_LSB, MSP_ANALOG,
+                                 MSP_API_VERSION, MSP_ATTITUDE, MSP_FC_VARIANT, MSP_FEATURE_CONFIG, MSP_MODE_RANGES,
+                                 MSP_MOTOR, MSP_MOTOR_TELEMETRY, MSP_MULTIPLE_MSP, MSP_RAW_IMU, MSP_RC_TUNING,
+                                 MSP_SET_RAW_RC, MSP_STATUS_EX, Frame, LinkError, MspError, MspParser,
+                                 attitude_to_quat_enu_flu, decode_status, encode_v1)
+from flight.msp.rates import RC_MAX_US, RC_MID_US, RC_MIN_US, RateProfile, rates_flu_to_channels
+from sim.core import omega_to_throttle
+from skyloop import frames
 
 log = logging.getLogger(__name__)
 
-# message ids (Betaflight src/main/msp/msp_protocol.h)
-MSP_API_VERSION, MSP_FC_VARIANT = 1, 2
-MSP_MODE_RANGES, MSP_SET_MODE_RANGE, MSP_FEATURE_CONFIG = 34, 35, 36
-MSP_STATUS, MSP_RAW_IMU, MSP_MOTOR, MSP_RC, MSP_ATTITUDE, MSP_ANALOG, MSP_RC_TUNING = 101, 102, 104, 105, 108, 110, 111
-MSP_BATTERY_STATE, MSP_MOTOR_TELEMETRY, MSP_STATUS_EX = 130, 139, 150
-MSP_SET_ARMING_DISABLED, MSP_SET_RAW_RC, MSP_MULTIPLE_MSP = 99, 200, 230
-
-FEATURE_RX_MSP = 1 << 14
-BOX_ARM, BOX_FAILSAFE = 0, 27                # permanent box ids (src/main/fc/rc_modes.h)
-# arming disable flags (src/main/fc/runtime_config.h), bit -> name
-ARMING_DISABLED = ("NO_GYRO", "FAILSAFE", "RX_FAILSAFE", "NOT_DISARMED", "BOXFAILSAFE", "RUNAWAY_TAKEOFF",
-                   "CRASH_DETECTED", "THROTTLE", "ANGLE", "BOOT_GRACE_TIME", "NOPREARM", "LOAD", "CALIBRATING",
-                   "CLI", "CMS_MENU", "BST", "MSP", "PARALYZE", "GPS", "RESC", "DSHOT_TELEM", "REBOOT_REQUIRED",
-                   "DSHOT_BITBANG", "ACC_CALIBRATION", "MOTOR_PROTOCOL", "CRASHFLIP", "ALTHOLD", "POSHOLD",
-                   "ARM_SWITCH")
-ARM_SWITCH_ONLY = 1 << ARMING_DISABLED.index("ARM_SWITCH")
-GYRO_DEG_S_PER_LSB = 2000.0 / 32768    # MSP_RAW_IMU sends gyro / scale: the +-2000 deg/s range's units
 # Betaflight handles ONE MSP command per port per serial task run (msp_serial.c, mspProcessPacket),
 # and that task runs at serial_update_rate_hz, 100 by default: 100 commands a second. The link sends
 # RC at rc_hz (below that) and asks for all its telemetry in one MSP_MULTIPLE_MSP, the next one only
@@ -67,186 +32,6 @@ GYRO_DEG_S_PER_LSB = 2000.0 / 32768    # MSP_RAW_IMU sends gyro / scale: the +-2
 TELEMETRY_CMDS = (MSP_ATTITUDE, MSP_RAW_IMU, MSP_MOTOR, MSP_STATUS_EX, MSP_ANALOG, MSP_MOTOR_TELEMETRY)
 TELEMETRY_TIMEOUT_S = 0.2                    # a telemetry reply not back by then is lost: ask again
 RC_CHANNELS = 8                              # AETR + AUX1..4 (Betaflight's default map, AETR1234)
-RC_MID_US, RC_MIN_US, RC_MAX_US = 1500, 1000, 2000
-RATES_TYPES = ("betaflight", "raceflight", "kiss", "actual", "quick")
-RC_RATE_INCREMENTAL = 14.54                  # src/main/fc/rc.c
-
-
-class MspError(ValueError):
-    """A malformed MSP frame or reply; the message says what was wrong with it."""
-
-
-class LinkError(ConnectionError):
-    """The flight controller cannot be flown through this link; the message says what to change."""
-
-
-# ------------------------------------------------------------------------------------ framing
-def crc8_dvb_s2(data: bytes, crc: int = 0) -> int:
-    """CRC-8/DVB-S2 (polynomial 0xD5), MSP v2's checksum."""
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0xD5) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
-    return crc
-
-
-def _xor(data: bytes) -> int:
-    x = 0
-    for byte in data:
-        x ^= byte
-    return x
-
-
-def encode_v1(cmd: int, payload: bytes = b"", direction: str = "<") -> bytes:
-    if not 0 <= cmd <= 255 or len(payload) > 254:
-        raise MspError(f"MSP v1 carries ids 0..255 and at most 254 payload bytes (id {cmd}, {len(payload)} bytes): "
-                       "use encode_v2")
-    body = bytes([len(payload), cmd]) + payload
-    return b"$M" + direction.encode() + body + bytes([_xor(body)])
-
-
-def encode_v2(cmd: int, payload: bytes = b"", direction: str = "<", flag: int = 0) -> bytes:
-    if not 0 <= cmd <= 0xFFFF or len(payload) > 0xFFFF:
-        raise MspError(f"MSP v2 carries ids 0..65535 and at most 65535 payload bytes (id {cmd}, {len(payload)} bytes)")
-    body = struct.pack("<BHH", flag, cmd, len(payload)) + payload
-    return b"$X" + direction.encode() + body + bytes([crc8_dvb_s2(body)])
-
-
-@dataclass(frozen=True)
-class Frame:
-    version: int          # 1 or 2
-    direction: str        # '<' request, '>' reply, '!' error reply
-    cmd: int
-    payload: bytes
-
-
-class MspParser:
-    """Byte stream -> frames. Frames with a bad checksum are dropped and counted in `bad_frames`;
-    bytes between frames are skipped (counted in `skipped_bytes`)."""
-
-    def __init__(self):
-        self.buffer = bytearray()
-        self.bad_frames = 0
-        self.skipped_bytes = 0
-
-    def feed(self, data: bytes) -> list[Frame]:
-        self.buffer += data
-        out = []
-        while True:
-            start = self.buffer.find(b"$")
-            if start < 0:
-                self.skipped_bytes += len(self.buffer)
-                self.buffer.clear()
-                return out
-            if start:
-                self.skipped_bytes += start
-                del self.buffer[:start]
-            frame, used = self._one()
-            if used == 0:
-                return out              # incomplete: wait for more bytes
-            if frame is not None:
-                out.append(frame)
-            del self.buffer[:used]
-
-    def _one(self) -> tuple[Frame | None, int]:
-        b = self.buffer
-        if len(b) < 3:
-            return None, 0
-        if b[1:2] not in (b"M", b"X") or b[2:3] not in (b"<", b">", b"!"):
-            self.skipped_bytes += 1
-            return None, 1                        # not a header: skip the '$'
-        direction = chr(b[2])
-        if b[1:2] == b"M":
-            if len(b) < 6 or len(b) < 6 + b[3]:
-                return None, 0
-            size, cmd = b[3], b[4]
-            end = 5 + size
-            if _xor(b[3:end]) != b[end]:
-                self.bad_frames += 1
-                return None, end + 1
-            return Frame(1, direction, cmd, bytes(b[5:end])), end + 1
-        if len(b) < 9:
-            return None, 0
-        _flag, cmd, size = struct.unpack_from("<BHH", b, 3)
-        end = 8 + size
-        if len(b) < end + 1:
-            return None, 0
-        if crc8_dvb_s2(b[3:end]) != b[end]:
-            self.bad_frames += 1
-            return None, end + 1
-        return Frame(2, direction, cmd, bytes(b[8:end])), end + 1
-
-
-# ------------------------------------------------------------------------------------ rate curves
-@dataclass(frozen=True)
-class RateProfile:
-    """Betaflight's rate profile (MSP_RC_TUNING), per axis roll, pitch, yaw, as the firmware stores it."""
-    rates_type: str                   # one of RATES_TYPES
-    rc_rate: tuple                    # rcRates[3]
-    rc_expo: tuple                    # rcExpo[3]
-    rate: tuple                       # rates[3] ("super rate" / "max rate")
-    rate_limit_deg_s: tuple           # rate_limit[3]
-
-    @classmethod
-    def from_msp(cls, payload: bytes) -> "RateProfile":
-        if len(payload) < 23:
-            raise MspError(f"MSP_RC_TUNING reply has {len(payload)} bytes; Betaflight 4.2+ (API 1.43+) sends at least "
-                           "23: update the flight controller's firmware")
-        p = payload
-        rc_rate = (p[0], p[12], p[11])
-        rc_expo = (p[1], p[13], p[10])
-        limits = struct.unpack_from("<3H", p, 16)
-        return cls(RATES_TYPES[p[22]], rc_rate, rc_expo, (p[2], p[3], p[4]), limits)
-
-    def rate_deg_s(self, axis: int, deflection: float) -> float:
-        """Betaflight's setpoint [deg/s] for a stick deflection in [-1, 1] (src/main/fc/rc.c, applyRates)."""
-        d = float(np.clip(deflection, -1.0, 1.0))
-        a = abs(d)
-        rc_rate, expo, rate = self.rc_rate[axis], self.rc_expo[axis] / 100.0, self.rate[axis]
-        if self.rates_type == "actual":
-            center = rc_rate * 10.0
-            stick_movement = max(0.0, rate * 10.0 - center)
-            out = d * center + stick_movement * a * (d ** 5 * expo + d * (1 - expo))
-        elif self.rates_type == "betaflight":
-            if expo:
-                d = d * a ** 3 * expo + d * (1 - expo)
-            r = rc_rate / 100.0
-            if r > 2.0:
-                r += RC_RATE_INCREMENTAL * (r - 2.0)
-            out = 200.0 * r * d
-            if rate:
-                out /= min(max(1.0 - a * rate / 100.0, 0.01), 1.0)
-        else:
-            raise LinkError(f"Betaflight rates type {self.rates_type!r} is not supported by the ctbr link: set "
-                            "rates_type to ACTUAL or BETAFLIGHT on the flight controller (Configurator: Rateprofile)")
-        limit = self.rate_limit_deg_s[axis]
-        return float(np.clip(out, -limit, limit))
-
-    def max_rate_deg_s(self, axis: int) -> float:
-        return self.rate_deg_s(axis, 1.0)
-
-    def deflection(self, axis: int, rate_deg_s: float) -> float:
-        """The inverse: the stick deflection in [-1, 1] that makes Betaflight fly this rate (clipped to
-        what full stick gives). The curves are odd and increasing, so bisection on |deflection| is exact."""
-        target = abs(float(rate_deg_s))
-        if target >= self.max_rate_deg_s(axis):
-            return math.copysign(1.0, rate_deg_s)
-        lo, hi = 0.0, 1.0
-        for _ in range(40):                       # 1e-12 in deflection
-            mid = 0.5 * (lo + hi)
-            if self.rate_deg_s(axis, mid) < target:
-                lo = mid
-            else:
-                hi = mid
-        return math.copysign(0.5 * (lo + hi), rate_deg_s)
-
-
-def rates_flu_to_channels(rates_flu_rad_s, profile: RateProfile) -> list[int]:
-    """Body rates FLU [rad/s] -> roll, pitch, yaw channel values [us]. Betaflight's axes are FLU
-    (roll right, pitch nose down, yaw counter-clockwise positive) and its yaw stick is reversed."""
-    sign = (1.0, 1.0, -1.0)
-    return [int(round(RC_MID_US + 500.0 * sign[k] * profile.deflection(k, math.degrees(float(r)))))
-            for k, r in enumerate(rates_flu_rad_s)]
 
 
 # ------------------------------------------------------------------------------------ transports
@@ -303,85 +88,6 @@ def open_transport(connection: Connection):
         return SerialTransport(connection.device, connection.baud)
     raise LinkError(f"MSP runs over a serial port or TCP (tcp:127.0.0.1:5761 for the SITL), not {connection.kind}: "
                     f"{connection}")
-
-
-# ------------------------------------------------------------------------------------ pose source
-# t_s, pos_enu_m, vel_enu_m_s, quat_wxyz (FLU -> ENU), omega_flu_rad_s, rotor_rpm (sim order)
-TRUTH_FORMAT = "<d3d3d4d3d4d"
-TRUTH_SIZE = struct.calcsize(TRUTH_FORMAT)
-
-
-def pack_truth(t_s, pos_enu_m, vel_enu_m_s, quat_wxyz, omega_flu_rad_s, rotor_rpm) -> bytes:
-    """A pose packet (motion capture, or the Betaflight SITL bridge's ground truth). Unknown
-    fields (a motion capture has no rotor speeds) are NaN."""
-    return struct.pack(TRUTH_FORMAT, t_s, *pos_enu_m, *vel_enu_m_s, *quat_wxyz, *omega_flu_rad_s, *rotor_rpm)
-
-
-def unpack_truth(data: bytes) -> dict:
-    if len(data) != TRUTH_SIZE:
-        raise MspError(f"pose packet of {len(data)} bytes, expected {TRUTH_SIZE} ({TRUTH_FORMAT})")
-    v = np.array(struct.unpack(TRUTH_FORMAT, data))
-    return {"t_s": v[0], "pos_enu_m": v[1:4], "vel_enu_m_s": v[4:7], "quat_wxyz": v[7:11],
-            "omega_flu_rad_s": v[11:14], "rotor_rpm": v[14:18]}
-
-
-class PoseReceiver:
-    """Listens for pose packets (TRUTH_FORMAT) on a UDP port; keeps the newest, stamped on arrival."""
-
-    def __init__(self, port: int, host: str = "127.0.0.1"):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            self.sock.bind((host, port))
-        except OSError as exc:
-            raise LinkError(f"cannot listen for the pose stream on udp {host}:{port} ({exc}): another program "
-                            "holds the port; stop it or pick another one") from None
-        self.sock.settimeout(0.05)
-        self.latest: tuple[float, dict] | None = None
-        self.bad_packets = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="pose")
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(1024)
-                self.latest = (time.monotonic(), unpack_truth(data))
-            except socket.timeout:
-                continue
-            except MspError:
-                self.bad_packets += 1
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=1.0)
-        self.sock.close()
-
-
-# ------------------------------------------------------------------------------------ the link
-def decode_status(payload: bytes, box_ids: list[int]) -> dict:
-    """MSP_STATUS_EX -> armed, Betaflight's failsafe mode, arming-disable flag names."""
-    if len(payload) < 16:
-        raise MspError(f"MSP_STATUS_EX reply of {len(payload)} bytes is too short")
-    extra = payload[15] & 0x0F
-    flags = int.from_bytes(payload[6:10] + payload[16:16 + extra], "little")
-    o = 16 + extra
-    disable = struct.unpack_from("<I", payload, o + 1)[0] if len(payload) >= o + 5 else 0
-
-    def box_on(permanent_id):
-        return permanent_id in box_ids and bool(flags >> box_ids.index(permanent_id) & 1)
-    return {"armed": box_on(BOX_ARM), "failsafe_mode": box_on(BOX_FAILSAFE), "arming_disable_bits": disable,
-            "arming_disabled": [n for k, n in enumerate(ARMING_DISABLED) if disable >> k & 1]}
-
-
-def attitude_to_quat_enu_flu(payload: bytes) -> np.ndarray:
-    """MSP_ATTITUDE (roll right, pitch nose down [0.1 deg], heading [deg] clockwise from north) ->
-    quaternion FLU -> ENU."""
-    roll, pitch, heading = struct.unpack_from("<hhh", payload)
-    q_ned_frd = frames.euler_rpy_to_quat(math.radians(roll / 10), -math.radians(pitch / 10), math.radians(heading))
-    return frames.quat_ned_frd_to_enu_flu(q_ned_frd)
 
 
 class MspLink(LinkBase):
@@ -604,15 +310,13 @@ class MspLink(LinkBase):
         (idle .. full) undone."""
         c0, c1, c2 = self._curve
         omega = math.sqrt(max(thrust_frac, 0.0)) * (c0 + c1 + c2)
-        u = (omega - c0) / c1 if abs(c2) < 1e-12 else \
-            (-c1 + math.sqrt(max(c1 * c1 - 4 * c2 * (c0 - omega), 0.0))) / (2 * c2)
+        u = float(omega_to_throttle(self._curve, omega))
         return float(np.clip((u - self.idle_frac) / (1.0 - self.idle_frac), 0.0, 1.0))
 
     def send_action(self, action, shadow) -> dict:
         """A ctbr action -> sticks (streamed by the loop thread); returns what was sent, for the log."""
-        from flight.runner import ctbr_command
         rate_max = [math.radians(self.rates.max_rate_deg_s(k)) for k in range(3)]
-        thrust, rates_flu = ctbr_command(action, shadow, self.rate_max_rad_s, None)
+        thrust, rates_flu = ctbr_command(action, shadow.hover_action, self.rate_max_rad_s, None)
         rates_flu = np.clip(rates_flu, -np.asarray(rate_max), rate_max)
         roll, pitch, yaw = rates_flu_to_channels(rates_flu, self.rates)
         throttle = int(round(RC_MIN_US + 1000.0 * self.throttle_stick(thrust)))

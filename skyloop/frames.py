@@ -119,6 +119,7 @@ MOTOR_ORDERS = {
     "sim": (0, 1, 2, 3), "px4": (0, 1, 2, 3), "ardupilot": (0, 1, 2, 3),
     "crazyflie": (0, 2, 3, 1),    # Bitcraze: M1 front-right, M2 back-right, M3 back-left, M4 front-left
     "betaflight": (1, 2, 3, 0),   # Betaflight quad-X: 1 back-right, 2 front-right, 3 back-left, 4 front-left
+    "motor_test": (0, 2, 3, 1),   # ArduPilot's DO_MOTOR_TEST sequence: clockwise from the front right
 }
 
 

