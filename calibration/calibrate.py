@@ -100,10 +100,11 @@ def _try(fits: dict, not_fitted: dict, names: tuple, fit_function, *args) -> Non
 
 
 def calibrate(paths: list[str], base: Profile, *, name: str | None = None, mass_kg: float | None = None,
-              battery_v_nominal: float | None = None, esc_range_us=ESC_RANGE_US, min_step: float = MIN_STEP) -> Calibration:
+              battery_v_nominal: float | None = None, esc_range_us=ESC_RANGE_US, min_step: float = MIN_STEP,
+              rpm_columns: tuple[str, ...] | None = None) -> Calibration:
     if not paths:
         raise CalibrationError("no stand logs given")
-    rows_list = [screen_log(load_log(p), esc_range_us, min_step) for p in paths]
+    rows_list = [screen_log(load_log(p, rpm_columns), esc_range_us, min_step) for p in paths]
     for rows in rows_list:
         procedure = str(rows.meta.get("procedure", ""))
         if "step" in procedure.lower() and not rows.steps:
@@ -204,9 +205,12 @@ def build_profile(base: Profile, fits: dict, *, name: str | None, mass_kg: float
         source[field_name] = f.source()
     for field_name, why in (not_fitted or {}).items():
         before = source.get(field_name)
-        before = before.get("method", "") if isinstance(before, dict) else str(before or "")
+        if isinstance(before, dict):    # the base measured it: its provenance stays, with why not here
+            source[field_name] = {**before, "kept_by": f"{base.name} -> this profile (not measured here: {why})"}
+            continue
+        before = str(before or "")
         source[field_name] = f"kept from the base profile {base.name} (not measured: {why})" + (
-            f"; there: {before}" if before and not before.startswith("kept from") else "")
+            f"; there: {before}" if before else "")
     v_nom, v_source = battery_v
     if v_source != f"base profile {base.name}":
         params["battery_v_nominal"] = rounded(v_nom)

@@ -39,6 +39,8 @@ def add_arguments(parser) -> None:
                              "base profile's, else a LiPo cell count guessed from the logs' voltages")
     parser.add_argument("--esc-range-us", type=float, nargs=2, default=list(ESC_RANGE_US), metavar=("LOW", "HIGH"),
                         help="ESC pulse widths of throttle 0 and 1, for logs with esc_us and no throttle")
+    parser.add_argument("--rpm-columns", default=None, metavar="COLS",
+                        help="Bitcraze stand CSV: the rpm columns to trust, comma-separated (e.g. rpm4); default all")
     parser.add_argument("--min-step", type=float, default=MIN_STEP,
                         help="smallest throttle jump (0..1) that counts as a step for the time constants")
     hover = parser.add_mutually_exclusive_group()
@@ -119,7 +121,8 @@ def run(args) -> int:
     if not args.logs:
         raise CalibrationError("no stand logs given (or --flight LOG for a flight identification)")
     cal = calibrate(args.logs, base, name=name, mass_kg=args.mass_kg, battery_v_nominal=args.battery_v_nominal,
-                    esc_range_us=tuple(args.esc_range_us), min_step=args.min_step)
+                    esc_range_us=tuple(args.esc_range_us), min_step=args.min_step,
+                    rpm_columns=tuple(c.strip() for c in args.rpm_columns.split(",")) if args.rpm_columns else None)
     cal.hover = _hover(args, cal)
     if args.report:
         for path in write_report(cal, args.report, None if cal.problems else output):

@@ -113,17 +113,18 @@ def _smoother(dt: float, smooth_s: float, deriv: int = 0):
 
 def fit_stats(pred: np.ndarray, meas: np.ndarray) -> dict:
     """R^2 (1 - SS_res / SS_tot about the measured mean) and RMSE per axis, over rows where both are finite."""
-    out = {"r2": {}, "rmse": {}, "bias": {}, "r2_offset_removed": {}, "samples": 0}
+    out = {"r2": {}, "rmse": {}, "nrmse": {}, "bias": {}, "r2_offset_removed": {}, "samples": 0}
     ok = np.all(np.isfinite(pred) & np.isfinite(meas), axis=1)
     out["samples"] = int(ok.sum())
     for k, a in enumerate(AXES[:pred.shape[1]]):
         p, m = pred[ok, k], meas[ok, k]
         if len(m) < 2 or not np.ptp(m) > 0:
-            out["r2"][a] = out["rmse"][a] = out["bias"][a] = out["r2_offset_removed"][a] = None
+            out["r2"][a] = out["rmse"][a] = out["nrmse"][a] = out["bias"][a] = out["r2_offset_removed"][a] = None
             continue
         ss_tot, bias = float(np.sum((m - m.mean()) ** 2)), float(np.mean(p - m))
         out["r2"][a] = 1.0 - float(np.sum((m - p) ** 2)) / ss_tot
         out["rmse"][a] = float(np.sqrt(np.mean((m - p) ** 2)))
+        out["nrmse"][a] = out["rmse"][a] / float(np.std(m))   # RMSE in units of the measured spread
         out["bias"][a] = bias
         out["r2_offset_removed"][a] = 1.0 - float(np.sum((m - p + bias) ** 2)) / ss_tot   # shape right, offset wrong?
     return out
@@ -178,14 +179,50 @@ def rotor_speeds(traj: Trajectory, profile: Profile) -> tuple[np.ndarray, str]:
 
 # ---------------------------------------------------------------- 1. model check
 
+#: motors below this share of full throttle (or of the log's top rotor speed) are off: a vehicle on the ground
+MOTORS_OFF_FRACTION = 0.05
+
+
 def off_ground(traj: Trajectory, margin_m: float = 0.05) -> np.ndarray:
-    """Samples clear of the ground (which the model check does not model): where the log takes off
-    (its height varies by over 0.3 m), those more than margin_m above its lowest point; else all."""
+    """Samples clear of the ground (which the model check does not model): the motors on (any logged
+    rotor speed or command above MOTORS_OFF_FRACTION), and where the log takes off (its height
+    varies by over 0.3 m) more than margin_m above its lowest point."""
+    on = np.ones(traj.n, bool)
+    with np.errstate(invalid="ignore"):
+        if traj.has("rotor_rad_s"):
+            top = float(np.nanmax(traj.rotor_rad_s))
+            on = np.nanmax(np.nan_to_num(traj.rotor_rad_s, nan=0.0), axis=1) > MOTORS_OFF_FRACTION * top
+        elif traj.has("motor_throttle"):
+            on = np.nanmax(np.nan_to_num(traj.motor_throttle, nan=0.0), axis=1) > MOTORS_OFF_FRACTION
     z = traj.pos_enu_m[:, 2]
     if not np.isfinite(z).any() or np.nanmax(z) - np.nanmin(z) <= 0.3:
-        return np.ones(traj.n, bool)
+        return on
     with np.errstate(invalid="ignore"):
-        return z > np.nanmin(z) + margin_m
+        return on & (z > np.nanmin(z) + margin_m)
+
+
+#: a measured axis that varies less than this (std, m/s^2: 1 % of g) holds no signal for R^2
+MIN_STD_FOR_R2_M_S2 = 0.01 * G_M_S2
+
+
+def _what_it_supports(stats: dict, meas_f: np.ndarray) -> dict:
+    """Per axis, what the model check's figures mean on this flight: R^2 only where the measured
+    specific force varies (more than MIN_STD_FOR_R2_M_S2) and the model's offset is smaller than
+    that variation; else why not, and what to read instead (bias, RMSE, R^2 with the offset removed)."""
+    out = {}
+    for k, a in enumerate(AXES):
+        std = float(np.nanstd(meas_f[:, k])) if np.isfinite(meas_f[:, k]).any() else 0.0
+        bias = stats["bias"].get(a)
+        if bias is None or std < MIN_STD_FOR_R2_M_S2:
+            out[a] = (f"bias and rmse only: the measured specific force varies by {std:.3g} m/s^2 (std): "
+                      "R^2 would measure the sensor noise")
+        elif abs(bias) > std:
+            out[a] = (f"bias, rmse and r2_offset_removed: the model's offset ({bias:+.3g} m/s^2) is larger than the "
+                      f"measured variation ({std:.3g} m/s^2 std, {100 * std / G_M_S2:.1f} % of g), so R^2 is the "
+                      "offset's, not the shape's")
+        else:
+            out[a] = "r2, nrmse and bias"
+    return out
 
 
 def _hover_window(traj: Trajectory, airborne: np.ndarray, window_s: float = 1.0) -> tuple[float, float] | None:
@@ -211,7 +248,9 @@ def model_check(traj: Trajectory, profile: Profile, mass_kg: float | None = None
     ok = np.all(np.isfinite(np.hstack([traj.quat_wxyz, traj.omega_flu_rad_s, vel, rotor])), axis=1) & off_ground(traj)
     idx = np.flatnonzero(ok)
     if len(idx) < 10:
-        raise CompareError(f"{traj.source}: {len(idx)} samples with attitude, gyro and rotor speeds all valid")
+        grounded = int((~off_ground(traj)).sum())
+        raise CompareError(f"{traj.source}: {len(idx)} samples in the air with attitude, gyro and rotor speeds all "
+                           f"valid ({grounded} of {traj.n} samples on the ground or with the motors off: left out)")
     physics_dt = 0.001
     prof.params["motor_delay_s"] = max(float(prof.params["motor_delay_s"]), physics_dt)   # rotors held over the step
     env = sim_env(prof, len(idx), 1.0 / physics_dt)
@@ -253,8 +292,14 @@ def model_check(traj: Trajectory, profile: Profile, mass_kg: float | None = None
         airborne = np.all(rotor > 0.2 * float(prof.params["omega_max_rad_s"]), axis=1) & off_ground(traj, 0.2)
     start, length = hover_window_s or _hover_window(traj, airborne) or (0.0, 0.0)
     w = (traj.t_s >= start) & (traj.t_s < start + length) & np.all(np.isfinite(rotor) & (rotor > 0), axis=1)
-    hover = None
-    if w.sum() >= 5:
+    hover, hover_missing = None, None
+    if hover_window_s is None and not airborne.any():
+        hover_missing = ("no row with every motor above 20 % of omega_max and the drone 0.2 m above its lowest point: "
+                         "it never flew (or the rotor speeds / position are missing)")
+    elif w.sum() < 5:
+        hover_missing = (f"{int(w.sum())} rows with every rotor speed valid in the hover window "
+                         f"{start:.2f}..{start + length:.2f} s; give --hover-window-s where the drone hovers")
+    if w.sum() >= 5 and hover_missing is None:
         rpm = np.median(rotor[w], axis=0) * 60.0 / (2 * math.pi)
         hover = hover_closure(kf, rpm, mass)
         hover.update(window_s=[float(start), float(start + length)], samples=int(w.sum()),
@@ -272,7 +317,13 @@ def model_check(traj: Trajectory, profile: Profile, mass_kg: float | None = None
                     "r2_offset_removed": alpha["r2_offset_removed"], "samples": alpha["samples"]},
         "measured_std_m_s2": {a: float(np.nanstd(meas_f[:, k])) for k, a in enumerate(AXES)},
         "thrust_closure_in_flight": float(np.median(ratio)) if len(ratio) else None,
+        "nrmse": accel["nrmse"], "angular_nrmse": alpha["nrmse"],
+        "supports": _what_it_supports(accel, meas_f),
     }
+    if hover_missing:
+        metrics["hover_closure_missing"] = hover_missing
+    if not len(ratio):
+        metrics["thrust_closure_in_flight_missing"] = "no row with rotor speeds and a vertical specific force together"
     series = {"t_s": traj.t_s, "pred_accel": pred_f_s, "meas_accel": meas_f, "pred_alpha": pred_alpha_s,
               "meas_alpha": meas_alpha}
     return {"model_check": metrics, "hover_closure": hover}, series
@@ -315,12 +366,13 @@ def replay(traj: Trajectory, profile: Profile, mass_kg: float | None = None, eve
     steps = {h: max(1, int(round(h / step))) for h in horizons_s}
     longest = max(steps.values())
     start_ok = np.all(np.isfinite(np.hstack([traj.pos_enu_m, traj.vel_enu_m_s, traj.quat_wxyz, traj.omega_flu_rad_s,
-                                             actions])), axis=1)
+                                             actions])), axis=1) & off_ground(traj)
     stride = max(1, int(round(every_s / step)))
     starts = [i for i in range(0, traj.n - steps[min(horizons_s)], stride) if start_ok[i]]
     if not starts:
-        raise CompareError(f"{traj.source}: no stretch of {min(horizons_s)} s with a full logged state and commands "
-                           "to replay (position, velocity, attitude, gyro and commands)")
+        raise CompareError(f"{traj.source}: no stretch of {min(horizons_s)} s in the air with a full logged state and "
+                           f"commands to replay (position, velocity, attitude, gyro and commands; "
+                           f"{int((~off_ground(traj)).sum())} of {traj.n} samples on the ground or with the motors off)")
     starts = np.array(starts)
     env = sim_env(prof, len(starts), 1.0 / step, mode)
     rotor = traj.rotor_rad_s[starts]

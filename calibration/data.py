@@ -66,8 +66,9 @@ def sniff_format(path: str) -> str:
         "a Tyto/RCbenchmark export (Time (s),ESC signal (µs),...,Thrust (N),...) or a Bitcraze stand CSV (weight[g],pwm,...)")
 
 
-def load_log(path: str) -> StandLog:
-    """Any accepted stand format as one motor's StandLog (SI; `meta['source_format']` says which)."""
+def load_log(path: str, rpm_columns: tuple[str, ...] | None = None) -> StandLog:
+    """Any accepted stand format as one motor's StandLog (SI; `meta['source_format']` says which).
+    `rpm_columns`: for a Bitcraze stand CSV, the rpm columns to trust (default: all four)."""
     kind = sniff_format(path)
     if kind == "stand_log":
         stand_log = read_stand_log(path)
@@ -75,7 +76,7 @@ def load_log(path: str) -> StandLog:
         from calibration.tyto import read_tyto
         stand_log = read_tyto(path)
     else:
-        stand_log = read_bitcraze_csv(path)
+        stand_log = read_bitcraze_csv(path, rpm_columns=rpm_columns)
     stand_log.meta.setdefault("source_format", kind)
     if len(stand_log) == 0:
         raise CalibrationError(f"{path}: no data rows, only a header; was the run cut off before the first sample?")
@@ -107,7 +108,7 @@ def _read_numeric_csv(path: str, required: tuple[str, ...], keep=None) -> dict:
     return {header[k]: table[:, j] for j, k in enumerate(wanted)}
 
 
-def read_bitcraze_csv(path: str, motors: int = 4) -> StandLog:
+def read_bitcraze_csv(path: str, motors: int = 4, rpm_columns: tuple[str, ...] | None = None) -> StandLog:
     """The Bitcraze stand CSV (a whole Crazyflie, `motors` motors driven together) as one motor.
 
     thrust_n = weight[g] / motors (g to N); rpm = RMS of the motors' rpm, so that
@@ -115,9 +116,15 @@ def read_bitcraze_csv(path: str, motors: int = 4) -> StandLog:
     the Crazyflie's own battery reading vbat[V] (the voltage its PWM switches); current_a = i[A] /
     motors. The per-motor speeds stay in data['rpm_m1'...] for the motor-disagreement check.
     There is no time column: t_s is NaN (no step-response fit from this format).
+    `rpm_columns` (e.g. ('rpm4',)): trust only these speed sensors (the others are left out, and said so).
+    A weight[g] column of exact zeros while the motors spin is a load cell that was not read: no thrust.
     """
-    rpm_cols = tuple(f"rpm{k}" for k in range(1, motors + 1))
-    cols = _read_numeric_csv(path, ("weight[g]", "pwm", "vbat[V]") + rpm_cols)
+    all_rpm = tuple(f"rpm{k}" for k in range(1, motors + 1))
+    rpm_cols = tuple(rpm_columns) if rpm_columns else all_rpm
+    unknown = [c for c in rpm_cols if c not in all_rpm]
+    if unknown:
+        raise CalibrationError(f"{path}: rpm column(s) {unknown}: a Bitcraze stand CSV has {', '.join(all_rpm)}")
+    cols = _read_numeric_csv(path, ("weight[g]", "pwm", "vbat[V]") + all_rpm)
     per_motor = np.column_stack([cols[c] for c in rpm_cols])
     n = len(per_motor)
     data = {name: np.full(n, math.nan) for name in COLUMNS}
@@ -132,7 +139,15 @@ def read_bitcraze_csv(path: str, motors: int = 4) -> StandLog:
     for k, c in enumerate(rpm_cols, start=1):
         data[f"rpm_m{k}"] = per_motor[:, k - 1]
     meta = {"source_format": "bitcraze", "motors_in_log": motors,
-            "note": f"thrust_n = weight[g]/{motors} in N, rpm = RMS of the {motors} motors, throttle = pwm/65535"}
+            "note": f"thrust_n = weight[g]/{motors} in N, rpm = RMS of {', '.join(rpm_cols)}, throttle = pwm/65535",
+            "columns_used": {"thrust_n": "weight[g]", "throttle": "pwm", "voltage_v": "vbat[V]", "rpm": "+".join(rpm_cols)}}
+    if rpm_columns:
+        meta["rpm_columns_not_used"] = [c for c in all_rpm if c not in rpm_cols]
+    spinning = np.any(per_motor > 0, axis=1)
+    if spinning.any() and np.all(cols["weight[g]"][spinning] == 0):
+        data["thrust_n"] = np.full(n, math.nan)
+        meta["thrust_note"] = "weight[g] reads exactly 0 on every row with the motors spinning: the load cell was not read"
+        del meta["columns_used"]["thrust_n"]
     return StandLog(path=path, data=data, meta=meta)
 
 

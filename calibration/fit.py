@@ -140,10 +140,12 @@ def _select(rows_list: list[Rows], columns: tuple[str, ...], quantity: str, opti
         names = ", ".join(os.path.basename(r.path) for r in rows_list)
         short = {"omega_rad_s": "rpm", "thrust_n": "thrust_n", "torque_nm": "torque_nm", "throttle": "throttle or esc_us"}
         if missing:
+            notes = "".join(f" ({r.name}: {r.meta[k]})" for r in rows_list for k in ("thrust_note", "speed_note")
+                            if r.meta.get(k))
             raise CalibrationError(
                 f"{quantity}: {names} has no {' and no '.join(short[c] for c in missing)} column; this fit needs "
                 + " and ".join(short[c] for c in columns)
-                + (" (rotor speed: an optical RPM sensor or ESC telemetry)" if "omega_rad_s" in missing else ""))
+                + (" (rotor speed: an optical RPM sensor or ESC telemetry)" if "omega_rad_s" in missing else "") + notes)
         raise CalibrationError(f"{quantity}: {names} has no row where the rotor spins with "
                                + " and ".join(columns) + " all measured")
     return [np.concatenate(picked[c]) for c in columns + optional], reasons, sources, np.concatenate(which)

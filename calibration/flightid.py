@@ -18,7 +18,8 @@ The model is the sim's (sim/drone.h), run through the sim's own motor model
     J_z dw_z/dt = -km sum_i SPIN_i w_i^2 + b_z
 
 What one flight cannot separate is said, not guessed: without rotor speeds only kf w(u)^2 is
-seen, so kf stays the base profile's (a stand measures it) and the throttle curve is fitted to it;
+seen, so kf stays the base profile's (a stand measures it) and the throttle curve is fitted to it
+(a log with rotor speeds gives kf itself: m f_z = kf sum w_i^2);
 yaw gives km / J_z only, so J_z is scaled from the fitted J_x, J_y by the base profile's
 J_z / (J_x + J_y) (the frame's shape) and km follows. The time constants up and down and the
 delay are fitted jointly; each figure has a 95 % CI, with the residuals' row-to-row correlation
@@ -35,7 +36,7 @@ from scipy import optimize, stats
 from scipy.signal import savgol_filter
 
 from calibration.data import G_M_S2, CalibrationError
-from calibration.fit import Fit, rounded
+from calibration.fit import Fit, robust_lstsq, rounded
 from calibration.flightlogs import Trajectory
 from sim.core import motor_response
 from sim.profiles import Profile
@@ -56,6 +57,7 @@ MAX_RATE_RAD_S = 15.0   # faster than this the drone is tumbling (a crash), not 
 DELAY_GRID_S = np.arange(0.0, 0.081, 0.002)
 SMOOTH_S = 0.021        # the Savitzky-Golay window for differentiating the gyro
 MAX_REL_CI = 0.5        # a figure whose 95 % CI is wider than this share of it is not used
+MIN_COMMAND_SPAN = 0.25  # a throttle curve needs commands spread over at least this much of 0..1
 MAX_DELAY_CI_S = 0.01   # ... except a delay known to within this (a small delay has a wide relative CI)
 
 
@@ -170,10 +172,11 @@ def rotor_model(traj: Trajectory, params: dict) -> np.ndarray:
     return out
 
 
-def _fit_thrust(traj: Trajectory, base: dict, mass_kg: float, use: np.ndarray):
-    """Throttle curve, tau up / down and delay from the accelerometer's z: the best delay on a grid,
-    the rest by least squares at each. Returns (x = [c0, c1, c2, tau_up, tau_down], delay, cov, resid,
-    ssr by delay)."""
+def _fit_thrust(traj: Trajectory, base: dict, mass_kg: float, use: np.ndarray, fit_curve: bool = True):
+    """Throttle curve (unless `fit_curve` is False: the base's is kept), tau up / down and delay from
+    the accelerometer's z: the best delay on a grid, the rest by least squares at each.
+    Returns ({'one_tau' | 'two_tau': (x = [c0, c1, c2, tau_up(, tau_down)], cov)}, delay, resid,
+    ssr by delay, effective rows)."""
     kf = base["kf_n_per_rad2s2"]
     fz = traj.accel_flu_m_s2[use, 2]
     params = dict(base)
@@ -188,21 +191,34 @@ def _fit_thrust(traj: Trajectory, base: dict, mass_kg: float, use: np.ndarray):
     c = np.asarray(base["throttle_to_omega_rad_s"], float)
     u_h = float(np.median(traj.motor_throttle[use]))
     w_hover = math.sqrt(float(np.median(fz)) * mass_kg / (4 * kf))
-    c = c * w_hover / (c[0] + c[1] * u_h + c[2] * u_h ** 2)
+    if fit_curve:
+        c = c * w_hover / (c[0] + c[1] * u_h + c[2] * u_h ** 2)
     # the curve as c0, its slope at u = 0 and at u = 1, all >= 0: it rises over 0..1, as the sim needs
     x0 = np.r_[c[0], max(c[1], 1.0), max(c[1] + 2 * c[2], 1.0), 0.5 * (base["motor_tau_up_s"] + base["motor_tau_down_s"])]
     lo = [0.0, 0.0, 0.0, 2e-3]
     hi = [5e4, 5e4, 5e4, 0.5]
     x0 = np.clip(x0, np.add(lo, 1e-6), np.subtract(hi, 1e-6))
     scale = np.r_[np.abs(c) + 100.0, 0.02]
+    n_fixed = 0 if fit_curve else 3      # leading parameters held at x0
+    fixed = x0[:n_fixed]
+
+    def solve(start, delay, extra_tau=False, nfev=25):
+        lo_, hi_, sc = lo + [2e-3] * extra_tau, hi + [0.5] * extra_tau, np.r_[scale, [0.02] * extra_tau]
+        sol = optimize.least_squares(lambda xf: resid(np.r_[fixed, xf], delay), start[n_fixed:],
+                                     bounds=(lo_[n_fixed:], hi_[n_fixed:]), x_scale=sc[n_fixed:], max_nfev=nfev,
+                                     diff_step=1e-3)
+        sol.x = np.r_[fixed, sol.x]
+        jac = np.zeros((len(sol.fun), len(sol.x)))
+        jac[:, n_fixed:] = sol.jac
+        sol.jac = jac
+        return sol
     by_delay, fitted = {}, {}
 
     def at(delay):
         delay = round(float(delay), 4)
         if delay not in by_delay:
             start = fitted[min(fitted, key=lambda d: abs(d - delay))].x if fitted else x0
-            sol = optimize.least_squares(resid, start, args=(delay,), bounds=(lo, hi), x_scale=scale,
-                                         max_nfev=25, diff_step=1e-3)
+            sol = solve(start, delay)
             by_delay[delay], fitted[delay] = float(2 * sol.cost), sol
         return by_delay[delay]
 
@@ -212,8 +228,7 @@ def _fit_thrust(traj: Trajectory, base: dict, mass_kg: float, use: np.ndarray):
         at(d)
     delay = min(by_delay, key=by_delay.get)
     one = fitted[delay]
-    both = optimize.least_squares(resid, np.r_[one.x, one.x[3]], args=(delay,), bounds=(lo + [2e-3], hi + [0.5]),
-                                  x_scale=np.r_[scale, 0.02], max_nfev=40, diff_step=1e-3)
+    both = solve(np.r_[one.x, one.x[3]], delay, extra_tau=True, nfev=40)
     n_eff = _effective_n(one.fun)
 
     def cov(sol):
@@ -297,7 +312,28 @@ def identify_flight(traj: Trajectory, base: Profile, mass_kg: float | None = Non
     rejected = dict(skipped)
     fits, not_fitted = {}, {}
     p = dict(base.params)
-    solutions, delay, r, by_delay, n_eff = _fit_thrust(traj, p, mass, use)
+    if traj.has("rotor_rad_s"):   # logged rotor speeds: kf from the flight itself, m f_z = kf sum w_i^2
+        w2 = np.sum(traj.rotor_rad_s ** 2, axis=1)
+        ok = use & np.isfinite(w2)
+        if ok.sum() >= 500:
+            lin = robust_lstsq(w2[ok, None], mass * traj.accel_flu_m_s2[ok, 2], lower=[0.0])
+            p["kf_n_per_rad2s2"] = float(lin.coef[0])
+            fits["kf_n_per_rad2s2"] = Fit(
+                "kf_n_per_rad2s2", float(lin.coef[0]), float(lin.ci95[0]), r2=lin.r2, rows_used=int(lin.inliers.sum()),
+                rows_rejected=sum(rejected.values()) + int((use & ~ok).sum()) + int((~lin.inliers).sum()),
+                rejected={**rejected, "rotor_speed_missing": int((use & ~ok).sum()),
+                          "outlier": int((~lin.inliers).sum())}, files=files,
+                method=(f"robust least squares m f_z = kf sum w_i^2 through the origin over the flying rows (logged "
+                        f"rotor speeds, the accelerometer's z, mass {mass:g} kg)" + lin.ci_note()))
+    u_used = traj.motor_throttle[use]
+    lo_u, hi_u = (float(v) for v in np.percentile(u_used, [2, 98]))
+    fit_curve = hi_u - lo_u >= MIN_COMMAND_SPAN
+    if not fit_curve:
+        for name in ("throttle_to_omega_rad_s", "omega_max_rad_s"):
+            not_fitted[name] = (f"the flight's commands span only u = {lo_u:.2f}..{hi_u:.2f} (2-98 %): too narrow for "
+                                f"a throttle curve (needs {MIN_COMMAND_SPAN:g}); the base's curve is used for the "
+                                "motor dynamics")
+    solutions, delay, r, by_delay, n_eff = _fit_thrust(traj, p, mass, use, fit_curve)
     t95 = stats.t.ppf(0.975, max(n_eff - 6, 1))
     x2, cov2 = solutions["two_tau"]
     ci2 = t95 * np.sqrt(np.clip(np.diag(cov2), 0, None))
@@ -315,18 +351,21 @@ def identify_flight(traj: Trajectory, base: Profile, mass_kg: float | None = Non
     r2 = 1 - float(r @ r) / sst if sst > 0 else math.nan
     u_range = [float(np.min(traj.motor_throttle[use])), float(np.max(traj.motor_throttle[use]))]
     common = dict(r2=r2, rows_used=n_use, rows_rejected=sum(rejected.values()), rejected=rejected, files=files)
+    kf_from = ("fitted above from the logged rotor speeds" if "kf_n_per_rad2s2" in fits else
+               f"kept from {base.name} (without rotor speeds only kf w(u)^2 is seen)")
     how = (f"the sim's motor model (sim.core.motor_response) driven by the logged commands, kf = "
-           f"{p['kf_n_per_rad2s2']:.4g} kept from {base.name} (without rotor speeds only kf w(u)^2 is seen), "
+           f"{p['kf_n_per_rad2s2']:.4g} {kf_from}, "
            f"least squares against the accelerometer's z (mass {mass:g} kg), delay on a {DELAY_GRID_S[1] * 1e3:.0f} ms "
            f"grid; 95 % CI with {n_eff:.0f} effective of {len(r)} rows")
-    fits["throttle_to_omega_rad_s"] = Fit("throttle_to_omega_rad_s", [float(v) for v in x[:3]],
-                                          [float(v) for v in ci[:3]], method=how,
-                                          extra={"throttle_range": u_range}, **common)
-    omega_max = float(x[0] + x[1] + x[2])
-    fits["omega_max_rad_s"] = Fit("omega_max_rad_s", omega_max, float(t95 * np.sqrt(max(np.ones(3) @ cov[:3, :3] @ np.ones(3), 0))),
-                                  method="the fitted throttle curve at u = 1" + (
-                                      "" if u_range[1] >= 0.98 else f" (extrapolated: the flight reaches u = {u_range[1]:.2f})"),
-                                  **common)
+    if fit_curve:
+        fits["throttle_to_omega_rad_s"] = Fit("throttle_to_omega_rad_s", [float(v) for v in x[:3]],
+                                              [float(v) for v in ci[:3]], method=how,
+                                              extra={"throttle_range": u_range}, **common)
+        top_ci = float(t95 * np.sqrt(max(np.ones(3) @ cov[:3, :3] @ np.ones(3), 0)))
+        fits["omega_max_rad_s"] = Fit("omega_max_rad_s", float(x[0] + x[1] + x[2]), top_ci,
+                                      method="the fitted throttle curve at u = 1" + (
+                                          "" if u_range[1] >= 0.98 else
+                                          f" (extrapolated: the flight reaches u = {u_range[1]:.2f})"), **common)
     for k, name in ((3, "motor_tau_up_s"), (4, "motor_tau_down_s")):
         fits[name] = Fit(name, float(x[k]), float(ci[k]), method=how + (f"; {tau_note}" if tau_note else ""), **common)
     fits["motor_delay_s"] = Fit("motor_delay_s", delay, _delay_ci(by_delay, n_eff, len(r)), method=how,

@@ -4,14 +4,30 @@ and the link's round-trip time. A link sets `armed`, `ground_z_enu_m` and `_rtt_
 trips, seconds) and provides open(), close(), connected(), latest_state() and land_and_disarm()."""
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def call_quietly(fn) -> None:
+    """fn() if given; an error in it (a log row while landing) is logged, never raised into the landing."""
+    if fn is None:
+        return
+    try:
+        fn()
+    except Exception:                      # noqa: BLE001 - nothing here may stop a landing
+        log.exception("while landing")
 
 
 class LinkBase:
     #: the flight controller's own failsafe, as a reason for the runner to stop (None: none)
     fc_failsafe: str | None = None
+    #: monotonic time of the newest message of any kind from the flight controller: the link is judged
+    #: by all its telemetry, not by one 1 Hz heartbeat that a lossy radio may drop
+    last_message_s: float | None = None
 
     def __enter__(self):
         self.open()

@@ -4,7 +4,7 @@ The runner asks `preflight(...)` before it arms and `Supervisor.check(...)` once
 it sends the command. Either returns the reason to stop (a short sentence a person can act on),
 never raises for a bad state; the runner then stops streaming setpoints, commands LAND and
 disarms on the ground. A state is a dict in the sim's frames (ENU / FLU), as the link builds it
-through flight/frames.py: pos_enu_m, vel_enu_m_s, quat_wxyz, omega_flu_rad_s, and t_s, the
+through skyloop/frames.py: pos_enu_m, vel_enu_m_s, quat_wxyz, omega_flu_rad_s, and t_s, the
 monotonic time the telemetry arrived.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from skyloop.inputs import number
 class Limits:
     geofence_margin_m: float = 0.5        # the course's box, shrunk by this much
     stale_telemetry_s: float = 0.25       # newest state older than this: stop
-    link_timeout_s: float = 1.5           # no heartbeat from the vehicle for this long: stop
+    link_timeout_s: float = 1.5           # no message at all from the vehicle for this long: stop
     max_tilt_rad: float = math.radians(70)
     max_rate_rad_s: float = 20.0          # |body rate|
     battery_critical_v_per_cell: float = 3.3
@@ -94,16 +94,16 @@ class Supervisor:
         self.course, self.limits, self.cells = course, limits, cells
         self.reason: str | None = None
 
-    def check(self, now_s: float, state: dict | None, action, last_heartbeat_s: float | None,
+    def check(self, now_s: float, state: dict | None, action, last_message_s: float | None,
               battery_v: float | None = None) -> str | None:
         if self.reason is None:
-            self.reason = self._first_problem(now_s, state, action, last_heartbeat_s, battery_v)
+            self.reason = self._first_problem(now_s, state, action, last_message_s, battery_v)
         return self.reason
 
-    def _first_problem(self, now_s, state, action, last_heartbeat_s, battery_v) -> str | None:
+    def _first_problem(self, now_s, state, action, last_message_s, battery_v) -> str | None:
         lim = self.limits
-        if last_heartbeat_s is None or now_s - last_heartbeat_s > lim.link_timeout_s:
-            return f"link lost: no heartbeat from the vehicle for more than {lim.link_timeout_s:g} s"
+        if last_message_s is None or now_s - last_message_s > lim.link_timeout_s:
+            return f"link lost: no message from the vehicle for more than {lim.link_timeout_s:g} s"
         if state is None or now_s - state["t_s"] > lim.stale_telemetry_s:
             age = "never" if state is None else f"{now_s - state['t_s']:.2f} s ago"
             return f"stale telemetry: the newest state arrived {age} (limit {lim.stale_telemetry_s:g} s)"

@@ -87,7 +87,7 @@ def summarize_task(name: str, episodes: dict) -> dict:
 
 def evaluate(policy, profile: str | Profile | dict, action_mode: str, episodes: int = 1000, task: dict | None = None,
              seed: int = EVAL_SEED, randomize: bool = True, record: int = 0) -> dict:
-    """Runs `episodes` drones for one episode each. `policy` is a trained `sim.train.Policy` or
+    """Runs `episodes` drones for one episode each. `policy` is a trained `sim.policy.Policy` or
     any function obs -> actions. Returns the summary (overall, per task, per size bucket) and, if
     `record` > 0, the trajectories of the first `record` drones under "trajectories"."""
     if episodes < 1:
@@ -209,7 +209,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from sim.train import load_checkpoint
+    from sim.policy import load_checkpoint
     policy, ckpt = load_checkpoint(args.policy)
     profile = load_profile(args.profile) if args.profile else ckpt["profile"]
     task = dict(ckpt["task"], task_prob=parse_tasks(args.tasks)) if args.tasks else ckpt["task"]

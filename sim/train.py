@@ -12,11 +12,12 @@ git revision.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 import logging
 import math
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,20 +25,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from sim.core import ACTION_SIZE, OBS_FIELDS, OBS_LAYOUT_VERSION, OBS_SIZE, TASKS, SimError, obs_slice
+from sim.core import ACTION_SIZE, OBS_SIZE, TASKS, SimError, obs_slice
 from sim.env import DroneEnv, parse_tasks, task_config
 from sim.evaluate import evaluate
+from sim.policy import (CHECKPOINT_FORMAT, CheckpointError, Policy, git_revision,  # noqa: F401 (re-exported)
+                        load_checkpoint, save_checkpoint)
 
 log = logging.getLogger(__name__)
-CHECKPOINT_FORMAT = "skyloop.policy/1"
 
 
 @dataclass
 class TrainConfig:
     seed: int = 0
     device: str = "auto"                  # auto: cuda when present, else cpu
-    threads: int = 0                      # torch CPU threads; 0 = all cores
+    threads: int = 0                      # torch CPU threads; 0 = the free cores (cores - load average), at least 1
     profile: str = "size_family"          # drone profile (built-in name or JSON path), with its randomization
     action_mode: str = "ctbr"             # ctbr (collective thrust + body rates) or motor
     tasks: str = "hover"                  # task mix: "hover", "hover:3,race:1", "all" (names: sim.core.TASKS)
@@ -140,93 +143,37 @@ def parse_overrides(args: list[str], config: TrainConfig | None = None) -> Train
 
 
 # --------------------------------------------------------------------------------------------
-# The policy: observation normalization -> MLP (optionally a GRU) -> action mean, plus a hover
-# prior (the drone's nominal hover action, an observation, added to the thrust channels, so an
-# untrained policy hovers instead of shooting up or dropping), squashed to [-1, 1] by a clip;
-# a state-independent log-std for exploration; a value head.
+# The training forward pass: the policy module's own layers (what is saved, evaluated and
+# exported) on observations normalized once per sample, in the rollout; actor and critic side by
+# side. (Fusing them into one matmul / bmm measured slower on the CPU: the time goes to memory
+# traffic of the activations, not to the number of ops.)
 # --------------------------------------------------------------------------------------------
-def _mlp(sizes):
-    layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), nn.Tanh()]
-    return nn.Sequential(*layers)
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-class Policy(nn.Module):
-    def __init__(self, obs_size: int = OBS_SIZE, action_size: int = ACTION_SIZE, hidden: int = 64, layers: int = 2,
-                 recurrent: bool = False, init_log_std: float = -1.0, action_mode: str = "ctbr"):
-        super().__init__()
-        self.recurrent = recurrent
-        self.hidden = hidden
-        self.action_mode = action_mode
-        thrust_channels = [1.0, 0.0, 0.0, 0.0] if action_mode == "ctbr" else [1.0] * action_size
-        self.register_buffer("hover_prior", torch.tensor(thrust_channels))
-        self.hover_index = obs_slice("hover_action").start
-        self.register_buffer("obs_mean", torch.zeros(obs_size))
-        self.register_buffer("obs_var", torch.ones(obs_size))
-        self.register_buffer("obs_count", torch.tensor(1e-4, dtype=torch.float64))
-        self.actor_body = _mlp([obs_size] + [hidden] * layers)
-        self.critic = nn.Sequential(_mlp([obs_size] + [hidden] * layers), nn.Linear(hidden, 1))
-        self.gru = nn.GRUCell(hidden, hidden) if recurrent else None
-        self.mean = nn.Linear(hidden, action_size)
-        nn.init.orthogonal_(self.mean.weight, 0.01)
-        nn.init.zeros_(self.mean.bias)
-        self.log_std = nn.Parameter(torch.full((action_size,), float(init_log_std)))
-
-    def obs_std(self) -> torch.Tensor:
-        return torch.sqrt(self.obs_var + 1e-8)
-
-    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.clamp((obs - self.obs_mean) / self.obs_std(), -10.0, 10.0)
-
-    @torch.no_grad()
-    def update_normalization(self, obs: torch.Tensor) -> None:
-        """Running mean / variance (parallel Welford) over every observation seen in training."""
-        batch_mean, batch_var, n = obs.mean(0), obs.var(0, unbiased=False), obs.shape[0]
-        total = self.obs_count + n
-        delta = batch_mean - self.obs_mean
-        self.obs_mean += (delta * n / total).float()
-        m2 = self.obs_var * self.obs_count + batch_var * n + delta.pow(2) * self.obs_count * n / total
-        self.obs_var.copy_((m2 / total).float())
-        self.obs_count.copy_(total)
-
-    def features(self, obs: torch.Tensor, state: torch.Tensor | None = None):
-        x = self.actor_body(self.normalize(obs))
-        if self.recurrent:
-            state = self.gru(x, state)
-            x = state
-        return x, state
-
-    def action_mean(self, obs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.mean(x) + obs[:, self.hover_index:self.hover_index + 1] * self.hover_prior
-
-    def forward(self, obs: torch.Tensor, state: torch.Tensor | None = None):
-        """Deterministic action in [-1, 1] (what is exported and flown), and the recurrent state."""
-        x, state = self.features(obs, state)
-        return torch.clamp(self.action_mean(obs, x), -1.0, 1.0), state
-
-    def initial_state(self, n: int, device=None) -> torch.Tensor | None:
-        return torch.zeros(n, self.hidden, device=device) if self.recurrent else None
+def actor_critic(policy: Policy, x: torch.Tensor, hover: torch.Tensor, state: torch.Tensor | None = None):
+    """(action mean, value, recurrent state) for normalized observations `x` [B, OBS] and the
+    raw hover-action observation `hover` [B]: Policy.action_mean and the critic, without
+    normalizing again."""
+    h = policy.actor_body(x)
+    if policy.recurrent:
+        h = state = policy.gru(h, state)
+    mean = torch.addmm(policy.mean.bias, h, policy.mean.weight.t())
+    return torch.addcmul(mean, hover.unsqueeze(-1), policy.hover_prior), policy.critic(x).squeeze(-1), state
 
 
-def _distribution(policy: Policy, obs: torch.Tensor, x: torch.Tensor):
-    return torch.distributions.Normal(policy.action_mean(obs, x), policy.log_std.exp().expand(x.shape[0], -1))
-
-
-def _value(policy: Policy, obs: torch.Tensor) -> torch.Tensor:
-    return policy.critic(policy.normalize(obs)).squeeze(-1)
-
-
-def git_revision() -> str:
+def pick_threads(requested: int, local_processes: int = 1) -> int:
+    """Torch CPU threads: `requested` if set; else the cores this process may use (shared with
+    the other local ranks) minus the load others put on them, and at least 1. Threads that wait
+    for busy cores are slower than one thread, so a loaded machine gets one."""
+    if requested > 0:
+        return requested
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "sim"], cwd=here, capture_output=True,
-                               text=True, timeout=5).stdout.strip()
-        return (rev + ("-dirty" if dirty else "")) or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return max(1, int((cpus - load) / local_processes + 0.5))
 
 
 def pick_device(name: str) -> torch.device:
@@ -237,62 +184,8 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# --------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------
-def save_checkpoint(path: str, policy: Policy, config: TrainConfig, env: DroneEnv, steps: int, stats: dict,
-                    evaluation: dict | None = None) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    ckpt = {
-        "format": CHECKPOINT_FORMAT,
-        "state_dict": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
-        "architecture": {"hidden": policy.hidden, "layers": config.layers, "recurrent": policy.recurrent},
-        "config": dataclasses.asdict(config),
-        "profile": env.profile.to_json(),
-        "task": env.task,
-        "tasks": [name for name, p in zip(TASKS, env.task["task_prob"]) if p > 0],
-        "action_mode": env.action_mode,
-        "control_hz": env.control_hz,
-        "obs_layout_version": OBS_LAYOUT_VERSION,
-        "obs_size": OBS_SIZE,
-        "obs_fields": [[name, offset, count] for name, offset, count in OBS_FIELDS],
-        "action_size": ACTION_SIZE,
-        "sim_git_revision": git_revision(),
-        "training_steps": steps,
-        "training_stats": stats,
-        "eval": evaluation,          # sim.evaluate's summary of the final policy, when it was run
-    }
-    tmp = path + ".tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-
-
 def snapshot_path(output: str, elapsed_s: float) -> str:
     return f"{os.path.splitext(output)[0]}.at{elapsed_s:05.1f}s.pt"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used with this sim; says what to do."""
-
-
-def load_checkpoint(path: str, device: str = "cpu") -> tuple[Policy, dict]:
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: no such policy file (train one with `skyloop train -o {path}`)")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as exc:  # torch raises many kinds for a corrupt file
-        raise CheckpointError(f"{path}: not a readable policy checkpoint ({exc.__class__.__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a Skyloop policy checkpoint (format {CHECKPOINT_FORMAT!r})")
-    if ckpt["obs_layout_version"] != OBS_LAYOUT_VERSION or ckpt["obs_size"] != OBS_SIZE:
-        raise CheckpointError(f"{path}: trained for observation layout v{ckpt['obs_layout_version']} "
-                              f"({ckpt['obs_size']} values); this sim has v{OBS_LAYOUT_VERSION} ({OBS_SIZE}): retrain it")
-    arch = ckpt["architecture"]
-    policy = Policy(ckpt["obs_size"], ckpt["action_size"], arch["hidden"], arch["layers"], arch["recurrent"],
-                    action_mode=ckpt["action_mode"])
-    policy.load_state_dict(ckpt["state_dict"])
-    policy.to(device).eval()
-    return policy, ckpt
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,150 +229,269 @@ class Progress:
             self.log.close()
 
 
+def _rollout_buffers(T: int, N: int, hidden: int, recurrent: bool, device) -> dict:
+    z = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
+    return {"obs": z(T, N, OBS_SIZE), "x": z(T, N, OBS_SIZE), "hover": z(T, N), "act": z(T, N, ACTION_SIZE),
+            "logp": z(T, N), "rew": z(T, N), "done": z(T, N), "val": z(T, N),
+            "state": z(T, N, hidden) if recurrent else None}
+
+
+class Distributed:
+    """Data-parallel training over torch.distributed (torchrun sets WORLD_SIZE, RANK, LOCAL_RANK):
+    every rank steps its own C env; gradients, observation statistics and the stop decision are
+    all-reduced, so the weights stay identical; rank 0 writes the checkpoint. One process: no-op."""
+
+    def __init__(self, device_name: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(self.world)))
+        self.started = False
+        if self.world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if device_name.startswith("cuda") else "gloo"
+            torch.distributed.init_process_group(backend)
+            self.started = True
+
+    def device(self, name: str) -> torch.device:
+        device = pick_device(name)
+        if device.type == "cuda" and self.world > 1:
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        return device
+
+    def all_reduce(self, t: torch.Tensor, op=None) -> torch.Tensor:
+        if self.world > 1:
+            torch.distributed.all_reduce(t, op or torch.distributed.ReduceOp.SUM)
+        return t
+
+    def broadcast_parameters(self, module: nn.Module) -> None:
+        if self.world > 1:
+            for t in list(module.parameters()) + list(module.buffers()):
+                torch.distributed.broadcast(t.data, 0)
+
+    def average_gradients(self, params: list) -> None:
+        if self.world > 1:
+            flat = torch.cat([p.grad.reshape(-1) for p in params])
+            self.all_reduce(flat).div_(self.world)
+            offset = 0
+            for p in params:
+                p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
+                offset += p.numel()
+
+    def weight_digests(self, policy: Policy) -> list[str]:
+        """sha256 of every rank's weights and statistics (the trainer checks they are one)."""
+        flat = torch.cat([t.detach().double().reshape(-1) for t in policy.state_dict().values()]).cpu()
+        digests = [flat.clone() for _ in range(self.world)]
+        if self.world > 1:
+            torch.distributed.all_gather(digests, flat)
+        return [hashlib.sha256(d.numpy().tobytes()).hexdigest() for d in digests]
+
+    def close(self) -> None:
+        if self.started:
+            torch.distributed.destroy_process_group()
+
+
+def _update_normalization(policy: Policy, obs: torch.Tensor, dist: Distributed) -> None:
+    """Merges a rollout's observations [B, OBS] (of every rank) into the running mean / variance."""
+    flat = obs.reshape(-1, obs.shape[-1]).double()
+    moments = dist.all_reduce(torch.stack([flat.sum(0), flat.pow(2).sum(0),
+                                           torch.full_like(flat[0], flat.shape[0])]))
+    n = moments[2, 0]
+    mean, var = moments[0] / n, (moments[1] / n - (moments[0] / n) ** 2).clamp_min(0.0)
+    total = policy.obs_count + n
+    delta = mean - policy.obs_mean.double()
+    m2 = policy.obs_var.double() * policy.obs_count + var * n + delta.pow(2) * policy.obs_count * n / total
+    policy.obs_mean.add_((delta * n / total).float())
+    policy.obs_var.copy_((m2 / total).float())
+    policy.obs_count.copy_(total)
+
+
 def train(config: TrainConfig, progress_stream=sys.stderr) -> dict:
-    """Trains a policy and writes the checkpoint; returns the final metrics."""
+    """Trains a policy and writes the checkpoint; returns the final metrics. Under torchrun, every
+    rank runs this; rank 0 writes the checkpoint."""
     config.validate()
-    device = pick_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    dist = Distributed(config.device)
+    try:
+        return _train(config, dist, progress_stream)
+    finally:
+        dist.close()
+
+
+def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
+    device = dist.device(config.device)
+    threads = pick_threads(config.threads, dist.local_world)
+    torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
+    env_seed = config.seed + 7919 * dist.rank
     env = DroneEnv(config.num_drones, config.profile, action_mode=config.action_mode,
-                   task=task_config(**{"task_prob": parse_tasks(config.tasks), **config.task}), seed=config.seed)
-    obs_np, _ = env.reset(seed=config.seed)
+                   task=task_config(**{"task_prob": parse_tasks(config.tasks), **config.task}), seed=env_seed)
+    obs_np, _ = env.reset(seed=env_seed)
     N, T = config.num_drones, config.horizon
     policy = Policy(OBS_SIZE, ACTION_SIZE, config.hidden, config.layers, config.recurrent, config.init_log_std,
                     config.action_mode).to(device)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5)
-
-    obs_buf = torch.zeros(T, N, OBS_SIZE, device=device)
-    act_buf = torch.zeros(T, N, ACTION_SIZE, device=device)
-    logp_buf = torch.zeros(T, N, device=device)
-    rew_buf = torch.zeros(T, N, device=device)
-    done_buf = torch.zeros(T, N, device=device)
-    val_buf = torch.zeros(T, N, device=device)
+    dist.broadcast_parameters(policy)
+    params = list(policy.parameters())
+    optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5)
+    hover_index = obs_slice("hover_action").start
+    buf = _rollout_buffers(T, N, config.hidden, config.recurrent, device)
     state = policy.initial_state(N, device)
-    state_buf = torch.zeros(T, N, config.hidden, device=device) if config.recurrent else None
+    _update_normalization(policy, torch.as_tensor(obs_np, device=device), dist)   # statistics of the first states
+    # the env reads its actions from, and writes its outputs to, C memory; on the CPU torch shares it
+    actions_np = env.core.actions
+    actions_cpu = torch.from_numpy(actions_np)
 
-    log_path = config.log_jsonl or os.path.splitext(config.output)[0] + ".jsonl"
-    progress = Progress(config, log_path, progress_stream)
+    log_path = "" if dist.rank else (config.log_jsonl or os.path.splitext(config.output)[0] + ".jsonl")
+    progress = Progress(config, log_path, progress_stream if dist.rank == 0 else io.StringIO())
     start = time.monotonic()
     steps, updates = 0, 0
     next_snapshot_s = config.snapshot_every_s
     timing = {"env_s": 0.0, "rollout_s": 0.0, "update_s": 0.0}   # where the time goes (env_s is inside rollout_s)
     recent = {"success": [], "crash": [], "return": [], "task": []}
     metrics = {}
-    obs = torch.as_tensor(obs_np, device=device)
+    losses = torch.zeros(3)
     while True:
         elapsed = time.monotonic() - start
-        frac_done = max(elapsed / config.time_budget_s, steps / config.total_steps)
+        frac_done = torch.tensor([max(elapsed / config.time_budget_s, steps * dist.world / config.total_steps)])
+        frac_done = float(dist.all_reduce(frac_done, torch.distributed.ReduceOp.MAX if dist.world > 1 else None))
         if frac_done >= 1.0:
             break
         for group in optimizer.param_groups:
             group["lr"] = config.lr * (1.0 - (1.0 - config.lr_final_frac) * frac_done)
-        # ---- rollout ----
+        # ---- rollout: normalization statistics stay fixed within one ----
         t_rollout = time.perf_counter()
+        finals = []                                  # (t, index, final obs) of time-limited episodes
         with torch.no_grad():
+            inv_std, obs_mean = 1.0 / policy.obs_std(), policy.obs_mean.clone()
+            std = policy.log_std.exp()
+            logp_const = -(policy.log_std.sum() + ACTION_SIZE * LOG_SQRT_2PI)
             for t in range(T):
-                policy.update_normalization(obs)
-                obs_buf[t] = obs
+                obs = buf["obs"][t]
+                obs.copy_(torch.from_numpy(obs_np))
+                x = torch.clamp((obs - obs_mean) * inv_std, -10.0, 10.0, out=buf["x"][t])
+                hover = buf["hover"][t]
+                hover.copy_(obs[:, hover_index])
                 if config.recurrent:
-                    state_buf[t] = state
-                x, state = policy.features(obs, state)
-                dist = _distribution(policy, obs, x)
-                action = dist.sample()
-                logp_buf[t] = dist.log_prob(action).sum(-1)
-                act_buf[t] = action
-                val_buf[t] = _value(policy, obs)
-                env_action = torch.clamp(action, -1.0, 1.0).cpu().numpy()
+                    buf["state"][t] = state
+                mean, buf["val"][t], state = actor_critic(policy, x, hover, state)
+                noise = torch.randn_like(mean)
+                action = torch.addcmul(mean, noise, std, out=buf["act"][t])
+                buf["logp"][t] = noise.pow(2).sum(-1).mul(-0.5).add(logp_const)
+                if device.type == "cpu":
+                    torch.clamp(action, -1.0, 1.0, out=actions_cpu)
+                else:
+                    actions_cpu.copy_(torch.clamp(action, -1.0, 1.0))
                 t_env = time.perf_counter()
-                obs_np, rew_np, term_np, trunc_np, info = env.step(env_action)
+                obs_np, rew_np, term_np, trunc_np, info = env.step(actions_np)
                 timing["env_s"] += time.perf_counter() - t_env
-                reward = torch.as_tensor(rew_np, device=device).clone()
-                done = torch.as_tensor(term_np | trunc_np, device=device).float()
-                if trunc_np.any():  # a time limit is not a terminal state: bootstrap from the last state
-                    idx = np.flatnonzero(trunc_np)
-                    final = torch.as_tensor(info["final_obs"][idx], device=device)
-                    reward[idx] += config.gamma * _value(policy, final)
-                rew_buf[t], done_buf[t] = reward, done
+                buf["rew"][t].copy_(torch.from_numpy(rew_np))
+                buf["done"][t].copy_(torch.from_numpy(term_np | trunc_np))
                 if "episode" in info:
+                    if trunc_np.any():  # a time limit is not a terminal state: bootstrap from the last state
+                        idx = np.flatnonzero(trunc_np)
+                        finals.append((t, torch.from_numpy(idx), torch.from_numpy(info["final_obs"][idx].copy())))
                     ep = info["episode"]
-                    recent["success"].extend(ep["success"].tolist())
-                    recent["crash"].extend(ep["crash"].tolist())
-                    recent["return"].extend(ep["return"].tolist())
-                    recent["task"].extend(ep["task"].tolist())
+                    for k in recent:
+                        recent[k].append(ep[k])
                     if config.recurrent:
                         state[torch.as_tensor(info["done_index"], device=device)] = 0.0
-                obs = torch.as_tensor(obs_np, device=device)
             steps += N * T
+            if finals:   # all the rollout's bootstrap values in one forward pass
+                ts = torch.cat([torch.full((len(i),), t) for t, i, _ in finals]).to(device)
+                idx = torch.cat([i for _, i, _ in finals]).to(device)
+                final_obs = torch.cat([o for _, _, o in finals]).to(device)
+                fx = torch.clamp((final_obs - obs_mean) * inv_std, -10.0, 10.0)
+                if config.recurrent:
+                    final_v = policy.critic(fx).squeeze(-1)
+                else:
+                    final_v = actor_critic(policy, fx, final_obs[:, hover_index])[1]
+                buf["rew"].index_put_((ts, idx), config.gamma * final_v, accumulate=True)
             # ---- advantages (GAE) ----
-            next_value = _value(policy, obs)
-            adv = torch.zeros_like(rew_buf)
+            next_obs = torch.as_tensor(obs_np, device=device)
+            next_x = torch.clamp((next_obs - obs_mean) * inv_std, -10.0, 10.0)
+            next_value = actor_critic(policy, next_x, next_obs[:, hover_index], state)[1]
+            adv = torch.zeros_like(buf["rew"])
             last = torch.zeros(N, device=device)
+            notdone = 1.0 - buf["done"]
             for t in reversed(range(T)):
-                nv = next_value if t == T - 1 else val_buf[t + 1]
-                nonterminal = 1.0 - done_buf[t]
-                delta = rew_buf[t] + config.gamma * nv * nonterminal - val_buf[t]
-                last = delta + config.gamma * config.gae_lambda * nonterminal * last
+                nv = next_value if t == T - 1 else buf["val"][t + 1]
+                delta = buf["rew"][t] + config.gamma * nv * notdone[t] - buf["val"][t]
+                last = delta + config.gamma * config.gae_lambda * notdone[t] * last
                 adv[t] = last
-            returns = adv + val_buf
+            returns = adv + buf["val"]
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)   # once over the whole batch
         timing["rollout_s"] += time.perf_counter() - t_rollout
         t_update = time.perf_counter()
-        # ---- PPO update: minibatches of whole drones (keeps time order for the recurrent policy) ----
+        # ---- PPO update: minibatches of samples (of whole drones for the recurrent policy, in time order) ----
+        flat = {k: buf[k].reshape(T * N, -1).squeeze(-1) for k in ("x", "hover", "act", "logp")}
+        flat["adv"], flat["ret"] = adv.reshape(-1), returns.reshape(-1)
         for _epoch in range(config.epochs):
-            perm = torch.randperm(N, device=device)
+            perm = torch.randperm(N if config.recurrent else T * N, device=device)
             for mb in perm.chunk(config.minibatches):
                 if config.recurrent:
-                    h, xs = state_buf[0, mb], []
+                    h, means, values = buf["state"][0, mb], [], []
                     for t in range(T):
-                        h = h * (1.0 - done_buf[t - 1, mb]).unsqueeze(-1) if t > 0 else h
-                        x, h = policy.features(obs_buf[t, mb], h)
-                        xs.append(x)
-                    x = torch.stack(xs).reshape(T * len(mb), -1)
+                        h = h * notdone[t - 1, mb].unsqueeze(-1) if t > 0 else h
+                        m, v, h = actor_critic(policy, buf["x"][t, mb], buf["hover"][t, mb], h)
+                        means.append(m)
+                        values.append(v)
+                    mean, value = torch.cat(means), torch.cat(values)
+                    act, old_logp, a, ret = (buf["act"][:, mb].reshape(-1, ACTION_SIZE), buf["logp"][:, mb].reshape(-1),
+                                             adv[:, mb].reshape(-1), returns[:, mb].reshape(-1))
                 else:
-                    x, _ = policy.features(obs_buf[:, mb].reshape(-1, OBS_SIZE))
-                dist = _distribution(policy, obs_buf[:, mb].reshape(-1, OBS_SIZE), x)
-                logp = dist.log_prob(act_buf[:, mb].reshape(-1, ACTION_SIZE)).sum(-1)
-                ratio = (logp - logp_buf[:, mb].reshape(-1)).exp()
-                a = adv[:, mb].reshape(-1)
-                a = (a - a.mean()) / (a.std() + 1e-8)
+                    mean, value, _ = actor_critic(policy, flat["x"][mb], flat["hover"][mb])
+                    act, old_logp, a, ret = flat["act"][mb], flat["logp"][mb], flat["adv"][mb], flat["ret"][mb]
+                z = (act - mean) / policy.log_std.exp()
+                logp = -0.5 * z.pow(2).sum(-1) - policy.log_std.sum() - ACTION_SIZE * LOG_SQRT_2PI
+                ratio = (logp - old_logp).exp()
                 policy_loss = torch.max(-a * ratio, -a * ratio.clamp(1 - config.clip, 1 + config.clip)).mean()
-                v = _value(policy, obs_buf[:, mb].reshape(-1, OBS_SIZE))
-                value_loss = 0.5 * (v - returns[:, mb].reshape(-1)).pow(2).mean()
-                entropy = dist.entropy().sum(-1).mean()
+                value_loss = 0.5 * (value - ret).pow(2).mean()
+                entropy = policy.log_std.sum() + ACTION_SIZE * (0.5 + LOG_SQRT_2PI)   # of the Gaussian, per sample
                 loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
                 optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+                dist.average_gradients(params)
+                nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
                 optimizer.step()
+        losses = torch.stack([policy_loss.detach(), value_loss.detach(), entropy.detach()]).cpu()
+        _update_normalization(policy, buf["obs"], dist)
         updates += 1
         timing["update_s"] += time.perf_counter() - t_update
         elapsed = time.monotonic() - start
         for k in recent:
-            recent[k] = recent[k][-4 * N:]
+            recent[k] = [np.concatenate(recent[k])[-4 * N:]] if recent[k] else []
+        ep = {k: v[0] if v else np.zeros(0) for k, v in recent.items()}
         metrics = {
-            "steps": steps, "updates": updates, "elapsed_s": elapsed, "steps_per_s": steps / elapsed,
-            "time_left_s": max(0.0, config.time_budget_s - elapsed),
-            "episode_return": float(np.mean(recent["return"])) if recent["return"] else 0.0,
-            "success_rate": float(np.mean(recent["success"])) if recent["success"] else 0.0,
-            "crash_rate": float(np.mean(recent["crash"])) if recent["crash"] else 0.0,
-            "policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "entropy": entropy.item(),
+            "steps": steps * dist.world, "updates": updates, "elapsed_s": elapsed,
+            "steps_per_s": steps * dist.world / elapsed, "time_left_s": max(0.0, config.time_budget_s - elapsed),
+            "episode_return": float(ep["return"].mean()) if len(ep["return"]) else 0.0,
+            "success_rate": float(ep["success"].mean()) if len(ep["success"]) else 0.0,
+            "crash_rate": float(ep["crash"].mean()) if len(ep["crash"]) else 0.0,
+            "policy_loss": float(losses[0]), "value_loss": float(losses[1]), "entropy": float(losses[2]),
             "lr": optimizer.param_groups[0]["lr"], "log_std": policy.log_std.detach().cpu().tolist(),
-            **{f"time_{k}": v for k, v in timing.items()},
-            "success_per_task": per_task_success(recent),
+            **{f"time_{k}": v for k, v in timing.items()}, "threads": threads, "world_size": dist.world,
+            "success_per_task": per_task_success(ep),
         }
         progress.update(metrics)
         if config.snapshot_every_s and elapsed >= next_snapshot_s:
-            save_checkpoint(snapshot_path(config.output, elapsed), policy, config, env, steps, metrics)
+            if dist.rank == 0:
+                save_checkpoint(snapshot_path(config.output, elapsed), policy, config, env, steps * dist.world, metrics)
             next_snapshot_s += config.snapshot_every_s
     progress.update(metrics, final=True)
     progress.close()
     policy.eval()
     policy.cpu()
+    if dist.world > 1:
+        digests = dist.weight_digests(policy)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"data-parallel ranks ended with different weights ({digests}); this is a bug")
+        metrics["ddp"] = {"world_size": dist.world, "rank_weight_sha256": digests}
+    if dist.rank:
+        return metrics
     evaluation = None
     if config.eval_episodes:
         evaluation = evaluate(policy, env.profile, config.action_mode, config.eval_episodes, env.task)
         metrics["eval_success_rate"], metrics["eval_crash_rate"] = evaluation["success_rate"], evaluation["crash_rate"]
-    save_checkpoint(config.output, policy, config, env, steps, metrics, evaluation)
+    save_checkpoint(config.output, policy, config, env, steps * dist.world, metrics, evaluation)
     return metrics
 
 

@@ -22,6 +22,7 @@ VERBS = {
     "bench": ("skyloop.verbs.bench", "benchmarks that print figures (bench sim / train / policy)"),
     "train": ("sim.train", "train a policy with PPO on the randomized sim (one file: sim/train.py)"),
     "eval": ("sim.evaluate", "evaluate a policy on fresh randomized drones"),
+    "sweep": ("sim.sweep", "tune the trainer's hyperparameters on Ray Tune (here, or a cluster with --address)"),
     "export": ("policy_export.cli", "export a trained policy to ONNX (or C) with its contract; --inspect a model"),
     "sitl": ("flight.sitl", "a simulated MAVLink quadrotor on our sim (ArduPilot- or PX4-like)"),
     "fly": ("skyloop.verbs.fly", "fly a course with an exported policy (the simulated vehicle unless --connect)"),
@@ -29,6 +30,7 @@ VERBS = {
     "stand": ("thrust_stand.cli", "drive a motor on a thrust stand and record it (stand run / stand import)"),
     "calibrate": ("calibration.cli", "fit motor constants from stand logs into a drone profile"),
     "compare": ("calibration.compare_cli", "replay a real flight log in the sim and report where they differ"),
+    "view": ("skyloop.verbs.view", "replay a saved flight on a local web page: the drone, the course, the sim's prediction"),
 }
 
 

@@ -359,3 +359,41 @@ def test_a_delay_of_200_ms_is_a_valid_profile_and_the_sim_holds_it():
         speeds.append(env.state(0)["rotor_rad_s"][0])
     first = int(np.argmax(np.abs(np.array(speeds) - before) > 1.0))   # speeds[k]: at the end of period k + 1
     assert first * dt == pytest.approx(0.2, abs=dt / 2)   # the command moves the rotor from 0.2 s on
+
+
+BRUSHLESS_STAND = REAL / "imrc_cf21_brushless_calib_log.csv"
+
+
+def test_a_stand_log_with_unread_load_cell_and_bad_rpm_channels_says_so_and_can_trust_one():
+    """The brushless stand log: weight[g] is 0 throughout (no thrust), rpm1-3 disagree with each
+    other (rejected row by row); --rpm-columns rpm4 trusts the good sensor alone."""
+    with pytest.raises(CalibrationError, match="load cell was not read"):
+        fit_square_law([screen_log(load_log(real(BRUSHLESS_STAND)))], "thrust_n")
+    all_four = calibrate([str(BRUSHLESS_STAND)], load_profile("crazyflie21"))
+    assert all_four.fits["throttle_to_omega_rad_s"].rejected["motors_disagree"] > 3000
+    rpm4 = calibrate([str(BRUSHLESS_STAND)], load_profile("crazyflie21"), rpm_columns=("rpm4",))
+    curve = rpm4.fits["throttle_to_omega_rad_s"]
+    assert "motors_disagree" not in curve.rejected and curve.r2 > 0.99 and curve.rows_used > 6000
+    assert rpm4.rows[0].meta["rpm_columns_not_used"] == ["rpm1", "rpm2", "rpm3"]
+    assert "kf_n_per_rad2s2" in rpm4.not_fitted and "load cell was not read" in rpm4.not_fitted["kf_n_per_rad2s2"]
+
+
+def test_the_brushless_profile_predicts_the_stands_scale_readings_near_hover():
+    """crazyflie21_brushless: kf from the brushless flight, the throttle curve from the stand's rpm4;
+    the 13 manual scale readings (pwm vs total grams) were used by neither: near hover (pwm 15000
+    to 40000) the profile's 4 kf w(u)^2 is within 10 % of them."""
+    table = np.genfromtxt(real(REAL / "imrc_cf21_brushless_calib_scale.csv"), delimiter=",", skip_header=1)
+    p = load_profile("crazyflie21_brushless")
+    assert "kf_n_per_rad2s2" in p.source and "eckart01" in p.source["kf_n_per_rad2s2"]["file"]
+    c0, c1, c2 = p.params["throttle_to_omega_rad_s"]
+    near = (table[:, 0] >= 15000) & (table[:, 0] <= 40000)
+    u = table[near, 0] / 65535
+    grams = 4 * p.params["kf_n_per_rad2s2"] * (c0 + c1 * u + c2 * u * u) ** 2 / 9.80665e-3
+    assert np.all(np.abs(grams / table[near, 1] - 1) < 0.10)
+
+
+def test_the_crazyflie_profile_says_its_motor_dynamics_were_measured():
+    p = load_profile("crazyflie21")
+    for name in ("motor_tau_up_s", "motor_tau_down_s"):
+        assert p.source[name]["file"].startswith("arpl_cf21_sysid_log10") and p.source[name]["ci95"] > 0
+    assert "radio period" not in p.source["motor_delay_s"].split("(It was")[0]

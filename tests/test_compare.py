@@ -205,35 +205,28 @@ HOP = {"format": "skyloop.course/1", "name": "hop", "bounds_m": {"min": [-4, -4,
 
 
 @pytest.fixture(scope="module")
-def own_flight(tmp_path_factory):
+def own_flight(tmp_path_factory, free_udp_port, quiet_status):
     """A short flight of the shipped policy on the simulated vehicle over loopback, with its flight
     log and .tlog. Real time, as `fly` runs it (the runner does not drive a lockstep vehicle); a
     machine so loaded that the link-loss failsafe fires gets one more try."""
-    from flight.cli import _free_udp_port, default_policy
+    from flight.cli import default_policy
     from flight.connection import parse_connection
     from flight.course import parse_course
     from flight.link import MavLink
     from flight.runner import fly_course
     from flight.sitl import SitlVehicle
     from policy_export import load_policy
-
-    class Quiet:
-        def show(self, *a, **k):
-            pass
-
-        def done(self):
-            pass
     out = tmp_path_factory.mktemp("own")
     course, prof = parse_course(HOP), load_profile("crazyflie21")
     policy_path = default_policy("ctbr")
     policy = load_policy(policy_path, action_modes=("ctbr",))
     rate_max = policy.metadata["action_scaling"].get("rate_max_rad_s", prof.params["rate_max_rad_s"])
     for _attempt in range(2):
-        port = _free_udp_port()
+        port = free_udp_port()
         with SitlVehicle(prof, f"udpout:127.0.0.1:{port}", "ardupilot", course.start_pos_enu_m, course.start_yaw_rad):
             with MavLink(parse_connection(f"udpin:127.0.0.1:{port}"), "ardupilot", "ctbr", rate_max,
                          tlog_path=str(out / "hop.tlog")) as link:
-                result = fly_course(link, policy, course, prof, str(out / "hop.csv"), status=Quiet(),
+                result = fly_course(link, policy, course, prof, str(out / "hop.csv"), status=quiet_status,
                                     max_time_s=20, meta={"policy": policy_path})
         if not (result.failsafe or "").startswith(("link lost", "stale telemetry")):
             break
@@ -275,3 +268,72 @@ def test_compare_help_and_a_missing_mapping_are_clear(capsys):
     assert exc.value.code == 0 and "--mapping" in capsys.readouterr().out
     assert skyloop(["compare", real(CF_FLIGHT), "--profile", "crazyflie21", "--mapping", "nosuch"]) == 1
     assert "shipped mappings: ['crazyflie_sysid', 'crazyflie_usd']" in capsys.readouterr().err
+
+
+def test_a_vehicle_that_never_left_the_ground_is_not_model_checked_and_says_why(capsys):
+    """The PX4 sample is on the ground and disarmed: no model check, no replay, and each says why."""
+    rc = skyloop(["compare", real(PX4), "--profile", "fpv5", "--json", "--no-closed-loop"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and summary["model_check"] is None and summary["replay"] is None
+    assert "on the ground or with the motors off" in summary["skipped"]["model_check"]
+    assert "on the ground or with the motors off" in summary["skipped"]["replay"]
+
+
+def test_near_hover_the_model_check_says_which_figures_mean_something():
+    """jana00's vertical specific force varies by 2.5 % of g while the model sits ~5 % above it:
+    R^2 z is the offset's, and the metrics say so; bias and NRMSE are there per axis."""
+    traj = read_flight_log(real(CF_FLIGHT), "crazyflie_usd")
+    m, _ = model_check(traj, load_profile("crazyflie21"), mass_kg=0.0347)
+    mc = m["model_check"]
+    assert set(mc["nrmse"]) == set(mc["bias_m_s2"]) == {"x", "y", "z"}
+    assert mc["supports"]["z"].startswith("bias, rmse and r2_offset_removed") and mc["supports"]["x"].startswith("r2")
+    assert m["hover_closure"] is not None and "hover_closure_missing" not in mc
+
+
+def test_an_rpm_channel_reading_half_the_others_drops_the_rotor_speeds_and_says_which(tmp_path):
+    lines = open(real(CF_FLIGHT), encoding="utf-8").read().splitlines()
+    header = lines[0].split(",")
+    k = header.index("rpm.m2")
+    rows = []
+    for n, line in enumerate(lines[1:]):
+        cells = line.split(",")
+        cells[k] = str(int(float(cells[k]) * (0.5 if n % 10 < 6 else 0.8)))   # half in 60 % of rows, 20 % low in the rest
+        rows.append(",".join(cells))
+    bad = tmp_path / "bad_rpm.csv"
+    bad.write_text("\n".join([lines[0]] + rows) + "\n")
+    assert read_flight_log(real(CF_FLIGHT), "crazyflie_usd").has("rotor_rad_s")
+    traj = read_flight_log(str(bad), "crazyflie_usd")
+    assert not traj.has("rotor_rad_s")
+    assert any("faulty RPM channel" in i and "motor 4 (sim order)" in i for i in traj.issues)   # Crazyflie M2 = sim 4
+
+
+def test_a_tlog_with_euler_attitude_and_scaled_imu_only_is_read(tmp_path):
+    import struct
+    os.environ.setdefault("MAVLINK20", "1")
+    from pymavlink.dialects.v20 import ardupilotmega as mavlink
+    mav = mavlink.MAVLink(None, srcSystem=1, srcComponent=1)
+    data = b""
+    for k in range(100):
+        t = struct.pack(">Q", int(1.7e15 + k * 1e4))
+        data += t + mav.attitude_encode(k * 10, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0).pack(mav)
+        data += t + mav.scaled_imu_encode(k * 10, 0, 0, -1000, 0, 0, 0, 0, 0, 0).pack(mav)  # 1 g up (FRD -z)
+    path = tmp_path / "euler.tlog"
+    path.write_bytes(data)
+    traj = read_flight_log(str(path))
+    assert traj.has("quat_wxyz") and traj.has("accel_flu_m_s2")
+    assert np.allclose(np.nanmedian(traj.accel_flu_m_s2, axis=0), [0, 0, G], atol=1e-3)
+    roll = np.degrees(2 * np.arctan2(traj.quat_wxyz[50, 1], traj.quat_wxyz[50, 0]))
+    assert roll == pytest.approx(np.degrees(0.1), abs=0.01)
+    assert any("ATTITUDE (euler" in i for i in traj.issues) and any("SCALED_IMU" in i for i in traj.issues)
+
+
+def test_esc_status_without_telemetry_is_not_rotor_speed():
+    from types import SimpleNamespace
+    from calibration.flightlogs import _ulog_esc_rpm
+    esc = SimpleNamespace(name="esc_status", multi_id=0, data={"esc_count": np.zeros(5), "timestamp": np.arange(5)})
+    issues = []
+    assert _ulog_esc_rpm(SimpleNamespace(data_list=[esc]), lambda *a, **k: np.zeros((5, 4)), issues) is None
+    assert "esc_count is 0" in issues[0]
+    esc.data["esc_count"] = np.full(5, 4)
+    assert _ulog_esc_rpm(SimpleNamespace(data_list=[esc]), lambda *a, **k: np.zeros((5, 4)), issues) is None
+    assert "every rpm reads 0" in issues[1]

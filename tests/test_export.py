@@ -36,7 +36,7 @@ def make_checkpoint(path, recurrent=False, action_mode="ctbr", seed=0, eval_succ
     save_checkpoint(str(path), policy, config, DroneEnv(4, "size_family", action_mode=action_mode), 123_456,
                     {"success_rate": 0.42})
     if eval_success is not None:  # as the trainer may record an evaluation
-        ckpt = torch.load(str(path), weights_only=False)
+        ckpt = torch.load(str(path), weights_only=True)
         ckpt["eval"] = {"success_rate": eval_success}
         torch.save(ckpt, str(path))
     return str(path)

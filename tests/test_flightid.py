@@ -71,7 +71,9 @@ def test_fit_on_one_flight_predicts_the_other_and_the_cli_writes_a_profile(tmp_p
     measured = set(profile["calibration"]["measured"])
     assert {"throttle_to_omega_rad_s", "omega_max_rad_s"} <= measured
     for name, why in profile["calibration"]["kept_from_base"].items():   # what was not measured says why
-        assert profile["source"][name].startswith("kept from the base profile") and why
+        source = profile["source"][name]
+        assert why and (source.startswith("kept from the base profile") if isinstance(source, str)
+                        else "not measured here" in source["kept_by"])   # a base measurement keeps its provenance
     assert "kf_n_per_rad2s2" not in measured        # no rotor speeds: kf stays the stand's
     if "inertia_kg_m2" in measured:
         j = profile["params"]["inertia_kg_m2"]
@@ -95,3 +97,14 @@ def test_evaluate_reports_thrust_error_in_percent_of_hover():
     base = load_profile("crazyflie21")
     e = evaluate_flight(traj, base.params, 0.027)
     assert e["rows_used"] > 30_000 and e["thrust_rmse_pct_of_hover"] > 10   # the stand curve is far off here
+
+
+def test_a_flight_with_rotor_speeds_gives_kf_and_a_narrow_one_keeps_the_curve():
+    """The brushless figure-8 logs rotor speeds: kf from m f_z = kf sum w^2; its commands span a
+    few % of throttle, too little for a throttle curve, which stays the base's and says why."""
+    from calibration.flightid import identify_flight
+    traj = read_flight_log(real(os.path.join(REAL, "cf21_brushless_eckart01_fixedFrequency.csv")), "crazyflie_usd")
+    ident = identify_flight(traj, load_profile("crazyflie21"), mass_kg=0.037)
+    kf = ident.fits["kf_n_per_rad2s2"]
+    assert 3.3e-8 < kf.value < 4.1e-8 and kf.ci95 < 0.05 * kf.value
+    assert "too narrow" in ident.not_fitted["throttle_to_omega_rad_s"]

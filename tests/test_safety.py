@@ -21,7 +21,7 @@ def roll(deg):
 
 def test_a_good_state_flies_on():
     s = Supervisor(HALL, cells=4)
-    assert s.check(10.05, state(), np.zeros(4), last_heartbeat_s=9.5, battery_v=15.6) is None
+    assert s.check(10.05, state(), np.zeros(4), last_message_s=9.5, battery_v=15.6) is None
 
 
 @pytest.mark.parametrize("now,st,action,hb,batt,words", [
@@ -37,7 +37,7 @@ def test_a_good_state_flies_on():
     (10.0, state(), np.zeros(4), 10.0, 12.9, "battery critical"),
 ])
 def test_each_failsafe_fires_with_its_reason(now, st, action, hb, batt, words):
-    reason = Supervisor(HALL, cells=4).check(now, st, action, last_heartbeat_s=hb, battery_v=batt)
+    reason = Supervisor(HALL, cells=4).check(now, st, action, last_message_s=hb, battery_v=batt)
     assert reason is not None and words in reason
 
 

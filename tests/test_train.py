@@ -12,8 +12,8 @@ from sim import OBS_SIZE
 from sim.core import ACTION_SIZE
 from sim.env import DroneEnv
 from sim.evaluate import evaluate
-from sim.train import (CheckpointError, ConfigError, Policy, TrainConfig, load_checkpoint, parse_overrides,
-                       save_checkpoint, train)
+from sim.train import (CheckpointError, ConfigError, Policy, TrainConfig, actor_critic, load_checkpoint,
+                       parse_overrides, pick_threads, save_checkpoint, train)
 from skyloop.cli import main as skyloop
 
 # An easy hover: start near level and slow, so a few seconds of training show.
@@ -161,3 +161,119 @@ def test_the_shipped_default_policy_flies_fresh_drones_and_its_onnx_matches():
         expected, _ = policy(torch.as_tensor(obs))
     actions, _ = onnx.run(obs)
     assert np.abs(actions - expected.numpy()).max() < 1e-5
+
+
+class Payload:
+    """Pickles to a call of `open(marker, "w")`: what a crafted checkpoint could run on load."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_checkpoint_with_a_pickle_payload_is_refused_and_does_not_run(tmp_path, capsys):
+    marker = str(tmp_path / "payload_ran")
+    crafted = str(tmp_path / "crafted.pt")
+    torch.save({"format": "skyloop.policy/1", "obs_size": OBS_SIZE, "payload": Payload(marker)}, crafted)
+    with pytest.raises(CheckpointError, match="refused: the file holds Python objects"):
+        load_checkpoint(crafted)
+    assert skyloop(["eval", crafted, "--episodes", "8"]) == 1
+    assert "refused" in capsys.readouterr().err
+    assert not os.path.exists(marker)
+    # the payload is live: unpickling the file the unsafe way runs it
+    torch.load(crafted, weights_only=False)
+    assert os.path.exists(marker)
+
+
+@pytest.mark.parametrize("name", ["default.pt", "default_motor.pt"])
+def test_the_shipped_checkpoints_are_plain_data(name):
+    path = os.path.join(os.path.dirname(__file__), "..", "flight", "policies", name)
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["format"] == "skyloop.policy/1" and isinstance(ckpt["config"], dict)
+    load_checkpoint(path)
+
+
+def test_a_checkpoint_with_fields_missing_is_refused_with_them_named(tmp_path):
+    path = str(tmp_path / "partial.pt")
+    torch.save({"format": "skyloop.policy/1", "obs_size": OBS_SIZE}, path)
+    with pytest.raises(CheckpointError, match="missing or of the wrong type: state_dict"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("layers,recurrent", [(1, False), (2, False), (3, False), (2, True)])
+def test_the_training_forward_pass_computes_the_policy_and_critic(layers, recurrent):
+    torch.manual_seed(layers)
+    policy = Policy(hidden=32, layers=layers, recurrent=recurrent)
+    with torch.no_grad():
+        policy.mean.weight.normal_(0.0, 0.5)
+        policy.obs_mean.normal_(0.0, 0.3)
+        policy.obs_var.uniform_(0.2, 3.0)
+    obs = torch.as_tensor(DroneEnv(64, "size_family", action_mode="ctbr").reset(seed=2)[0].copy())
+    state = policy.initial_state(64)
+    hover = obs[:, policy.hover_index]
+    mean, value, state_out = actor_critic(policy, policy.normalize(obs), hover, state)
+    with torch.no_grad():
+        x, expected_state = policy.features(obs, state)
+        expected_mean = policy.action_mean(obs, x)
+        expected_value = policy.critic(policy.normalize(obs)).squeeze(-1)
+    assert torch.allclose(mean, expected_mean, atol=1e-5) and torch.allclose(value, expected_value, atol=1e-5)
+    assert mean.abs().max() > 0.1
+    if recurrent:
+        assert torch.allclose(state_out, expected_state, atol=1e-6)
+    # gradients reach the policy's own parameters (what is saved and exported)
+    (mean.sum() + value.sum()).backward()
+    assert policy.actor_body[0].weight.grad.abs().sum() > 0 and policy.critic[0][0].weight.grad.abs().sum() > 0
+
+
+def test_threads_follow_the_request_or_the_free_cores():
+    assert pick_threads(3) == 3
+    cpus = len(os.sched_getaffinity(0))
+    assert 1 <= pick_threads(0) <= cpus
+    assert pick_threads(0, local_processes=64) == 1
+
+
+def test_bench_train_json_has_the_figures(capsys):
+    assert skyloop(["bench", "train", "--seconds", "2", "--snapshot-every", "0", "--episodes", "32",
+                    "--env-seconds", "0.3", "--json", "--train.num_drones", "64", "--train.horizon", "16"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"time_to_95_s", "final_success", "steps_per_s", "env_steps_per_s", "train_over_env", "split"}
+    assert set(result["split"]) == {"env", "policy", "update"}
+    assert 0.99 < sum(result["split"].values()) <= 1.0 and result["steps_per_s"] > 0 and result["env_steps_per_s"] > 0
+    assert result["train_over_env"] == pytest.approx(result["steps_per_s"] / result["env_steps_per_s"])
+    assert result["time_to_95_s"] is None or result["final_success"] >= 0.95
+
+
+def test_two_process_gloo_training_keeps_the_weights_identical_on_both_ranks(tmp_path):
+    import hashlib
+    import subprocess
+    import sys
+    out = str(tmp_path / "ddp.pt")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "skyloop",
+           "train", "-o", out, "--device", "cpu", "--train.num_drones", "32", "--train.horizon", "8",
+           "--train.total_steps", "2048", "--train.minibatches", "2", "--train.eval_episodes", "16",
+           "--train.threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(out, weights_only=True)
+    ddp = ckpt["training_stats"]["ddp"]
+    assert ddp["world_size"] == 2
+    flat = torch.cat([t.double().reshape(-1) for t in ckpt["state_dict"].values()])
+    mine = hashlib.sha256(flat.numpy().tobytes()).hexdigest()
+    assert ddp["rank_weight_sha256"] == [mine, mine]
+    # both ranks stepped their own env: 2 x 32 drones x 8 steps per update, until 2048 steps
+    assert ckpt["training_steps"] == 2048 and ckpt["training_stats"]["updates"] == 4
+    assert not torch.equal(ckpt["state_dict"]["obs_mean"], torch.zeros(OBS_SIZE))
+
+
+def test_a_two_trial_sweep_on_ray_tune_returns_a_best_config(capsys):
+    pytest.importorskip("ray.tune", reason="Ray Tune is not installed (pip install -e '.[train]')")
+    assert skyloop(["sweep", "--trials", "2", "--time-budget", "1", "--episodes", "32", "--json",
+                    "--train.num_drones", "256", "--train.horizon", "16"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["trials"]) == 2 and all("eval" in t for t in result["trials"])
+    best = result["best_config"]
+    assert set(best) == {"lr", "num_drones", "horizon", "epochs", "minibatches", "gamma", "init_log_std"}
+    assert result["best_eval"]["success_rate"] == max(t["eval"]["success_rate"] for t in result["trials"])
+    assert result["best_eval"]["steps"] > 0 and result["train_command"].startswith("skyloop train")

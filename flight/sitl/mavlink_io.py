@@ -12,7 +12,7 @@ from flight.connection import parse_connection
 from flight.sitl import clock, telemetry
 from flight.sitl.mavlink_dialect import mav, mavutil
 from flight.sitl.telemetry import DEFAULT_RATES_HZ
-from flight.sitl.vehicle import Setpoint, Vehicle
+from flight.sitl.vehicle import Setpoint, Vehicle, param_problem
 from sim.profiles import Profile
 from skyloop import frames
 from skyloop.autopilot import FORCE_DISARM_MAGIC, OFFBOARD_MODES
@@ -270,11 +270,19 @@ class SitlVehicle(Vehicle):
             self.send(self._param_value(name))
 
     def _on_param_set(self, msg) -> None:
+        """Sets a known parameter within its range (PARAM_RANGES); the reply is always the value in
+        force, so a refused set reads back unchanged (with a STATUSTEXT saying why)."""
         name = self._param_name(msg.param_id)
-        if name in self.params and math.isfinite(msg.param_value):
+        if name not in self.params:
+            return
+        problem = param_problem(name, float(msg.param_value))
+        if problem is None:
             self.params[name] = float(msg.param_value)
             log.info("param %s = %g", name, self.params[name])
-            self.send(self._param_value(name))
+        else:
+            log.warning("PARAM_SET refused: %s", problem)
+            self._text(mav.MAV_SEVERITY_WARNING, f"PARAM_SET refused: {problem}")
+        self.send(self._param_value(name))
 
     def _on_timesync(self, msg) -> None:
         if msg.tc1 == 0:

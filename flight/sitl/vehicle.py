@@ -39,6 +39,28 @@ class Setpoint:
     climb: bool = False
 
 
+#: the range each parameter may take (as on the real autopilots, roughly); a PARAM_SET outside it is
+#: refused: LAND_SPEED -300 would climb, GUID_TIMEOUT 1e30 would switch the setpoint failsafe off
+PARAM_RANGES = {
+    "SYSID_THISMAV": (1, 255), "GUID_OPTIONS": (0, 65535), "GUID_TIMEOUT": (0.05, 5.0), "MOT_THST_HOVER": (0.1, 0.8),
+    "WPNAV_SPEED_UP": (10.0, 1000.0), "WPNAV_SPEED_DN": (10.0, 500.0), "LAND_SPEED": (30.0, 200.0),
+    "DISARM_DELAY": (0.0, 127.0), "BATT_CAPACITY": (0.0, 1e6), "BATT_CRT_MAH": (0.0, 1e6),
+    "MAV_SYS_ID": (1, 250), "COM_OF_LOSS_T": (0.05, 60.0), "COM_OBL_RC_ACT": (0, 7), "MPC_THR_HOVER": (0.1, 0.8),
+    "MPC_LAND_SPEED": (0.2, 3.0), "COM_DISARM_LAND": (-1.0, 20.0), "BAT1_CAPACITY": (-1.0, 1e6),
+    "BAT_CRIT_THR": (0.05, 0.5)}
+SETPOINT_TIMEOUT_RANGE_S = (0.05, 5.0)
+
+
+def param_problem(name: str, value: float) -> str | None:
+    """Why `name = value` is refused (None: it is fine): unknown, not finite, or outside PARAM_RANGES."""
+    if name not in PARAM_RANGES:
+        return f"unknown parameter {name!r}"
+    lo, hi = PARAM_RANGES[name]
+    if not (math.isfinite(value) and lo <= value <= hi):
+        return f"{name} {value:g} is outside {lo:g}..{hi:g}"
+    return None
+
+
 def default_params(autopilot: str, hover_frac: float, timeout_s: float, capacity_mah: float) -> dict:
     if autopilot == "px4":
         return {"MAV_SYS_ID": 1.0, "COM_OF_LOSS_T": timeout_s, "COM_OBL_RC_ACT": 4.0, "MPC_THR_HOVER": hover_frac,
@@ -65,6 +87,12 @@ class Vehicle:
             raise SitlError(f"speed must be a positive number (or use lockstep), got {speed!r}")
         if not float(start_pos_enu_m[2]) >= 0.0:
             raise SitlError("the start position must be on or above the ground (z >= 0)")
+        lo, hi = SETPOINT_TIMEOUT_RANGE_S
+        if not (math.isfinite(setpoint_timeout_s) and lo <= setpoint_timeout_s <= hi):
+            raise SitlError(f"setpoint_timeout_s must be a number of seconds in {lo:g}..{hi:g} (the setpoint "
+                            f"failsafe), got {setpoint_timeout_s!r}")
+        if not (math.isfinite(battery_soc) and 0.0 <= battery_soc <= 1.0):
+            raise SitlError(f"battery_soc (state of charge) must be a number in 0..1, got {battery_soc!r}")
         self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
         self.autopilot, self.speed, self.lockstep = autopilot, float(speed), bool(lockstep)
         self.loss_action = loss_action
