@@ -17,13 +17,15 @@ import logging
 import os
 import socket
 import sys
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:                      # imported when flying: `fly --help` stays instant
     from flight.course import Course
     from flight.runner import FlightResult
+
+from skyloop.inputs import finite_arg
+from skyloop.rowlog import reserve_log_path
 
 log = logging.getLogger(__name__)
 POLICY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "policies")
@@ -48,13 +50,32 @@ def add_arguments(parser) -> None:
                              "betaflight: MSP (flight/msp/); without --connect the real Betaflight firmware (its "
                              "SITL, built once) flies the simulated drone; with --connect (tcp:127.0.0.1:5761, a "
                              "serial port) the pose comes as UDP packets on port 9005 (`skyloop sitl --betaflight`)"),
+    parser.add_argument("--sitl", default=None, choices=["ardupilot", "ardupilot-quad"],
+                        help="without --connect: the real ArduCopter SITL binary (flight/ardupilot_sitl.py), a fresh "
+                             "one in a temp folder, with our sim as its physics (ardupilot: its JSON backend, lockstep) "
+                             "or its own (ardupilot-quad); default profile camera15")
+    parser.add_argument("--ardupilot-bin", default=None,
+                        help="the arducopter SITL binary (default: $SKYLOOP_ARDUPILOT_BIN, else "
+                             "../shared/peers/ardupilot/arducopter)")
+    parser.add_argument("--set-params", action="store_true",
+                        help="let fly set the vehicle parameters it needs (ArduPilot: GUID_OPTIONS bit 3, GUID_TIMEOUT "
+                             "0.5 s, ATC_ANGLE_BOOST 0) instead of refusing to fly")
+    parser.add_argument("--pose", default=None,
+                        help="an external pose forwarded to the autopilot at 40 Hz (indoors, no GPS): "
+                             "mocap://TYPE@HOST/BODY (the motioncapture package: vicon, optitrack, qualisys, vrpn, ...) "
+                             "or, with --sitl ardupilot, sim://?noise_m=0.003&latency_s=0.02 (our sim's truth; the "
+                             "SITL's GPS is then off)")
+    parser.add_argument("--course-frame", default=None, choices=["local", "start"],
+                        help="where the course lies in the vehicle's local frame: local (its coordinates; the vehicle "
+                             "must stand within 1 m of the course's start) or start (placed at the vehicle: a GPS EKF "
+                             "origin is where it started). Default: start for --sitl ardupilot with GPS, else local")
     parser.add_argument("--mode", default=None, choices=["ctbr", "motor"],
                         help="action mode (default: the policy's); must match the policy")
     parser.add_argument("--profile", default=None,
                         help="the drone flown (profile name or JSON; its hover thrust is an observation); "
                              "default: crazyflie21 for the simulated vehicle, required for a real one")
-    parser.add_argument("--lookahead", type=float, default=1.5, help="how far ahead along the course the target leads [m]")
-    parser.add_argument("--max-time", type=float, default=180.0,
+    parser.add_argument("--lookahead", type=finite_arg(0.1, 10.0), default=1.5, help="how far ahead along the course the target leads [m]")
+    parser.add_argument("--max-time", type=finite_arg(1.0, 3600.0), default=180.0,
                         help="failsafe if the course (with --teleop: the flight) is not done by then [s]")
     parser.add_argument("--log", default="flights", help="folder for the flight log (CSV + JSON) and the picture")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG at the end (headless companion computer)")
@@ -66,7 +87,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--teleop-port", type=int, default=8765, help="the teleop page's port (0: any free one)")
     parser.add_argument("--teleop-bind", default="127.0.0.1",
                         help="the teleop page's address; any non-loopback one requires the token printed at start")
-    parser.add_argument("--teleop-land-after", type=float, default=10.0,
+    parser.add_argument("--teleop-land-after", type=finite_arg(0.5, 600.0), default=10.0,
                         help="with the teleop page closed or silent for 1 s the target holds; land after this long [s]")
 
 
@@ -91,6 +112,7 @@ def fly(args) -> Flown | int:
     from flight.course import load_course
     from flight.link import MavLink
     from flight.runner import StatusLine, fly_course
+    from flight.sitl.vehicle import ARDUPILOT_ARMING_DELAY_S
     from policy_export import load_policy
     from sim.profiles import load_profile
 
@@ -105,8 +127,13 @@ def fly(args) -> Flown | int:
     policy_path = args.policy or default_policy(args.mode or "ctbr")
     modes = (args.mode,) if args.mode else ("ctbr", "motor")
     policy = load_policy(policy_path, action_modes=modes)
+    if args.sitl is not None and (args.connect is not None or args.autopilot not in ("auto", "ardupilot")):
+        print("fly: error: --sitl ardupilot starts its own vehicle: leave out --connect, use --autopilot ardupilot",
+              file=sys.stderr)
+        return 2
     if args.connect is None:
-        profile = load_profile(args.profile or ("fpv5" if args.autopilot == "betaflight" else "crazyflie21"))
+        profile = load_profile(args.profile or ("fpv5" if args.autopilot == "betaflight" else
+                                                "camera15" if args.sitl else "crazyflie21"))
     elif args.profile is None:
         raise ValueError("--profile is required with --connect: the policy needs the drone's hover thrust "
                          "(use the profile you calibrated, e.g. --profile my_quad.json)")
@@ -115,28 +142,38 @@ def fly(args) -> Flown | int:
     connection = parse_connection(args.connect) if args.connect else None
     rate_max = policy.metadata.get("action_scaling", {}).get("rate_max_rad_s", profile.params["rate_max_rad_s"])
 
+    course_frame = args.course_frame or "local"
     with contextlib.ExitStack() as stack:
-        if connection is None and args.autopilot != "betaflight":
-            from flight.sitl import SitlVehicle
+        if args.sitl is not None:
+            connection, course_frame = _ardupilot_sitl(args, stack, profile, course)
+        elif connection is None and args.autopilot != "betaflight":
             port = _free_udp_port()
             autopilot = "ardupilot" if args.autopilot == "auto" else args.autopilot
-            start = course.start_pos_enu_m
-            stack.enter_context(SitlVehicle(profile=profile, listen=f"udpout:127.0.0.1:{port}", autopilot=autopilot,
-                                            start_pos_enu_m=start, start_yaw_rad=course.start_yaw_rad))
+            stack.enter_context(_sitl_process(args.profile or "crazyflie21", port, autopilot, course,
+                                              ARDUPILOT_ARMING_DELAY_S if autopilot == "ardupilot" else 0.0))
             connection = parse_connection(f"udpin:127.0.0.1:{port}")
-            print(f"fly: simulated {autopilot} vehicle ({profile.name}) on {connection}", file=sys.stderr)
-        os.makedirs(args.log, exist_ok=True)
-        log_path = os.path.join(args.log, f"{course.name}-{time.strftime('%Y%m%d-%H%M%S')}.csv")
+            print(f"fly: simulated {autopilot} vehicle ({profile.name}) on {connection}, in its own process",
+                  file=sys.stderr)
+        # a new file per run (two runs in the same second never share one); the course name is a plain name
+        log_path = os.path.join(args.log, "dry-run.csv") if args.dry_run else reserve_log_path(args.log, course.name)
         if args.autopilot == "betaflight":
             link = stack.enter_context(_betaflight_link(stack, connection, profile, course, policy, rate_max))
         else:
             tlog = None if args.dry_run else os.path.splitext(log_path)[0] + ".tlog"
             link = stack.enter_context(MavLink(connection, args.autopilot, policy.action_mode, rate_max,
-                                               tlog_path=tlog))
+                                               tlog_path=tlog, set_params=args.set_params))
+            if args.pose is not None and args.sitl is None:
+                _forward_pose(stack, args.pose, link)
         if args.dry_run:
             state = link.wait_for_state()
+            from flight.origin import CourseOriginError, place_course
             from flight.safety import preflight
-            problems = preflight(course, state, link.battery_v, link.cells)
+            problems = []
+            try:
+                course = place_course(course, state["pos_enu_m"], course_frame)[0] if state is not None else course
+            except CourseOriginError as exc:
+                problems.append(str(exc))
+            problems += preflight(course, state, link.battery_v, link.cells)
             print("dry run: " + ("ready to fly" if not problems else "NOT ready:\n  - " + "\n  - ".join(problems)))
             return 0 if not problems else 1
         meta = {"policy": policy_path, "policy_sha256": policy.metadata.get("contract_sha256")}
@@ -147,7 +184,7 @@ def fly(args) -> Flown | int:
                 return 0
         else:
             result = fly_course(link, policy, course, profile, log_path, lookahead_m=args.lookahead,
-                                max_time_s=args.max_time, status=StatusLine(), meta=meta)
+                                max_time_s=args.max_time, status=StatusLine(), meta=meta, course_frame=course_frame)
     return Flown(result, log_path, course)
 
 
@@ -155,6 +192,9 @@ def report(args, flown: Flown, summary: dict | None = None) -> int:
     """Prints the flight's outcome (one line, or JSON with --json); returns the exit status."""
     result, log_path = flown.result, flown.log_path
     summary = summary if summary is not None else result.summary()
+    if result.log_fault:
+        print(f"fly: WARNING: logging failed during the flight (the flight itself went on): {result.log_fault}",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -172,9 +212,72 @@ def run(args) -> int:
     return flown if isinstance(flown, int) else report(args, flown)
 
 
+@contextlib.contextmanager
+def _sitl_process(profile: str, port: int, autopilot: str, course, arming_delay_s: float = 0.0):
+    """The built-in simulated vehicle (`skyloop sitl`) in a process of its own, so that it never
+    shares an interpreter (and its lock) with the control loop; stopped when the block ends."""
+    import math
+    import subprocess
+    import tempfile
+    e, n, u = (f"{v:.6g}" for v in course.start_pos_enu_m)
+    cmd = [sys.executable, "-m", "skyloop", "sitl", "--profile", profile, "--autopilot", autopilot,
+           "--listen", f"udpout:127.0.0.1:{port}", "--start", e, n, u, f"{math.degrees(course.start_yaw_rad):.6g}",
+           "--arming-delay", f"{arming_delay_s:g}"]
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.returncode not in (0, -15):
+                errors.seek(0)
+                tail = errors.read()[-2000:].decode(errors="replace").strip()
+                log.error("the simulated vehicle exited with status %s:\n%s", proc.returncode, tail)
+
+
+def _ardupilot_sitl(args, stack, profile, course):
+    """--sitl ardupilot: a fresh ArduCopter SITL (flight/ardupilot_sitl.py), ready to arm; with
+    --pose sim://..., its GPS off and our sim's truth as its motion capture. Returns the connection
+    and the course frame (a GPS EKF origin is the start; the mocap's is the course's)."""
+    from flight.ardupilot_sitl import ArduPilotSitl
+    from flight.connection import parse_connection
+    pose = None
+    if args.pose is not None:
+        from flight.mocap import PoseError, parse_pose
+        if not args.pose.startswith("sim:"):
+            raise PoseError("with --sitl ardupilot the pose is our sim's truth: --pose sim://?noise_m=...")
+        pose = parse_pose(args.pose)
+    model = "quad" if args.sitl == "ardupilot-quad" else "JSON"
+    print(f"fly: starting the ArduCopter SITL ({'its own physics' if model == 'quad' else profile.name + ' in our sim'}"
+          f"{', no GPS, ' + pose.describe() if pose else ', GPS'})", file=sys.stderr)
+    sitl = stack.enter_context(ArduPilotSitl(profile, course.start_pos_enu_m, course.start_yaw_rad, model=model,
+                                             binary=args.ardupilot_bin, gps=pose is None, pose=pose))
+    sitl.wait_ready()
+    connection = parse_connection(sitl.mavlink_url)
+    print(f"fly: ArduCopter SITL ready on {connection}", file=sys.stderr)
+    return connection, args.course_frame or ("local" if pose is not None else "start")
+
+
+def _forward_pose(stack, url: str, link) -> None:
+    """--pose mocap://... with --connect: the motion capture to the vehicle, on the link, at 40 Hz."""
+    from flight.mocap import PoseError, PoseForwarder, parse_pose
+    if url.startswith("sim:"):
+        raise PoseError("--pose sim:// is our sim's truth: it needs --sitl ardupilot (a real vehicle: mocap://)")
+    source = parse_pose(url)
+    stack.callback(source.close)
+    forwarder = PoseForwarder(source, link.master, link.autopilot, target_system=link.target[0]).start()
+    stack.callback(forwarder.stop)
+    print(f"fly: forwarding the {source.describe()} to the vehicle at 40 Hz", file=sys.stderr)
+
+
 def _betaflight_link(stack, connection, profile, course, policy, rate_max):
     """Betaflight over MSP, the pose from UDP port 9005; without --connect, first the Betaflight SITL
-    (flight/betaflight_sitl.py) flying the simulated drone, stopped when the stack closes."""
+    (flight/betaflight_sitl/) flying the simulated drone, stopped when the stack closes."""
     from flight.betaflight_sitl import MSP_TCP_PORT, POSE_PORT, BetaflightSitl
     from flight.connection import parse_connection
     from flight.msp import MspLink, PoseReceiver

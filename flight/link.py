@@ -24,9 +24,10 @@ import numpy as np
 
 from flight.command import ctbr_command
 from flight.connection import Connection
-from flight.linkbase import LinkBase
+from flight.linkbase import LinkBase, call_quietly
 from skyloop import frames
 from skyloop.autopilot import FORCE_DISARM_MAGIC, LANDING, MODES, OFFBOARD, mode_name
+from skyloop.rowlog import LogFile
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("MAVLINK20", "1")          # pymavlink reads this at import: MAVLink 2 framing
@@ -34,8 +35,13 @@ from pymavlink import mavutil  # noqa: E402
 
 mav = mavutil.mavlink
 TYPE_MASK_RATES_THRUST = 128                     # SET_ATTITUDE_TARGET: ignore the attitude
+#: HEARTBEAT at 10 Hz: the mode (and so the vehicle's own failsafe) is read from every one of them
 STREAMS_HZ = {"LOCAL_POSITION_NED": 100, "ATTITUDE_QUATERNION": 100, "SYS_STATUS": 5, "BATTERY_STATUS": 5,
-              "ESC_TELEMETRY_1_TO_4": 20}
+              "ESC_TELEMETRY_1_TO_4": 20, "HEARTBEAT": 10, "SERVO_OUTPUT_RAW": 20}
+#: ArduPilot: a stalled companion computer's last rates + thrust keep flying for GUID_TIMEOUT (default 3 s)
+GUID_TIMEOUT_S, GUID_TIMEOUT_MAX_S = 0.5, 1.0
+ARM_TRIES, ARM_RETRY_S = 3, 1.0                  # arm at most this often, this far apart
+DISARM_RETRY_S = 2.0
 
 
 class LinkError(ConnectionError):
@@ -44,8 +50,13 @@ class LinkError(ConnectionError):
 
 class MavLink(LinkBase):
     def __init__(self, connection: Connection, autopilot: str = "auto", action_mode: str = "ctbr",
-                 rate_max_rad_s=(10.0, 10.0, 5.0), heartbeat_timeout_s: float = 10.0, tlog_path: str | None = None):
+                 rate_max_rad_s=(10.0, 10.0, 5.0), heartbeat_timeout_s: float = 10.0, tlog_path: str | None = None,
+                 set_params: bool = False):
         self.connection, self.autopilot_wanted, self.action_mode = connection, autopilot, action_mode
+        self.set_params = set_params               # the user's consent to change the vehicle's parameters
+        self.status_texts: list[tuple[float, str]] = []   # the vehicle's STATUSTEXT (time, text), newest last
+        self._outputs = None                       # SERVO_OUTPUT_RAW of motors 1..4, 0..1
+        self.spool_s = 1.2                         # after the motors come live, until they have full authority
         self.rate_max_rad_s = np.asarray(rate_max_rad_s, float)
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.master = None
@@ -67,7 +78,8 @@ class MavLink(LinkBase):
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._t0_s = time.monotonic()
-        self._tlog = open(tlog_path, "wb") if tlog_path else None    # every message both ways, as MAVProxy logs
+        # every message both ways, as MAVProxy logs; a full disk never raises here (skyloop/rowlog.py LogFile)
+        self._tlog = LogFile(tlog_path) if tlog_path else None
         self._tlog_lock = threading.Lock()
 
     # ---------------------------------------------------------------- connect / close
@@ -111,7 +123,11 @@ class MavLink(LinkBase):
             t.start()
             self._threads.append(t)
         if self.autopilot == "ardupilot":
-            self._check_ardupilot()
+            try:
+                self._check_ardupilot()
+            except BaseException:                  # refused: let go of the port (a TCP serial takes one client)
+                self.close()
+                raise
         log.info("connected to %s on %s (system %d)", self.autopilot, self.connection, self.target[0])
 
     def close(self) -> None:
@@ -128,12 +144,14 @@ class MavLink(LinkBase):
     def _log_message(self, msg) -> None:
         """A .tlog record: big-endian microseconds since the epoch, then the message as on the wire."""
         with self._tlog_lock:
-            if not self._tlog.closed:
-                self._tlog.write(int(time.time() * 1e6).to_bytes(8, "big") + msg.get_msgbuf())
-                self._tlog.flush()
+            self._tlog.write(int(time.time() * 1e6).to_bytes(8, "big") + msg.get_msgbuf())
 
     def describe(self) -> dict:
         return {"connection": str(self.connection), "autopilot": self.autopilot, "action_mode": self.action_mode}
+
+    def log_fault(self) -> str | None:
+        """What went wrong writing the .tlog (a full disk), or None."""
+        return self._tlog.report() if self._tlog is not None else None
 
     # ---------------------------------------------------------------- threads
     def _send_heartbeat(self) -> None:
@@ -166,6 +184,8 @@ class MavLink(LinkBase):
         kind = msg.get_type()
         if msg.get_srcSystem() != getattr(self, "target", (msg.get_srcSystem(),))[0]:
             return
+        if kind != "BAD_DATA":
+            self.last_message_s = now
         if kind == "HEARTBEAT":
             if msg.type not in (mav.MAV_TYPE_GCS, mav.MAV_TYPE_ONBOARD_CONTROLLER):
                 self._on_heartbeat(msg, now)
@@ -193,6 +213,14 @@ class MavLink(LinkBase):
                 self._rtt_s = (self._rtt_s + [rtt])[-50:]
         elif kind == "COMMAND_ACK":
             self._acks[msg.command] = msg.result
+        elif kind == "STATUSTEXT":
+            text = msg.text if isinstance(msg.text, str) else msg.text.decode(errors="replace")
+            text = text.rstrip("\x00")
+            self.status_texts = (self.status_texts + [(now, text)])[-50:]
+            log.log(logging.WARNING if msg.severity <= mav.MAV_SEVERITY_WARNING else logging.INFO, "vehicle: %s", text)
+        elif kind == "SERVO_OUTPUT_RAW":
+            pwm = np.array([msg.servo1_raw, msg.servo2_raw, msg.servo3_raw, msg.servo4_raw], float)
+            self._outputs = np.clip((pwm - 1000.0) / 1000.0, 0.0, 1.0)
         elif kind == "PARAM_VALUE":
             self._params[msg.param_id.rstrip("\x00") if isinstance(msg.param_id, str) else
                          msg.param_id.decode().rstrip("\x00")] = float(msg.param_value)
@@ -252,13 +280,64 @@ class MavLink(LinkBase):
         return None
 
     def _check_ardupilot(self) -> None:
-        options = self._param("GUID_OPTIONS")
+        """GUID_OPTIONS bit 3 (thrust is thrust), GUID_TIMEOUT short (a stalled runner's last command
+        stops being flown), ATC_ANGLE_BOOST off (the policy was trained without it: boost raises the
+        thrust by 1/cos(tilt), a climb in every turn). Refused (boost: a warning) with the fix named;
+        with set_params (the user's consent, --set-params) they are set, live (no reboot needed)."""
+        options, timeout, boost = (self._param(n) for n in ("GUID_OPTIONS", "GUID_TIMEOUT", "ATC_ANGLE_BOOST"))
+        wanted, problems = {}, []
         if options is None or not int(options) & 8:
-            raise LinkError("ArduPilot's GUID_OPTIONS does not have bit 3 set (value "
-                            f"{'unknown' if options is None else int(options)}), so SET_ATTITUDE_TARGET thrust would "
-                            "be read as a climb rate: set it on the vehicle (e.g. MAVProxy: `param set GUID_OPTIONS 8`, "
-                            "or add 8 to the current value) and reboot")
+            wanted["GUID_OPTIONS"] = float(int(options or 0) | 8)
+            problems.append(f"GUID_OPTIONS {'unknown' if options is None else int(options)} lacks bit 3 (8), so "
+                            "SET_ATTITUDE_TARGET thrust would be read as a climb rate: add 8 to it")
+        if timeout is None or timeout > GUID_TIMEOUT_MAX_S:
+            wanted["GUID_TIMEOUT"] = GUID_TIMEOUT_S
+            problems.append(f"GUID_TIMEOUT is {'unknown' if timeout is None else f'{timeout:g} s'}: if this program "
+                            "stalls, the vehicle keeps flying its last rates and thrust that long; set it to "
+                            f"{GUID_TIMEOUT_S:g}")
+        if boost is None or boost != 0:
+            wanted["ATC_ANGLE_BOOST"] = 0.0
+            if not self.set_params:
+                log.warning("ATC_ANGLE_BOOST is on: ArduPilot raises the thrust by 1/cos(tilt), which the policy was "
+                            "not trained with (it climbs in turns); --set-params turns it off")
+        if self.set_params:
+            for name, value in wanted.items():
+                self._set_param(name, value)
+        elif problems:
+            commands = ", ".join(f"`param set {n} {v:g}`" for n, v in wanted.items())
+            raise LinkError("ArduPilot is not set up for this runner: " + "; ".join(problems) + ". Set them on the "
+                            f"vehicle (e.g. MAVProxy: {commands}; no reboot needed), or pass --set-params to let "
+                            "fly set them")
         self.hover_throttle = self._param("MOT_THST_HOVER")
+        spool = self._param("MOT_SPOOL_TIME")       # to ground idle, then to full authority: twice
+        self.spool_s = 2.0 * spool + 0.2 if spool is not None else self.spool_s
+
+    def _set_param(self, name: str, value: float) -> None:
+        """PARAM_SET, confirmed by the vehicle's PARAM_VALUE echo."""
+        for _ in range(3):
+            self._params.pop(name, None)
+            self.master.mav.param_set_send(self.target[0], self.target[1], name.encode(), float(value),
+                                           mav.MAV_PARAM_TYPE_REAL32)
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                if name in self._params and abs(self._params[name] - value) < 1e-4:
+                    log.info("set %s = %g on the vehicle", name, value)
+                    return
+                time.sleep(0.01)
+        raise LinkError(f"the vehicle did not take {name} = {value:g} (it answered "
+                        f"{self._params.get(name, 'nothing')}): set it by hand in a ground station")
+
+    def motor_outputs(self):
+        """The newest motor outputs 1..4 (SERVO_OUTPUT_RAW, 0..1 of 1000..2000 us), or None."""
+        return self._outputs
+
+    def vehicle_messages(self, since_s: float = 0.0) -> list[str]:
+        """The vehicle's STATUSTEXT since `since_s` (monotonic), oldest first."""
+        return [text for t, text in self.status_texts if t >= since_s]
+
+    def _reasons(self, since_s: float) -> str:
+        texts = list(dict.fromkeys(self.vehicle_messages(since_s - 30.0)))   # its pre-arm messages too, once each
+        return ("; it said: " + " | ".join(texts[-8:])) if texts else "; it sent no messages (STATUSTEXT) saying why"
 
     def _set_mode(self, custom_mode: int, wait: bool = True) -> bool:
         if self.autopilot == "px4":                # main mode, sub mode
@@ -276,16 +355,22 @@ class MavLink(LinkBase):
         while time.monotonic() - start < 1.2:          # PX4 wants a setpoint stream before OFFBOARD
             send_hold()
             time.sleep(0.02)
+        asked = time.monotonic()
         if not self._set_mode(offboard):
-            raise LinkError(f"the vehicle refused {self.mode_name_of(offboard)}: check its pre-arm messages "
-                            "(position estimate, RC failsafe settings)")
+            raise LinkError(f"the vehicle refused {self.mode_name_of(offboard)} (check its position estimate and RC "
+                            f"failsafe settings){self._reasons(asked)}")
         result = None
-        deadline = time.monotonic() + timeout_s
-        while result != mav.MAV_RESULT_ACCEPTED and time.monotonic() < deadline:
+        for attempt in range(ARM_TRIES):               # a refusal is answered at once: wait before asking again
+            tried = time.monotonic()
             send_hold()
-            result = self._command(mav.MAV_CMD_COMPONENT_ARM_DISARM, 1, timeout_s=0.5)
+            result = self._command(mav.MAV_CMD_COMPONENT_ARM_DISARM, 1, timeout_s=min(timeout_s, ARM_RETRY_S))
+            if result == mav.MAV_RESULT_ACCEPTED:
+                break
+            while attempt + 1 < ARM_TRIES and time.monotonic() < tried + ARM_RETRY_S:
+                send_hold()
+                time.sleep(0.02)
         if result != mav.MAV_RESULT_ACCEPTED:
-            raise LinkError("the vehicle refused to arm: check its pre-arm messages in a ground station")
+            raise LinkError(f"the vehicle refused to arm {ARM_TRIES} times{self._reasons(asked)}")
         self.armed = True
 
     def mode_name_of(self, custom_mode: int) -> str:
@@ -309,31 +394,35 @@ class MavLink(LinkBase):
                                                          list(motors) + [0.0] * 4)
         return {"motors": motors.tolist()}
 
-    def land_and_disarm(self, timeout_s: float = 30.0) -> bool:
+    def land_and_disarm(self, timeout_s: float = 30.0, on_tick=None) -> bool:
         """LAND, then wait for the autopilot to disarm on the ground (or disarm it once it has stood
         still within 0.3 m of where it took off for 1.5 s). Never forces a disarm in the air: if the
         vehicle is not down in timeout_s, or telemetry is gone, it is left landing under its own
-        failsafe and this returns False."""
+        failsafe and this returns False. `on_tick()` is called every 50 ms meanwhile (the runner logs
+        the landing with it; its errors are logged, never raised)."""
         if self.master is None:
             return not self.armed
         land = MODES[self.autopilot][LANDING[self.autopilot]]
         deadline = time.monotonic() + timeout_s
-        still_since, next_land = None, 0.0
+        still_since, next_land, next_disarm = None, 0.0, 0.0
         while self.armed and time.monotonic() < deadline:
             now = time.monotonic()
             if now >= next_land and self.custom_mode != land:   # repeat LAND until the vehicle reports it
                 self._set_mode(land, wait=False)
                 next_land = now + 1.0
             state = self.latest_state()
+            call_quietly(on_tick)
             if state is None or now - state["t_s"] > 3.0:
-                if now - (self.last_heartbeat_s or 0.0) > 3.0:
+                if now - (self.last_message_s or 0.0) > 3.0:
                     log.warning("no telemetry while landing: LAND was sent; the vehicle lands under its own "
                                 "failsafe. Watch it, and disarm it from the RC or a ground station if needed")
                     return False
             elif state["pos_enu_m"][2] < self.ground_z_enu_m + 0.3 and abs(state["vel_enu_m_s"][2]) < 0.05:
                 still_since = still_since or now
                 if now - still_since > 1.5:
-                    self.disarm()
+                    if now >= next_disarm:            # once, then give its heartbeat time to show it
+                        self.disarm()
+                        next_disarm = now + DISARM_RETRY_S
             else:
                 still_since = None
             time.sleep(0.05)

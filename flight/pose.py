@@ -1,5 +1,5 @@
 """Pose packets: position, velocity, attitude and rotor speeds from an external source (motion
-capture, or the Betaflight SITL bridge's ground truth, flight/betaflight_sitl.py), for a flight
+capture, or the Betaflight SITL bridge's ground truth, flight/betaflight_sitl/), for a flight
 controller that knows no position (Betaflight). One UDP datagram per pose, TRUTH_FORMAT."""
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ import time
 
 import numpy as np
 
-from flight.msp.protocol import LinkError, MspError
+
+class PoseError(ValueError):
+    """A malformed pose packet."""
+
+
+class PoseListenError(ConnectionError):
+    """The pose stream's UDP port cannot be listened on; the message says what to do."""
+
 
 # t_s, pos_enu_m, vel_enu_m_s, quat_wxyz (FLU -> ENU), omega_flu_rad_s, rotor_rpm (sim order)
 TRUTH_FORMAT = "<d3d3d4d3d4d"
@@ -25,7 +32,7 @@ def pack_truth(t_s, pos_enu_m, vel_enu_m_s, quat_wxyz, omega_flu_rad_s, rotor_rp
 
 def unpack_truth(data: bytes) -> dict:
     if len(data) != TRUTH_SIZE:
-        raise MspError(f"pose packet of {len(data)} bytes, expected {TRUTH_SIZE} ({TRUTH_FORMAT})")
+        raise PoseError(f"pose packet of {len(data)} bytes, expected {TRUTH_SIZE} ({TRUTH_FORMAT})")
     v = np.array(struct.unpack(TRUTH_FORMAT, data))
     return {"t_s": v[0], "pos_enu_m": v[1:4], "vel_enu_m_s": v[4:7], "quat_wxyz": v[7:11],
             "omega_flu_rad_s": v[11:14], "rotor_rpm": v[14:18]}
@@ -39,7 +46,7 @@ class PoseReceiver:
         try:
             self.sock.bind((host, port))
         except OSError as exc:
-            raise LinkError(f"cannot listen for the pose stream on udp {host}:{port} ({exc}): another program "
+            raise PoseListenError(f"cannot listen for the pose stream on udp {host}:{port} ({exc}): another program "
                             "holds the port; stop it or pick another one") from None
         self.sock.settimeout(0.05)
         self.latest: tuple[float, dict] | None = None
@@ -55,7 +62,7 @@ class PoseReceiver:
                 self.latest = (time.monotonic(), unpack_truth(data))
             except socket.timeout:
                 continue
-            except MspError:
+            except PoseError:
                 self.bad_packets += 1
             except OSError:
                 return

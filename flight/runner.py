@@ -27,7 +27,10 @@ import numpy as np
 
 from flight.command import hold_action
 from flight.course import Course, CourseProgress
+from flight.linkbase import call_quietly
+from flight.origin import place_course
 from flight.safety import Limits, Supervisor, preflight
+from flight.takeoff import Takeoff
 from sim.core import ACTION_HISTORY, ACTION_SIZE, OBS_GATES, observe
 from sim.env import DroneEnv
 from sim.profiles import Profile
@@ -50,7 +53,9 @@ FLIGHT_COLUMNS = tuple(
     + _xyz("shadow_pos_enu_m") + _xyz("shadow_vel_enu_m_s")
     + _xyz("goal_enu_m") + ["target_event"]      # teleop (flight/teleop.py): the operator's goal, its changes
     # a flight controller's own gyro and motor outputs 0..1 (sim order), where the link reads them (flight/msp/)
-    + _xyz("fc_omega_frd_rad_s") + [f"fc_motor_{k}" for k in range(1, 5)])
+    + _xyz("fc_omega_frd_rad_s") + [f"fc_motor_{k}" for k in range(1, 5)]
+    # "flight" for control ticks; "landing" for the rows logged after them, until the vehicle disarms
+    + ["phase"])
 
 
 class Shadow:
@@ -88,12 +93,13 @@ class FlightResult:
     link_latency_ms: float | None = None
     failsafe_at_s: float | None = None           # monotonic time the failsafe fired
     path_enu_m: list = field(default_factory=list, repr=False)
+    log_fault: str | None = None                 # the flight log or .tlog could not be written (a full disk)
 
     def summary(self) -> dict:
         return {"gates_passed": self.gates_passed, "gates_total": self.gates_total, "laps": self.laps,
                 "lap_time_s": self.lap_time_s, "failsafe": self.failsafe, "tick_p99_ms": self.tick_p99_ms,
                 "missed_ticks": self.missed_ticks, "ticks": self.ticks, "link_latency_ms": self.link_latency_ms,
-                "log": self.log}
+                "log": self.log, "log_fault": self.log_fault}
 
 
 class StatusLine:
@@ -148,6 +154,9 @@ class _Loop:
     last_actions: np.ndarray
     policy_state: object
     start_pos: np.ndarray
+    stall_s: float = 0.25                 # no tick for this long: our own loop stalled
+    takeoff: Takeoff | None = None
+    last_tick_s: float | None = None
     t0: float = 0.0
     next_tick: float = 0.0
     ticks: int = 0
@@ -167,14 +176,20 @@ class _Loop:
 
 def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *, limits: Limits = Limits(),
                lookahead_m: float = 1.5, max_time_s: float = 300.0, status: StatusLine | None = None,
-               meta: dict | None = None, targets: TargetSource | None = None) -> FlightResult:
+               meta: dict | None = None, targets: TargetSource | None = None,
+               course_frame: str = "local") -> FlightResult:
     """Flies the course once (all laps) on a connected link. Returns what happened; a failsafe is
     a result (with its reason), not an exception. `targets` replaces the course's sliding target
-    (CourseProgress) with another TargetSource, e.g. flight/teleop.py's TeleopTargets."""
+    (CourseProgress) with another TargetSource, e.g. flight/teleop.py's TeleopTargets.
+    `course_frame` (flight/origin.py): "local", the vehicle must stand at the course's start;
+    "start", the course is placed at the vehicle (a GPS EKF origin is where it started)."""
     status = status or StatusLine()
     mode = policy.action_mode
     shadow = Shadow(profile, mode)
     state = link.wait_for_state(timeout_s=10.0)
+    offset = np.zeros(3)
+    if state is not None:
+        course, offset = place_course(course, state["pos_enu_m"], course_frame)
     problems = preflight(course, state, link.battery_v, link.cells, limits)
     if problems:
         raise PreflightError("pre-flight checks failed, not arming:\n  - " + "\n  - ".join(problems))
@@ -184,13 +199,16 @@ def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *,
     supervisor = Supervisor(course, limits, link.cells)
     hold = hold_action(mode, shadow.hover_action, on_ground=True)
     loop = _Loop(1.0 / policy.control_hz, np.tile(hold, ACTION_HISTORY).astype(np.float32),
-                 policy.initial_state(1), np.asarray(state["pos_enu_m"], float))
-    meta = {**(meta or {}), "course": course.to_json(), "profile": profile.name, "policy_mode": mode,
+                 policy.initial_state(1), np.asarray(state["pos_enu_m"], float), limits.stale_telemetry_s)
+    meta = {**(meta or {}), "course": course.to_json(), "course_frame": course_frame,
+            "course_offset_enu_m": offset.tolist(), "profile": profile.name, "policy_mode": mode,
             "control_hz": policy.control_hz, "link": link.describe()}
     failsafe = failsafe_at = None
     with RowLogWriter(log_path, FLIGHT_COLUMNS, FLIGHT_LOG_FORMAT, meta) as flight_log:
         link.start_offboard(lambda: link.send_action(hold_action(mode, shadow.hover_action, True), shadow))
-        loop.t0 = loop.next_tick = time.monotonic()
+        loop.t0 = loop.next_tick = loop.last_tick_s = time.monotonic()
+        # the motors are not live at the arm acknowledgement: hold until they are and have spooled up
+        loop.takeoff = Takeoff(link, mode, shadow.hover_action, loop.t0, spool_s=getattr(link, "spool_s", 1.2))
         interrupts = 0
         try:
             try:
@@ -206,23 +224,27 @@ def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *,
                 log.warning("failsafe: %s", failsafe)
             status.done()
             progress.stopped(failsafe)
+            landing = _landing_logger(link, loop, flight_log, failsafe)
             try:
-                link.land_and_disarm(timeout_s=30.0)
+                link.land_and_disarm(timeout_s=30.0, on_tick=landing)
+                call_quietly(landing)                   # the row that shows it disarmed
             except KeyboardInterrupt:
                 interrupts += 1
             if interrupts > 1:
                 failsafe = "Ctrl-C twice: disarmed"
                 link.disarm(force=True)
         except BaseException:                # a bug or a dead link: land, never drop it from the air
-            link.land_and_disarm(timeout_s=10.0)
+            link.land_and_disarm(timeout_s=10.0, on_tick=_landing_logger(link, loop, flight_log, "error"))
             raise
         passes = progress.passes
         lap_time = passes[-1][1] - passes[0][1] if progress.finished and len(passes) > 1 else None
         flight_log.finish("completed" if failsafe is None else f"failsafe: {failsafe}",
                           gates_passed=len(passes), missed_ticks=loop.missed)
     p99 = float(np.percentile(loop.tick_ms, 99)) if loop.tick_ms else 0.0
+    faults = [flight_log.meta.get("log_fault"), link.log_fault() if hasattr(link, "log_fault") else None]
     return FlightResult(len(progress.passes), progress.total_gates, course.laps, lap_time, failsafe, p99, loop.missed,
-                        loop.ticks, log_path, link.latency_ms(), failsafe_at, loop.path)
+                        loop.ticks, log_path, link.latency_ms(), failsafe_at, loop.path,
+                        "; ".join(f for f in faults if f) or None)
 
 
 def _tick(link, policy, shadow: Shadow, progress: TargetSource, supervisor: Supervisor, loop: _Loop, flight_log,
@@ -231,21 +253,29 @@ def _tick(link, policy, shadow: Shadow, progress: TargetSource, supervisor: Supe
     row. Returns the failsafe's reason, or None."""
     now = time.monotonic()
     t = now - loop.t0
+    gap, loop.last_tick_s = now - (loop.last_tick_s or now), now
+    if gap > loop.stall_s:                  # before judging the link: its silence may be ours
+        return (f"this program stalled: its control loop did not run for {gap:.2f} s (limit {loop.stall_s:g} s), "
+                "so the vehicle flew its last command meanwhile (ArduPilot: until GUID_TIMEOUT, then it levels); "
+                "the runner stopped, not the vehicle's link. Give the runner a core of its own (nice, taskset)")
     tick_start = time.perf_counter()
     state = link.latest_state()
     pos = state["pos_enu_m"] if state is not None else loop.start_pos
     target = progress.update(pos, t)        # the first leg climbs straight up from the start
     action = None
-    if state is not None:
+    hold = loop.takeoff.hold(now) if loop.takeoff is not None else None
+    if hold is not None:
+        action = hold                       # arming / spooling: the policy has not taken over yet
+    elif state is not None:
         obs = observe(state["pos_enu_m"], state["vel_enu_m_s"], state["quat_wxyz"], state["omega_flu_rad_s"],
                       target, loop.last_actions, shadow.hover_action,
                       gates=progress.next_gates(OBS_GATES) if progress.race else None)
         action, loop.policy_state = policy.run(obs[None], loop.policy_state)
         action = action[0]
-    failsafe = supervisor.check(now, state, action, link.last_heartbeat_s, link.battery_v)
+    failsafe = supervisor.check(now, state, action, link.last_message_s, link.battery_v)
     if failsafe is None and t > max_time_s:
         failsafe = f"time limit: the course was not finished in {max_time_s:g} s"
-    failsafe = failsafe or progress.failsafe or link.fc_failsafe
+    failsafe = failsafe or progress.failsafe or link.fc_failsafe or (loop.takeoff and loop.takeoff.failsafe)
     if failsafe is not None:
         return failsafe
     sent = link.send_action(action, shadow)
@@ -254,8 +284,10 @@ def _tick(link, policy, shadow: Shadow, progress: TargetSource, supervisor: Supe
     elapsed_ms = (time.perf_counter() - tick_start) * 1e3
     loop.tick_ms.append(elapsed_ms)
     loop.path.append(np.array(state["pos_enu_m"], float))
-    flight_log.write(**_row(t, elapsed_ms, state, target, action, sent, link, progress, shadow_pos, shadow_vel),
-                     **progress.log_fields())
+    row = _row(t, elapsed_ms, state, target, action, sent, link, progress, shadow_pos, shadow_vel)
+    if hold is not None:
+        row["phase"] = loop.takeoff.phase   # "arming" (motors stopped) or "spool"
+    flight_log.write(**row, **progress.log_fields())
     loop.ticks += 1
     status.show(f"{link.mode_name():<14} pos {np.round(state['pos_enu_m'], 1).tolist()} m  gate "
                 f"{min(progress.next_gate + 1, progress.total_gates)}/{progress.total_gates}  "
@@ -267,20 +299,27 @@ class PreflightError(ValueError):
     """The vehicle or the plan is not ready; nothing was armed."""
 
 
-def _row(t, tick_ms, state, target, action, sent, link, progress, shadow_pos, shadow_vel) -> dict:
-    row = {"t_s": t, "tick_ms": tick_ms, "battery_v": link.battery_v, "mode": link.mode_name(),
-           "armed": int(link.armed), "gate": progress.next_gate, "failsafe": ""}
+def _landing_logger(link, loop: _Loop, flight_log, reason: str | None):
+    """A row per call while the vehicle lands (until it disarms): state, mode, armed, why it lands."""
+    last = [None]
+
+    def write() -> None:
+        state = link.latest_state()
+        if state is None or state["t_s"] == last[0]:
+            return                                   # nothing new since the last row
+        last[0] = state["t_s"]
+        row = _state_row(time.monotonic() - loop.t0, state, link)
+        flight_log.write(**row, failsafe=reason or "", phase="landing")
+    return write
+
+
+def _state_row(t, state, link) -> dict:
+    """The columns every row has: time, the vehicle's state, battery, mode, armed, rpm, its own gyro/motors."""
+    row = {"t_s": t, "battery_v": link.battery_v, "mode": link.mode_name(), "armed": int(link.armed)}
     for name, values in (("pos_enu_m", state["pos_enu_m"]), ("vel_enu_m_s", state["vel_enu_m_s"]),
-                         ("omega_frd_rad_s", flu_to_frd(state["omega_flu_rad_s"])), ("target_enu_m", target),
-                         ("shadow_pos_enu_m", shadow_pos), ("shadow_vel_enu_m_s", shadow_vel)):
+                         ("omega_frd_rad_s", flu_to_frd(state["omega_flu_rad_s"]))):
         row.update(zip(_xyz(name), (float(v) for v in values)))
     row.update(zip(("quat_w", "quat_x", "quat_y", "quat_z"), (float(v) for v in state["quat_wxyz"])))
-    row.update({f"action_{k}": float(a) for k, a in enumerate(action)})
-    if "thrust" in sent:
-        row["sent_thrust"] = sent["thrust"]
-        row.update(zip(_xyz("sent_rate_frd_rad_s"), sent["rate_frd_rad_s"]))
-    if "motors" in sent:
-        row.update({f"sent_motor_{k + 1}": float(m) for k, m in enumerate(sent["motors"])})
     rpm = state.get("rpm")
     if rpm is not None:
         row.update({f"rpm_{k + 1}": float(r) for k, r in enumerate(rpm)})
@@ -288,4 +327,19 @@ def _row(t, tick_ms, state, target, action, sent, link, progress, shadow_pos, sh
         row.update(zip(_xyz("fc_omega_frd_rad_s"), (float(v) for v in flu_to_frd(state["fc_omega_flu_rad_s"]))))
     if state.get("fc_motors") is not None:
         row.update({f"fc_motor_{k + 1}": float(m) for k, m in enumerate(state["fc_motors"])})
+    return row
+
+
+def _row(t, tick_ms, state, target, action, sent, link, progress, shadow_pos, shadow_vel) -> dict:
+    row = {**_state_row(t, state, link), "tick_ms": tick_ms, "gate": progress.next_gate, "failsafe": "",
+           "phase": "flight"}
+    for name, values in (("target_enu_m", target), ("shadow_pos_enu_m", shadow_pos),
+                         ("shadow_vel_enu_m_s", shadow_vel)):
+        row.update(zip(_xyz(name), (float(v) for v in values)))
+    row.update({f"action_{k}": float(a) for k, a in enumerate(action)})
+    if "thrust" in sent:
+        row["sent_thrust"] = sent["thrust"]
+        row.update(zip(_xyz("sent_rate_frd_rad_s"), sent["rate_frd_rad_s"]))
+    if "motors" in sent:
+        row.update({f"sent_motor_{k + 1}": float(m) for k, m in enumerate(sent["motors"])})
     return row

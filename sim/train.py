@@ -48,8 +48,8 @@ class TrainConfig:
     time_budget_s: float = 60.0           # stop after this much wall time ...
     total_steps: int = 200_000_000        # ... or this many agent steps, whichever comes first
     horizon: int = 64                     # steps per drone per rollout
-    epochs: int = 3
-    minibatches: int = 8
+    epochs: float = 1.0                   # passes over each rollout; a fraction trains on a random part of it
+    minibatches: int = 16                 # 2048 samples each at the defaults: many small Adam steps learn fastest
     lr: float = 3e-3
     lr_final_frac: float = 0.1            # learning rate decays linearly to lr * this over the budget
     gamma: float = 0.98
@@ -74,8 +74,8 @@ class TrainConfig:
             problems.append("num_drones must be at least 1")
         if self.horizon < 2:
             problems.append("horizon must be at least 2")
-        if self.minibatches < 1 or self.epochs < 1:
-            problems.append("epochs and minibatches must be at least 1")
+        if self.minibatches < 1 or not self.epochs > 0:
+            problems.append("epochs must be positive and minibatches at least 1")
         if self.num_drones % self.minibatches:
             problems.append(f"num_drones ({self.num_drones}) must be divisible by minibatches ({self.minibatches})")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -280,11 +280,11 @@ class Distributed:
 
     def weight_digests(self, policy: Policy) -> list[str]:
         """sha256 of every rank's weights and statistics (the trainer checks they are one)."""
-        flat = torch.cat([t.detach().double().reshape(-1) for t in policy.state_dict().values()]).cpu()
-        digests = [flat.clone() for _ in range(self.world)]
+        flat = torch.cat([t.detach().double().reshape(-1) for t in policy.state_dict().values()])
+        gathered = [flat.clone() for _ in range(self.world)]     # on the policy's device (nccl needs CUDA)
         if self.world > 1:
-            torch.distributed.all_gather(digests, flat)
-        return [hashlib.sha256(d.numpy().tobytes()).hexdigest() for d in digests]
+            torch.distributed.all_gather(gathered, flat)
+        return [hashlib.sha256(d.cpu().numpy().tobytes()).hexdigest() for d in gathered]
 
     def close(self) -> None:
         if self.started:
@@ -351,7 +351,8 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
     losses = torch.zeros(3)
     while True:
         elapsed = time.monotonic() - start
-        frac_done = torch.tensor([max(elapsed / config.time_budget_s, steps * dist.world / config.total_steps)])
+        frac_done = torch.tensor([max(elapsed / config.time_budget_s, steps * dist.world / config.total_steps)],
+                                 device=device)   # every rank stops at the same update
         frac_done = float(dist.all_reduce(frac_done, torch.distributed.ReduceOp.MAX if dist.world > 1 else None))
         if frac_done >= 1.0:
             break
@@ -424,34 +425,35 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
         # ---- PPO update: minibatches of samples (of whole drones for the recurrent policy, in time order) ----
         flat = {k: buf[k].reshape(T * N, -1).squeeze(-1) for k in ("x", "hover", "act", "logp")}
         flat["adv"], flat["ret"] = adv.reshape(-1), returns.reshape(-1)
-        for _epoch in range(config.epochs):
-            perm = torch.randperm(N if config.recurrent else T * N, device=device)
-            for mb in perm.chunk(config.minibatches):
-                if config.recurrent:
-                    h, means, values = buf["state"][0, mb], [], []
-                    for t in range(T):
-                        h = h * notdone[t - 1, mb].unsqueeze(-1) if t > 0 else h
-                        m, v, h = actor_critic(policy, buf["x"][t, mb], buf["hover"][t, mb], h)
-                        means.append(m)
-                        values.append(v)
-                    mean, value = torch.cat(means), torch.cat(values)
-                    act, old_logp, a, ret = (buf["act"][:, mb].reshape(-1, ACTION_SIZE), buf["logp"][:, mb].reshape(-1),
-                                             adv[:, mb].reshape(-1), returns[:, mb].reshape(-1))
-                else:
-                    mean, value, _ = actor_critic(policy, flat["x"][mb], flat["hover"][mb])
-                    act, old_logp, a, ret = flat["act"][mb], flat["logp"][mb], flat["adv"][mb], flat["ret"][mb]
-                z = (act - mean) / policy.log_std.exp()
-                logp = -0.5 * z.pow(2).sum(-1) - policy.log_std.sum() - ACTION_SIZE * LOG_SQRT_2PI
-                ratio = (logp - old_logp).exp()
-                policy_loss = torch.max(-a * ratio, -a * ratio.clamp(1 - config.clip, 1 + config.clip)).mean()
-                value_loss = 0.5 * (value - ret).pow(2).mean()
-                entropy = policy.log_std.sum() + ACTION_SIZE * (0.5 + LOG_SQRT_2PI)   # of the Gaussian, per sample
-                loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
-                optimizer.zero_grad()
-                loss.backward()
-                dist.average_gradients(params)
-                nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
-                optimizer.step()
+        for j in range(max(1, round(config.epochs * config.minibatches))):
+            if j % config.minibatches == 0:
+                chunks = torch.randperm(N if config.recurrent else T * N, device=device).chunk(config.minibatches)
+            mb = chunks[j % config.minibatches]
+            if config.recurrent:
+                h, means, values = buf["state"][0, mb], [], []
+                for t in range(T):
+                    h = h * notdone[t - 1, mb].unsqueeze(-1) if t > 0 else h
+                    m, v, h = actor_critic(policy, buf["x"][t, mb], buf["hover"][t, mb], h)
+                    means.append(m)
+                    values.append(v)
+                mean, value = torch.cat(means), torch.cat(values)
+                act, old_logp, a, ret = (buf["act"][:, mb].reshape(-1, ACTION_SIZE), buf["logp"][:, mb].reshape(-1),
+                                         adv[:, mb].reshape(-1), returns[:, mb].reshape(-1))
+            else:
+                mean, value, _ = actor_critic(policy, flat["x"][mb], flat["hover"][mb])
+                act, old_logp, a, ret = flat["act"][mb], flat["logp"][mb], flat["adv"][mb], flat["ret"][mb]
+            z = (act - mean) / policy.log_std.exp()
+            logp = -0.5 * z.pow(2).sum(-1) - policy.log_std.sum() - ACTION_SIZE * LOG_SQRT_2PI
+            ratio = (logp - old_logp).exp()
+            policy_loss = torch.max(-a * ratio, -a * ratio.clamp(1 - config.clip, 1 + config.clip)).mean()
+            value_loss = 0.5 * (value - ret).pow(2).mean()
+            entropy = policy.log_std.sum() + ACTION_SIZE * (0.5 + LOG_SQRT_2PI)   # of the Gaussian, per sample
+            loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
+            optimizer.zero_grad()
+            loss.backward()
+            dist.average_gradients(params)
+            nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
+            optimizer.step()
         losses = torch.stack([policy_loss.detach(), value_loss.detach(), entropy.detach()]).cpu()
         _update_normalization(policy, buf["obs"], dist)
         updates += 1
@@ -479,12 +481,12 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
     progress.update(metrics, final=True)
     progress.close()
     policy.eval()
-    policy.cpu()
     if dist.world > 1:
         digests = dist.weight_digests(policy)
         if len(set(digests)) != 1:
             raise RuntimeError(f"data-parallel ranks ended with different weights ({digests}); this is a bug")
         metrics["ddp"] = {"world_size": dist.world, "rank_weight_sha256": digests}
+    policy.cpu()
     if dist.rank:
         return metrics
     evaluation = None

@@ -36,7 +36,7 @@ def _free_udp_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def free_udp_port():
     """free_udp_port() -> a loopback UDP port nobody holds right now."""
     return _free_udp_port
@@ -52,7 +52,7 @@ class QuietStatus:
         pass
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def quiet_status():
     return QuietStatus()
 
@@ -75,7 +75,7 @@ def _vehicle_and_link(course, profile="crazyflie21", autopilot="ardupilot", mode
             yield vehicle, link, policy, prof
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def vehicle_and_link():
     """vehicle_and_link(course, profile=, autopilot=, mode=, **SitlVehicle options): a context
     manager giving (the running simulated vehicle, a MAVLink link to it, the shipped policy for the

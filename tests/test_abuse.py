@@ -2,9 +2,11 @@
 (the file and the field named, exit status non-zero) or be handled, never a traceback, a hang,
 lost rows or a limit switched off. Bounded: seeded inputs, a few hundred cases, loopback only,
 every case well under a second."""
+import contextlib
 import errno
 import json
 import math
+import os
 import random
 import time
 
@@ -389,3 +391,226 @@ def test_after_a_host_stall_the_samples_already_received_are_read_first(tmp_path
         seqs = [s.seq for s in got + samples]
         assert seqs == sorted(seqs) and driver.counters["missed_samples"] == 0
         assert stand.watchdog_trips and not stand.armed
+
+
+# ------------------------------------------------------------------ flights: a full disk, a lossy link, bad parameters
+# lockstep: the simulated vehicle advances one step per setpoint, so a busy machine changes nothing
+
+SHORT = {"format": "skyloop.course/1", "name": "short", "bounds_m": {"min": [-6, -6, 0], "max": [10, 8, 5]},
+         "start": {"pos_enu_m": [3.0, 2.0, 0.0], "yaw_deg": 135.0}, "laps": 1,
+         "gates": [{"centre_enu_m": [3.0, 6.0, 1.5], "yaw_deg": 90, "inner_size_m": 1.5},
+                   {"centre_enu_m": [-2.0, 4.0, 1.5], "yaw_deg": 200, "inner_size_m": 1.5}]}
+
+
+class LossyProxy:
+    """A loopback UDP relay between the vehicle and the link that drops `loss` of the packets each way
+    (seeded) and every vehicle HEARTBEAT numbered in `drop_heartbeats`."""
+
+    def __init__(self, target_port: int, loss: float, drop_heartbeats=range(0), seed: int = 5):
+        import socket
+        import threading
+        self.vehicle_side = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.vehicle_side.bind(("127.0.0.1", 0))
+        self.link_side = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.link_side.bind(("127.0.0.1", 0))
+        self.port = self.vehicle_side.getsockname()[1]
+        self.target = ("127.0.0.1", target_port)
+        self.loss, self.drop_heartbeats, self.rng = loss, set(drop_heartbeats), random.Random(seed)
+        self.heartbeats = self.dropped = self.passed = 0
+        self.vehicle_addr = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        import select
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.vehicle_side, self.link_side], [], [], 0.05)
+            for sock in ready:
+                data, addr = sock.recvfrom(65536)
+                if sock is self.vehicle_side:
+                    self.vehicle_addr = addr
+                    if data[:1] == b"\xfd" and len(data) > 9 and data[7:10] == b"\x00\x00\x00":   # HEARTBEAT
+                        self.heartbeats += 1
+                        if self.heartbeats in self.drop_heartbeats:
+                            self.dropped += 1
+                            continue
+                    out, to = self.link_side, self.target
+                else:
+                    out, to = self.vehicle_side, self.vehicle_addr
+                if to is None or self.rng.random() < self.loss:
+                    self.dropped += 1
+                    continue
+                self.passed += 1
+                out.sendto(data, to)
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(1.0)
+        self.vehicle_side.close()
+        self.link_side.close()
+
+
+@contextlib.contextmanager
+def _flight(tlog_path=None, loss=None, drop_heartbeats=range(0), **sitl):
+    from flight.cli import default_policy
+    from flight.connection import parse_connection
+    from flight.link import MavLink
+    from flight.sitl import SitlVehicle
+    from policy_export import load_policy
+    from sim.profiles import load_profile
+    course = parse_course(SHORT)
+    prof = load_profile("crazyflie21")
+    policy = load_policy(default_policy("ctbr"), action_modes=("ctbr",))
+    link_port = _free_port()
+    proxy = LossyProxy(link_port, loss, drop_heartbeats) if loss is not None else None
+    vehicle_port = proxy.port if proxy else link_port
+    try:
+        with SitlVehicle(prof, f"udpout:127.0.0.1:{vehicle_port}", "ardupilot", course.start_pos_enu_m,
+                         course.start_yaw_rad, lockstep=True, **sitl) as vehicle:
+            with _idle_clock(vehicle):
+                with MavLink(parse_connection(f"udpin:127.0.0.1:{link_port}"), "ardupilot", "ctbr",
+                             policy.metadata["action_scaling"]["rate_max_rad_s"], tlog_path=tlog_path) as link:
+                    yield course, vehicle, link, policy, prof, proxy
+    finally:
+        if proxy:
+            proxy.close()
+
+
+@contextlib.contextmanager
+def _idle_clock(vehicle, idle_s=0.02):
+    """Lockstep steps the vehicle per setpoint; once armed with no setpoints coming (landing after a
+    failsafe), this steps it every idle_s, as a SYSTEM_TIME clock would."""
+    import threading
+    stop = threading.Event()
+
+    def run():
+        last = vehicle.steps
+        while not stop.wait(idle_s):
+            if vehicle.steps == last and vehicle.armed:
+                with vehicle._lock:
+                    vehicle._step()
+            last = vehicle.steps
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(1.0)
+
+
+def _free_port():
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Quiet:
+    def show(self, *a, **k):
+        pass
+
+    def done(self):
+        pass
+
+
+class FullThenFree(FullDisk):
+    """Accepts `ok_writes`, then fails with ENOSPC for `full_s` seconds, then has space again."""
+
+    def __init__(self, path, ok_writes, full_s):
+        super().__init__(path, ok_writes)
+        self.full_s, self.full_until = full_s, None
+
+    def write(self, data):
+        if self.ok_writes <= 0:
+            self.full_until = self.full_until or time.monotonic() + self.full_s
+            if time.monotonic() < self.full_until:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        self.ok_writes -= 1
+        return self.f.write(data)
+
+
+def test_a_full_disk_mid_flight_never_stops_the_control_loop_and_the_landing_is_logged(tmp_path, monkeypatch):
+    from flight.runner import fly_course
+    from skyloop import rowlog
+    monkeypatch.setattr(rowlog, "open_raw", lambda p: FullThenFree(p, ok_writes=150, full_s=2.0))
+    log_path, tlog = str(tmp_path / "f.csv"), str(tmp_path / "f.tlog")
+    with _flight(tlog) as (course, vehicle, link, policy, prof, _):
+        result = fly_course(link, policy, course, prof, log_path, status=Quiet(), max_time_s=5)
+        assert result.failsafe.startswith("time limit"), result.failsafe     # flown to the end, not aborted
+        assert not vehicle.armed and vehicle.state()["pos_enu_m"][2] < 0.1, "landed and disarmed"
+        assert "No space left" in result.log_fault and "f.csv" in result.log_fault
+    data, meta = rowlog.read_row_log(log_path)
+    assert meta["rows_lost"] == 0 and "No space left" in meta["log_fault"]     # the space came back: all rows
+    assert meta["ended"].startswith("failsafe: time limit")
+    phases = data["phase"]
+    assert phases.index("landing") == result.ticks and set(phases[result.ticks:]) == {"landing"}
+    assert data["armed"][-1] == 0 and data["armed"][result.ticks] == 1, "logged from the failsafe until disarmed"
+    assert data["pos_enu_m_z"][-1] < 0.1
+
+
+def test_lost_heartbeats_and_5_percent_packet_loss_do_not_end_a_flight(tmp_path):
+    from flight.runner import fly_course
+    with _flight(loss=0.05, drop_heartbeats=range(20, 40)) as (course, vehicle, link, policy, prof, proxy):
+        result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=Quiet(), max_time_s=5)
+    assert proxy.dropped > 100 and proxy.heartbeats > 40, (proxy.dropped, proxy.heartbeats)
+    assert result.failsafe.startswith("time limit"), result.failsafe            # not "link lost"
+
+
+def test_the_link_asks_for_heartbeats_at_10_hz_so_a_mode_change_is_seen_within_a_tenth(tmp_path):
+    from flight.link import STREAMS_HZ
+    assert STREAMS_HZ["HEARTBEAT"] >= 10
+    with _flight() as (course, vehicle, link, policy, prof, _):
+        deadline = time.monotonic() + 3.0
+        while vehicle.rates_hz.get("HEARTBEAT") != STREAMS_HZ["HEARTBEAT"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert vehicle.rates_hz["HEARTBEAT"] == STREAMS_HZ["HEARTBEAT"]
+
+
+@pytest.mark.parametrize("name,value", [("LAND_SPEED", -300.0), ("GUID_TIMEOUT", 1e30), ("GUID_TIMEOUT", 0.0),
+                                        ("MOT_THST_HOVER", 5.0), ("WPNAV_SPEED_DN", 1e9)])
+def test_the_simulated_vehicle_refuses_out_of_range_parameters(name, value):
+    from flight.sitl.vehicle import PARAM_RANGES, param_problem
+    assert name in PARAM_RANGES and "outside" in param_problem(name, value)
+    assert param_problem(name, float("nan")) is not None
+    lo, hi = PARAM_RANGES[name]
+    assert param_problem(name, (lo + hi) / 2) is None
+
+
+def test_a_param_set_out_of_range_reads_back_unchanged_over_mavlink():
+    from flight.link import mav
+    with _flight() as (course, vehicle, link, policy, prof, _):
+        before = dict(vehicle.params)
+        for name, value in (("LAND_SPEED", -300.0), ("GUID_TIMEOUT", 1e30), ("GUID_TIMEOUT", 0.3)):
+            link.master.mav.param_set_send(1, 1, name.encode(), value, mav.MAV_PARAM_TYPE_REAL32)
+        deadline = time.monotonic() + 3.0
+        while vehicle.params["GUID_TIMEOUT"] != pytest.approx(0.3) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert vehicle.params["GUID_TIMEOUT"] == pytest.approx(0.3)        # in range: set
+        assert vehicle.params["LAND_SPEED"] == before["LAND_SPEED"]         # -300 would climb: refused
+
+
+@pytest.mark.parametrize("kwargs", [{"setpoint_timeout_s": math.nan}, {"setpoint_timeout_s": 1e30},
+                                    {"battery_soc": math.nan}, {"battery_soc": 2.0}])
+def test_the_simulated_vehicle_refuses_bad_failsafe_and_battery_settings(kwargs):
+    from flight.sitl.vehicle import SitlError, Vehicle
+    with pytest.raises(SitlError):
+        Vehicle("crazyflie21", **kwargs)
+
+
+@pytest.mark.parametrize("args", [["--setpoint-timeout", "nan"], ["--battery", "nan"], ["--battery", "inf"],
+                                  ["--start", "0", "0", "nan", "0"]])
+def test_sitl_cli_refuses_non_finite_settings(args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["sitl"] + args)
+    assert exit_.value.code == 2 and args[0] in capsys.readouterr().err
+
+
+def test_two_runs_in_the_same_second_get_their_own_log_files(tmp_path):
+    from skyloop.rowlog import reserve_log_path
+    paths = {reserve_log_path(str(tmp_path), "hall") for _ in range(5)}
+    assert len(paths) == 5 and all(os.path.exists(p) for p in paths)
+    for bad in ("../up", "/abs", ".hidden", ""):
+        with pytest.raises(ValueError):
+            reserve_log_path(str(tmp_path), bad)

@@ -111,10 +111,10 @@ def test_fly_through_betaflight_passes_the_first_hall_gates_and_logs_its_gyro_an
     """`fly --autopilot betaflight` (no --connect: it starts the SITL and the bridge) with the shipped
     ctbr policy on the hall course cut to its first two gates (13 s of flight; the whole course takes
     45 s): both passed, no failsafe, and the log has Betaflight's gyro and motor outputs next to ours."""
-    from flight import betaflight_sitl
+    from flight.betaflight_sitl import build
     from skyloop.cli import fly_main as fly
     from flight.course import resolve_course_path
-    monkeypatch.setattr(betaflight_sitl, "default_build_dir", lambda: sitl_build_dir)
+    monkeypatch.setattr(build, "default_build_dir", lambda: sitl_build_dir)
     with open(resolve_course_path("hall")) as f:
         course = json.load(f)
     course["name"], course["gates"] = "hall-first-gates", course["gates"][:2]

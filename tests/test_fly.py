@@ -41,12 +41,12 @@ def test_fly_completes_the_hall_course_on_the_simulated_vehicle(tmp_path, capsys
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 0, summary
     assert summary["gates_passed"] == summary["gates_total"] == 7 and summary["failsafe"] is None
-    # the control loop keeps its rate (the tick-time figures live in the README; a busy CI machine
-    # may miss a few deadlines, a broken loop misses many)
-    assert summary["missed_ticks"] <= 0.02 * summary["ticks"]
+    # (missed deadlines and tick times are real-time figures: scripts/bench_fly_load.py measures them)
     assert os.path.getsize(summary["picture"]) > 20_000
     data, meta = read_row_log(summary["log"])
-    assert len(data["t_s"]) == summary["ticks"] and meta["ended"] == "completed"
+    control = np.array(data["phase"]) != "landing"          # then the landing, logged until disarmed
+    assert control.sum() == summary["ticks"] and meta["ended"] == "completed"
+    assert data["phase"][-1] == "landing" and data["armed"][-1] == 0
     assert meta["course"]["name"] == "hall" and meta["gates_passed"] == 7
     from pymavlink import mavutil
     tlog = mavutil.mavlink_connection(summary["log"].replace(".csv", ".tlog"))
@@ -55,8 +55,8 @@ def test_fly_completes_the_hall_course_on_the_simulated_vehicle(tmp_path, capsys
         kinds.add(msg.get_type())
     assert {"SET_ATTITUDE_TARGET", "LOCAL_POSITION_NED", "HEARTBEAT", "COMMAND_ACK"} <= kinds   # both directions
     # the sim's one-step prediction of the vehicle (the same sim here) is within a centimetre
-    shadow = np.stack([data[f"shadow_pos_enu_m_{a}"] for a in "xyz"], 1)[:-1]
-    flown = np.stack([data[f"pos_enu_m_{a}"] for a in "xyz"], 1)[1:]
+    shadow = np.stack([data[f"shadow_pos_enu_m_{a}"][control] for a in "xyz"], 1)[:-1]
+    flown = np.stack([data[f"pos_enu_m_{a}"][control] for a in "xyz"], 1)[1:]
     assert np.median(np.linalg.norm(shadow - flown, axis=1)) < 0.01
 
 
@@ -70,13 +70,15 @@ def test_rotated_offset_start_and_both_action_modes(tmp_path, autopilot, mode, p
         assert landed_and_disarmed(vehicle)
     assert link.autopilot == autopilot
     data, _ = read_row_log(str(tmp_path / "f.csv"))
-    assert data["mode"][-1] == ("OFFBOARD" if autopilot == "px4" else "GUIDED_NOGPS")
+    last_tick = data["phase"].index("landing") - 1
+    assert data["mode"][last_tick] == ("OFFBOARD" if autopilot == "px4" else "GUIDED_NOGPS")
     # what the vehicle reported (NED, FRD) and what the sim holds (ENU, FLU) agree after the frame change
     assert np.allclose([data[f"pos_enu_m_{a}"][0] for a in "xyz"], SHORT["start"]["pos_enu_m"], atol=0.05)
 
 
-def test_lost_telemetry_fires_the_failsafe_within_half_a_second_and_the_vehicle_lands(tmp_path, vehicle_and_link,
-                                                                                      quiet_status):
+def _fly_and_cut_telemetry(tmp_path, vehicle_and_link, quiet_status) -> float:
+    """Flies SHORT, cuts the telemetry 4 s in; checks the failsafe and the landing; returns the
+    wall-clock time from the cut to the failsafe."""
     course = parse_course(SHORT)
     with vehicle_and_link(course) as (vehicle, link, policy, prof):
         cut = {}
@@ -89,12 +91,21 @@ def test_lost_telemetry_fires_the_failsafe_within_half_a_second_and_the_vehicle_
         result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=quiet_status, max_time_s=20)
         timer.join()
         assert "stale telemetry" in result.failsafe
-        latency = result.failsafe_at_s - cut["t"]
-        print(f"telemetry cut -> failsafe: {latency * 1000:.0f} ms")
-        assert 0.2 <= latency <= 0.5
         assert landed_and_disarmed(vehicle)
     _, meta = read_row_log(str(tmp_path / "f.csv"))
     assert meta["ended"].startswith("failsafe: stale telemetry")
+    return result.failsafe_at_s - cut["t"]
+
+
+def test_lost_telemetry_fires_the_failsafe_and_the_vehicle_lands(tmp_path, vehicle_and_link, quiet_status):
+    _fly_and_cut_telemetry(tmp_path, vehicle_and_link, quiet_status)
+
+
+@pytest.mark.timing
+def test_lost_telemetry_fires_the_failsafe_within_half_a_second(tmp_path, vehicle_and_link, quiet_status):
+    latency = _fly_and_cut_telemetry(tmp_path, vehicle_and_link, quiet_status)
+    print(f"telemetry cut -> failsafe: {latency * 1000:.0f} ms")
+    assert 0.2 <= latency <= 0.5
 
 
 def test_the_vehicles_own_failsafe_ends_the_flight_at_once(tmp_path, vehicle_and_link, quiet_status):
@@ -107,7 +118,8 @@ def test_the_vehicles_own_failsafe_ends_the_flight_at_once(tmp_path, vehicle_and
         assert landed_and_disarmed(vehicle)
     data, meta = read_row_log(str(tmp_path / "f.csv"))
     assert meta["ended"].startswith("failsafe: the vehicle left")
-    assert data["t_s"][-1] < 15.0, "the runner stopped commanding once the vehicle took over"
+    last_tick = data["phase"].index("landing") - 1
+    assert data["t_s"][last_tick] < 15.0, "the runner stopped commanding once the vehicle took over"
 
 
 def test_geofence_breach_fires_the_failsafe(tmp_path, vehicle_and_link, quiet_status):

@@ -291,6 +291,7 @@ def test_link_refuses_motor_mode_and_slow_streams():
         MspLink(parse_connection("tcp:127.0.0.1:1"), load_profile("fpv5"), rc_hz=20)
 
 
+@pytest.mark.timing
 def test_link_asks_for_telemetry_only_once_answered_so_a_slow_controller_gets_no_queue():
     """Betaflight answers one MSP command per serial task run (10 ms by default): a link that polls
     faster than that builds a queue, and the RC frames wait behind it."""

@@ -285,6 +285,7 @@ def test_setpoint_loss_lands_after_the_timeout_and_disarms_on_the_ground():
         assert not vehicle.armed and vehicle.state()["pos_enu_m"][2] < 0.02
 
 
+@pytest.mark.timing
 def test_setpoint_loss_in_real_time_is_measured_within_the_timeout():
     with connected(lockstep=False) as (vehicle, client):
         hover = vehicle.hover_frac

@@ -240,7 +240,7 @@ def test_bench_train_json_has_the_figures(capsys):
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"time_to_95_s", "final_success", "steps_per_s", "env_steps_per_s", "train_over_env", "split"}
     assert set(result["split"]) == {"env", "policy", "update"}
-    assert 0.99 < sum(result["split"].values()) <= 1.0 and result["steps_per_s"] > 0 and result["env_steps_per_s"] > 0
+    assert 0.9 < sum(result["split"].values()) <= 1.0 and result["steps_per_s"] > 0 and result["env_steps_per_s"] > 0
     assert result["train_over_env"] == pytest.approx(result["steps_per_s"] / result["env_steps_per_s"])
     assert result["time_to_95_s"] is None or result["final_success"] >= 0.95
 

@@ -23,7 +23,7 @@ stage 2: its failsafe procedure, drop by default).
 Betaflight's body frame is FLU (x forward, y left, z up: roll right, pitch nose down and yaw
 counter-clockwise are positive in its gyro and PID loop); its yaw stick is reversed (stick right =
 yaw clockwise). Betaflight knows no position: pose and velocity come from an external source
-(motion capture, or the SITL bridge's truth stream: flight/betaflight_sitl.py).
+(motion capture, or the SITL bridge's truth stream: flight/betaflight_sitl/).
 """
 from flight.msp.link import (RC_CHANNELS, TELEMETRY_CMDS, TELEMETRY_TIMEOUT_S, MspLink, SerialTransport,  # noqa: F401
                              TcpTransport, open_transport)
@@ -31,4 +31,4 @@ from flight.msp.protocol import *  # noqa: F401,F403
 from flight.msp.protocol import LinkError, MspError, MspParser, Frame, decode_status  # noqa: F401
 from flight.msp.rates import (RATES_TYPES, RC_MAX_US, RC_MID_US, RC_MIN_US, RC_RATE_INCREMENTAL,  # noqa: F401
                               RateProfile, rates_flu_to_channels)
-from flight.pose import TRUTH_FORMAT, TRUTH_SIZE, PoseReceiver, pack_truth, unpack_truth  # noqa: F401
+from flight.pose import TRUTH_FORMAT, TRUTH_SIZE, PoseError, PoseReceiver, pack_truth, unpack_truth  # noqa: F401

@@ -9,6 +9,7 @@ import threading
 import numpy as np
 
 from flight.connection import parse_connection
+from flight.service import Service
 from flight.sitl import clock, telemetry
 from flight.sitl.mavlink_dialect import mav, mavutil
 from flight.sitl.telemetry import DEFAULT_RATES_HZ
@@ -21,7 +22,7 @@ from skyloop.frames import MOTOR_ORDERS
 log = logging.getLogger(__name__)
 
 
-class SitlVehicle(Vehicle):
+class SitlVehicle(Vehicle, Service):
     """The simulated vehicle on a MAVLink connection. Attributes safe to read from other threads:
     armed, mode, failsafe, failsafe_t_s, sim_time_s, params (a dict; writing a value changes the
     vehicle), counters."""
@@ -38,14 +39,6 @@ class SitlVehicle(Vehicle):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.master = None
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
 
     def start(self) -> None:
         c = self.connection

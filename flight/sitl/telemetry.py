@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from flight.sitl.mavlink_dialect import mav
-from flight.sitl.vehicle import BATTERY_CRITICAL_FRAC, SitlError
+from flight.sitl.vehicle import BATTERY_CRITICAL_FRAC, SPIN_ARM, SitlError
 from sim.core import GRAVITY_M_S2, omega_to_throttle
 from skyloop import frames
 from skyloop.autopilot import OFFBOARD_MODES
@@ -130,7 +130,8 @@ def build(v, name: str):
         return m.esc_telemetry_1_to_4_encode([25] * 4, [int(volts * 100)] * 4, [amps_each] * 4,
                                              [int(v.battery.consumed_mah / 4)] * 4, rpm, [0] * 4)
     if name == "SERVO_OUTPUT_RAW":
-        spinning = [v.armed or (v._motor_test is not None and v._motor_test[0] == k) for k in range(4)]
-        pwm = [int(1000 + 1000 * u) if on else 1000 for u, on in zip(throttle(v, s["rotor_rad_s"]), spinning)]
+        spinning = [v.motors_live or (v._motor_test is not None and v._motor_test[0] == k) for k in range(4)]
+        idle = SPIN_ARM if v.motors_live else 0.0      # armed and live: at least ground idle, as ArduPilot reports
+        pwm = [int(1000 + 1000 * max(u, idle)) if on else 1000 for u, on in zip(throttle(v, s["rotor_rad_s"]), spinning)]
         return m.servo_output_raw_encode(t_us & 0xFFFFFFFF, 0, *pwm, 0, 0, 0, 0)
     raise SitlError(f"no stream named {name}")

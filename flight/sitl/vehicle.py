@@ -17,6 +17,9 @@ from skyloop import frames
 from skyloop.autopilot import LANDING, MODES, OFFBOARD_MODES, STARTING, mode_name
 
 log = logging.getLogger(__name__)
+#: ArduCopter after arming: motors stopped ARMING_DELAY_SEC (2 s, compiled in), then ground idle at
+#: MOT_SPIN_ARM and the thrust spooled up over MOT_SPOOL_TIME (0.5 s); `arming_delay_s` > 0 imitates it
+ARDUPILOT_ARMING_DELAY_S, SPIN_ARM, SPOOL_TIME_S = 2.0, 0.1, 0.5
 LAND_DISARM_S = 1.0                   # standing on the ground in LAND this long -> disarm
 LANDED_DISARM_S = 10.0                # ArduPilot DISARM_DELAY, PX4 COM_DISARM_PRFLT
 PX4_STREAM_BEFORE_OFFBOARD_S = 0.5
@@ -78,7 +81,10 @@ class Vehicle:
                  start_pos_enu_m=(0.0, 0.0, 0.0), start_yaw_rad: float = 0.0,
                  speed: float = 1.0, setpoint_timeout_s: float = 0.5, seed: int = 0, *, lockstep: bool = False,
                  realism: Realism | str | None = None, loss_action: str = "land", battery_soc: float = 1.0,
-                 randomize: bool = False):
+                 randomize: bool = False, arming_delay_s: float = 0.0):
+        if not (math.isfinite(arming_delay_s) and 0.0 <= arming_delay_s <= 10.0):
+            raise SitlError(f"arming_delay_s must be a number of seconds in 0..10, got {arming_delay_s!r}")
+        self.arming_delay_s = float(arming_delay_s)
         if autopilot not in MODES:
             raise SitlError(f"autopilot must be ardupilot or px4, got {autopilot!r}")
         if loss_action not in ("land", "hold"):
@@ -277,7 +283,7 @@ class Vehicle:
                 return a, "motor"
             self._motor_test = None
         off = np.array([-1.0, 0.0, 0.0, 0.0], np.float32)
-        if not self.armed:
+        if not self.motors_live:              # disarmed, or armed within the arming delay: motors stopped
             return off, "ctbr"
         state = self.env.state(0)
         mode = self.mode
@@ -312,7 +318,14 @@ class Vehicle:
         if sp.kind == "attitude":
             rates = rates + attitude_rates(state["quat_wxyz"], sp.q_enu_flu)
         thrust = self._velocity.climb_thrust(state, sp.thrust, self.hover_frac) if sp.climb else sp.thrust
+        if self.arming_delay_s > 0:           # spooling up after the arming delay: thrust ramps in
+            thrust *= min(1.0, (self.sim_time_s - self._armed_since_s - self.arming_delay_s) / SPOOL_TIME_S)
         return self._ctbr(thrust, rates), "ctbr"
+
+    @property
+    def motors_live(self) -> bool:
+        """Armed and past the arming delay: the motors spin (at least at ground idle)."""
+        return self.armed and self.sim_time_s - self._armed_since_s >= self.arming_delay_s
 
     def _ctbr(self, thrust: float, rates_flu) -> np.ndarray:
         a = np.empty(4, np.float32)

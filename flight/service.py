@@ -1,0 +1,36 @@
+"""What the long-running parts of flight share (the simulated vehicle, the firmware SITLs and
+their bridges, the page servers): used in a `with`, they start on enter and stop on exit; and a
+child process stopped politely, then for good."""
+from __future__ import annotations
+
+import subprocess
+
+
+class Service:
+    """A `with`-able part: start() on enter, stop() on exit, whatever ended the block."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+
+def stop_process(process: subprocess.Popen | None, timeout_s: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited within timeout_s; waits for it."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
