@@ -46,7 +46,7 @@ def load(checkpoint: str):
 
 
 def action_scaling(ckpt: dict) -> dict:
-    """What an action in [-1, 1] means for the vehicle (see sim/drone.h, section 6)."""
+    """What an action in [-1, 1] means for the vehicle (see sim/c/physics.h, section 5)."""
     params = ckpt["profile"]["params"]
     if ckpt["action_mode"] == "ctbr":
         return {"range": [-1.0, 1.0],

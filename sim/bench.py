@@ -3,8 +3,11 @@
 
 `bench sim`: simulator throughput on one core. For each number of drones: agent steps per second (one control step of every drone: physics
 substeps, rewards, terminations, automatic resets and observations, i.e. the full env step),
-RK4 physics substeps per second, and memory per drone. Drones fly near hover with small random
-actions, so episodes end and reset at a realistic rate.
+RK4 physics substeps per second (as counted by the C kernels while timed, not agent steps times
+substeps), and memory per drone (every byte the C side allocated for the environment, shared
+spaces, padding and working buffers included, divided by the drones). Drones fly near hover with
+small random actions, so episodes end and reset at a realistic rate. The report names what the
+core was compiled for (instruction set, vector width), from the compiler's macros at build time.
 
 `bench train`: `skyloop train` with its defaults for a time budget (60 s), a snapshot every few
 seconds, each snapshot evaluated deterministically on fresh randomized drones (`sim.evaluate`):
@@ -21,7 +24,7 @@ import time
 
 import numpy as np
 
-from sim.core import TASKS, bytes_per_drone
+from sim.core import TASKS, build_target
 from sim.env import DroneEnv, parse_tasks
 
 #: the shared space the mixed-task row flies: 512 drones, every task, one 40 x 40 x 10 m box
@@ -48,6 +51,7 @@ def bench_sim(drones=(1, 64, 1024, 8192), seconds: float = 2.0, profile: str = "
         for k in range(20):  # warm-up
             core.actions[:] = pool[k % 16]
             core.step()
+        integrated = core.substeps_integrated
         start = time.perf_counter()
         while True:
             for k in range(16):
@@ -57,8 +61,10 @@ def bench_sim(drones=(1, 64, 1024, 8192), seconds: float = 2.0, profile: str = "
             elapsed = time.perf_counter() - start
             if elapsed >= seconds:
                 break
-        row = {"drones": n, "agent_steps_per_s": steps * n / elapsed,
-               "substeps_per_s": steps * n * core.substeps / elapsed, "bytes_per_drone": bytes_per_drone(),
+        integrated = core.substeps_integrated - integrated
+        row = {"drones": n, "agent_steps_per_s": steps * n / elapsed, "substeps_per_s": integrated / elapsed,
+               "substeps_integrated": integrated, "bytes_allocated": core.bytes_allocated,
+               "bytes_per_drone": round(core.bytes_allocated / n),
                "action_mode": action_mode, "physics_dt_s": core.physics_dt_s, "control_dt_s": core.control_dt_s,
                "tasks": tasks, "drones_per_space": int(task["drones_per_space"])}
         results.append(row)
@@ -167,9 +173,11 @@ def run(args, extra: list[str]) -> int:
         print(f"{row['drones']:>7} drones  {row['tasks']:<9} {space:<14} {row['agent_steps_per_s'] / 1e6:8.2f} M agent-steps/s  "
               f"{row['substeps_per_s'] / 1e6:8.2f} M substeps/s  {row['bytes_per_drone']:6d} B/drone", flush=True)
 
+    target = build_target()
     if not args.json:
         print(f"skyloop bench sim: one core, {args.mode} mode, profile {args.profile}, "
-              f"{args.seconds:g} s per row (full env step: physics, tasks, sensing, resets, observations)")
+              f"{args.seconds:g} s per row (full env step: physics, tasks, sensing, resets, observations); "
+              f"core built for {target['isa']}, {target['lanes']} drones per vector instruction")
     report = None if args.json else show
     results = bench_sim(args.drones, args.seconds, args.profile, args.mode, report=report)
     if not args.no_tasks:
@@ -178,7 +186,7 @@ def run(args, extra: list[str]) -> int:
         results += bench_sim([SHARED["drones"]], args.seconds, args.profile, args.mode, report=report, tasks="all",
                              drones_per_space=SHARED["drones"], bounds_m=SHARED["bounds_m"])
     if args.json:
-        print(json.dumps({"results": results}))
+        print(json.dumps({"build": target, "results": results}))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Thin binding over the C core (sim/drone.h, compiled by sim/build_ffi.py).
+"""Thin binding over the C core (sim/c/skyloop.h and the files it includes, compiled by sim/build_ffi.py).
 
 Everything about layout comes from C: the observation layout, the action size, the parameter
 field names with their valid ranges, and the per-drone arrays. The arrays of an environment are
@@ -7,6 +7,7 @@ NumPy views of C memory: `step()` writes into them in place, nothing is copied p
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 
@@ -15,7 +16,7 @@ try:
 except ImportError as exc:  # pragma: no cover - only when the install step was skipped
     raise ImportError(
         "the Skyloop C core is not compiled. Install the project with the README's install command "
-        "(it compiles sim/drone.h), or run: python sim/build_ffi.py"
+        "(it compiles sim/c/skyloop.h), or run: pip install --no-deps --no-build-isolation -e ."
     ) from exc
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,9 @@ GATE_FLOATS: int = lib.SL_GATE_FLOATS          # a gate: centre xyz, normal xyz,
 MAX_GATES: int = lib.SL_MAX_GATES
 #: standard gravity as the C core uses it (float32 9.80665): the one value every part reads
 GRAVITY_M_S2: float = float(lib.SL_GRAVITY_M_S2)
+#: where the numbers of a gate record sit: centre xyz, unit normal xyz (direction of flight), half width, half height
+GATE_CENTRE, GATE_NORMAL = slice(lib.SL_GATE_CENTRE, lib.SL_GATE_CENTRE + 3), slice(lib.SL_GATE_NORMAL, lib.SL_GATE_NORMAL + 3)
+GATE_HALF_WIDTH, GATE_HALF_HEIGHT = lib.SL_GATE_HALF_WIDTH, lib.SL_GATE_HALF_HEIGHT
 
 
 class SimError(ValueError):
@@ -56,6 +60,24 @@ def _field_table(getter):
 PARAM_FIELDS = _field_table(lib.sl_param_fields)
 RANDOMIZATION_FIELDS = _field_table(lib.sl_randomization_fields)
 TASK_FIELDS = _field_table(lib.sl_task_fields)
+
+
+def _read_struct(cdata, fields) -> dict:
+    """{field: number or list} of a C struct, floats shown with float32's 7 significant digits."""
+    base = ffi.cast("char *", cdata)
+    out = {}
+    for name, (offset, count, _lo, _hi, _doc) in fields.items():
+        src = ffi.cast("float *", base + offset)
+        vals = [float(f"{src[k]:.7g}") for k in range(count)]
+        out[name] = vals if count > 1 else vals[0]
+    return out
+
+
+def task_defaults() -> dict:
+    """The default task configuration, every field of SlTaskConfig, as the C core defines it."""
+    t = ffi.new("SlTaskConfig *")
+    lib.sl_task_defaults(t)
+    return _read_struct(t, TASK_FIELDS)
 _STRUCTS = {"params": ("SlParams", PARAM_FIELDS), "randomization": ("SlRandomization", RANDOMIZATION_FIELDS),
             "task": ("SlTaskConfig", TASK_FIELDS)}
 
@@ -150,6 +172,21 @@ class CoreEnv:
         self.n_obstacles = _view(env.n_obstacles, np.int32, (ns,))
         self.formation = _view(env.formation, np.float32, (ns, self.space_size, 3))
 
+    @property
+    def bytes_allocated(self) -> int:
+        """Memory the C side allocated for this environment (every array, padding and shared spaces)."""
+        return int(lib.sl_env_bytes(self._env))
+
+    @property
+    def substeps_integrated(self) -> int:
+        """RK4 substeps of real drones the C kernels integrated since this environment was made."""
+        return int(lib.sl_env_substeps_integrated(self._env))
+
+    def use_reference(self, on: bool = True) -> None:
+        """Step the physics with the scalar reference (drone by drone) instead of the vector kernel;
+        both give the same numbers bit for bit (for tests)."""
+        lib.sl_env_set_reference(self._env, int(bool(on)))
+
     def reset(self, seed: int = 0) -> None:
         lib.sl_env_reset(self._env, int(seed) & 0xFFFFFFFFFFFFFFFF)
 
@@ -194,8 +231,12 @@ class CoreEnv:
         lib.sl_env_sync_drone(self._env, int(i), held)
 
 
-def bytes_per_drone() -> int:
-    return int(lib.sl_bytes_per_drone())
+def build_target() -> dict:
+    """What the compiled core targets: {"isa": "x86-64 AVX2 + FMA", "vector_bytes": 32, "lanes": 8}
+    (from the compiler's macros when it was built)."""
+    width = ffi.new("int *")
+    isa = ffi.string(lib.sl_build_target(width)).decode()
+    return {"isa": isa, "vector_bytes": width[0], "lanes": width[0] // 4}
 
 
 def motor_response(params: dict, throttle, dt_s: float, v_frac: float = 1.0, omega0_rad_s: float = 0.0) -> np.ndarray:
@@ -217,13 +258,16 @@ def omega_to_throttle(curve, omega_rad_s) -> np.ndarray:
     """The inverse of a throttle curve omega = c0 + c1 u + c2 u^2 (a profile's throttle_to_omega_rad_s,
     the drone's nom_curve): the throttle u that gives these rotor speeds (the rising root), clipped to
     0..1. The one inverse: the simulated vehicle, the MSP link and the sim-vs-real replay use it."""
-    c0, c1, c2 = (float(c) for c in curve)
-    w = np.asarray(omega_rad_s, float)
-    if abs(c2) < 1e-9 * abs(c1):
-        u = (w - c0) / c1
-    else:
-        u = (-c1 + np.sqrt(np.maximum(c1 * c1 - 4 * c2 * (c0 - w), 0.0))) / (2 * c2)
-    return np.clip(u, 0.0, 1.0)
+    c = np.ascontiguousarray(curve, dtype=np.float32).reshape(-1)
+    if c.shape != (3,):
+        raise SimError(f"omega_to_throttle: a throttle curve has 3 coefficients, got {np.shape(curve)}")
+    w = np.asarray(omega_rad_s, dtype=np.float64)
+    flat = np.ascontiguousarray(w, dtype=np.float32).reshape(-1)
+    u = np.empty_like(flat)
+    lib.sl_throttle_for_omega_n(ffi.from_buffer("float[]", c), ffi.from_buffer("float[]", flat), len(flat),
+                                ffi.from_buffer("float[]", u))    # the C core's own inverse (sim/c/physics.h)
+    out = u.astype(np.float64).reshape(w.shape)
+    return out if out.ndim else out[()]
 
 
 def neighbors(pos, radius, sense_m: float, use_grid: bool = True):
@@ -234,6 +278,9 @@ def neighbors(pos, radius, sense_m: float, use_grid: bool = True):
     r = np.ascontiguousarray(radius, dtype=np.float32).reshape(-1)
     if len(r) != len(p):
         raise SimError(f"neighbors: {len(p)} positions but {len(r)} radii")
+    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(r)) and np.all(r >= 0) and math.isfinite(sense_m) and sense_m >= 0):
+        raise SimError("neighbors: positions, radii and sense_m must be finite numbers (radii and sense_m >= 0); "
+                       "drop or fix the drones whose state is not finite")
     hit = np.zeros(len(p), np.uint8)
     ids = np.zeros((len(p), OBS_OBSTACLES), np.int32)
     dist = np.zeros((len(p), OBS_OBSTACLES), np.float32)

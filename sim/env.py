@@ -16,56 +16,13 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from sim.core import ACTION_SIZE, GATE_FLOATS, OBS_SIZE, TASKS, CoreEnv, SimError
+from sim.core import ACTION_SIZE, GATE_FLOATS, OBS_SIZE, TASKS, CoreEnv, SimError, task_defaults
 from sim.core import MAX_GATES as MAX_GATES_ENV
 from sim.profiles import Profile, load_profile
 
-#: The tasks, their mix and the time step. Every field of the C struct SlTaskConfig.
-DEFAULT_TASK = {
-    "physics_dt_s": 0.002,
-    "control_hz": 100.0,
-    "bounds_m": [5.0, 5.0, 5.0],
-    "target_dist_m_range": [0.5, 3.0],
-    "success_radius_m": 0.1,
-    "success_speed_m_s": 0.3,
-    "hold_s": 0.5,
-    "episode_s": 6.0,
-    "ground_start_prob": 0.1,
-    "init_tilt_max_rad": 0.5,
-    "init_speed_max_m_s": 1.0,
-    "init_rate_max_rad_s": 2.0,
-    "reward_alive_per_s": 1.0,
-    "reward_progress_per_m": 5.0,
-    "reward_dist_per_m_s": 0.5,
-    "reward_hold_per_s": 2.0,
-    "reward_rate_per_rad2_s": 0.02,
-    "reward_action_change_per_s": 0.5,
-    "reward_crash": 10.0,
-    "end_on_success": 0.0,
-    # the mix (relative frequencies, in sim.core.TASKS order) and the shared space
-    "task_prob": [1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
-    "drones_per_space": 1.0,
-    "sense_range_m": 3.0,
-    # race
-    "race_laps": 1.0,
-    "race_time_per_gate_s": 4.0,
-    "gate_count_range": [3.0, 6.0],
-    "gate_spacing_m_range": [3.0, 6.0],
-    "gate_size_m": 0.8,
-    "gate_frame_m": 0.15,
-    "reward_gate": 5.0,
-    # orbit and follow
-    "orbit_radius_m_range": [0.5, 2.5],
-    "orbit_speed_m_s_range": [0.3, 1.5],
-    "follow_speed_m_s_max": 1.5,
-    "track_radius_m": 0.3,
-    "track_success_frac": 0.7,
-    # formation and obstacles
-    "formation_spacing_m": 1.5,
-    "obstacle_count": 6.0,
-    "obstacle_radius_m_range": [0.15, 0.5],
-    "obstacle_goal_dist_m_range": [2.5, 5.0],
-}
+#: The tasks, their mix and the time step: every field of the C struct SlTaskConfig, with the C core's
+#: defaults (SL_TASK_DEFAULTS in sim/c/env.h; task_prob in sim.core.TASKS order).
+DEFAULT_TASK = task_defaults()
 
 EPISODE_FIELDS = ("return", "length_s", "success", "crash", "time_to_target_s", "final_error_m", "arm_m", "mass_kg",
                   "task", "gates", "collision")

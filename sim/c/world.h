@@ -1,0 +1,392 @@
+/* world.h -- the spaces drones fly in: gates (courses, the crossing rule), sphere obstacles,
+ * formation slots, and what each drone senses of them and of the other drones (neighbours
+ * through a uniform grid).
+ */
+#ifndef SKYLOOP_WORLD_H
+#define SKYLOOP_WORLD_H
+
+#include "env.h"
+
+/* ============================================================================================
+ * Worlds and sensing. A space is a box (|x| <= bx, |y| <= by, 0 <= z <= bz) that holds a
+ *     course of gates, a field of sphere obstacles and a formation's slots. With
+ *     drones_per_space = 1 every drone has its own world, drawn anew for each episode's task;
+ *     with more, the drones of a space share one world (drawn at reset) and are obstacles to
+ *     each other. Collisions are checked once per control step.
+ * ========================================================================================== */
+#define SL_PI 3.14159265f
+
+SL_INLINE float sl_norm3(const float v[3]) { return sqrtf(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]); }
+SL_INLINE float sl_dist3(const float *a, const float *b) {
+    float d[3] = {a[0] - b[0], a[1] - b[1], a[2] - b[2]};
+    return sl_norm3(d);
+}
+
+/* A vertical gate at centre c, flown through towards yaw (counter-clockwise from east). */
+static void sl_set_gate(float *g, const float c[3], float yaw_rad, float width_m, float height_m) {
+    for (int a = 0; a < 3; a++) g[SL_GATE_CENTRE + a] = c[a];
+    g[SL_GATE_NORMAL] = cosf(yaw_rad); g[SL_GATE_NORMAL + 1] = sinf(yaw_rad); g[SL_GATE_NORMAL + 2] = 0.f;
+    g[SL_GATE_HALF_WIDTH] = 0.5f * width_m; g[SL_GATE_HALF_HEIGHT] = 0.5f * height_m;
+}
+
+/* The box inside the bounds that keeps `margin` from every wall, floor and ceiling. */
+static void sl_inner_box(const SlTaskConfig *t, float margin, float lo[3], float hi[3]) {
+    for (int a = 0; a < 3; a++) {
+        lo[a] = (a == 2 ? 0.f : -t->bounds_m[a]) + margin;
+        hi[a] = t->bounds_m[a] - margin;
+        if (lo[a] > hi[a]) lo[a] = hi[a] = 0.5f * (lo[a] + hi[a]);
+    }
+}
+
+/* A random course: each gate a feasible hop (gate_spacing_m_range) from the previous one, turned
+ * at most about 70 degrees, facing along the hop, inside the bounds. Returns the number of gates. */
+static int sl_random_course(const SlTaskConfig *t, uint32_t *rng, float size_m, float *gates) {
+    int n = (int)sl_uniform_in(rng, t->gate_count_range[0], t->gate_count_range[1] + 0.999f);
+    n = n < 1 ? 1 : n > SL_MAX_GATES ? SL_MAX_GATES : n;
+    float lo[3], hi[3], c[3];
+    sl_inner_box(t, 0.5f * size_m + t->gate_frame_m + 0.5f, lo, hi);
+    for (int a = 0; a < 3; a++) c[a] = sl_uniform_in(rng, lo[a], hi[a]);
+    float yaw = sl_uniform_in(rng, -SL_PI, SL_PI);
+    sl_set_gate(gates, c, yaw, size_m, size_m);
+    for (int k = 1; k < n; k++) {
+        float cand[3] = {0.f, 0.f, 0.f};
+        int ok = 0;
+        for (int attempt = 0; attempt < 24 && !ok; attempt++) {
+            float dir = yaw + (attempt < 16 ? sl_uniform_in(rng, -1.2f, 1.2f) : sl_uniform_in(rng, -SL_PI, SL_PI));
+            float hop = sl_uniform_in(rng, t->gate_spacing_m_range[0], t->gate_spacing_m_range[1]);
+            cand[0] = c[0] + hop * cosf(dir);
+            cand[1] = c[1] + hop * sinf(dir);
+            cand[2] = sl_uniform_in(rng, sl_max(lo[2], c[2] - 1.5f), sl_min(hi[2], c[2] + 1.5f));
+            ok = 1;
+            for (int a = 0; a < 3; a++) ok &= cand[a] >= lo[a] && cand[a] <= hi[a];
+            for (int j = 0; j < k && ok; j++) ok = sl_dist3(cand, gates + j * SL_GATE_FLOATS) >= 0.7f * t->gate_spacing_m_range[0];
+        }
+        if (!ok) { /* boxed in: hop towards the middle of the box */
+            float to[3] = {-c[0], -c[1], 0.f}, len = sl_max(sl_norm3(to), 1e-6f);
+            for (int a = 0; a < 2; a++) cand[a] = sl_clamp(c[a] + to[a] / len * t->gate_spacing_m_range[0], lo[a], hi[a]);
+            cand[2] = c[2];
+        }
+        yaw = atan2f(cand[1] - c[1], cand[0] - c[0]) + sl_uniform_in(rng, -0.3f, 0.3f);
+        sl_set_gate(gates + k * SL_GATE_FLOATS, cand, yaw, size_m, size_m);
+        for (int a = 0; a < 3; a++) c[a] = cand[a];
+    }
+    return n;
+}
+
+/* Is point p (a drone of radius r, plus clearance) free of the space's spheres and gates? */
+static int sl_clear_of_world(const SlEnv *e, int space, const float p[3], float r) {
+    const float *obs = e->obstacles + (size_t)space * SL_MAX_OBSTACLES * 4;
+    for (int k = 0; k < e->n_obstacles[space]; k++)
+        if (sl_dist3(p, obs + 4 * k) < obs[4 * k + 3] + r) return 0;
+    const float *g = e->gates + (size_t)space * SL_MAX_GATES * SL_GATE_FLOATS;
+    for (int k = 0; k < e->n_gates[space]; k++, g += SL_GATE_FLOATS)
+        if (sl_dist3(p, g) < sl_max(g[SL_GATE_HALF_WIDTH], g[SL_GATE_HALF_HEIGHT]) + e->task.gate_frame_m + r) return 0;
+    return 1;
+}
+
+/* Spheres placed in the space: uniformly (a shared space), or scattered about the segment
+ * start -> goal (an obstacles episode), never on the start, the goal, a gate or a slot. */
+static void sl_obstacle_field(SlEnv *e, int space, uint32_t *rng, const float *start, const float *goal, float clear_m) {
+    const SlTaskConfig *t = &e->task;
+    float *obs = e->obstacles + (size_t)space * SL_MAX_OBSTACLES * 4, lo[3], hi[3];
+    sl_inner_box(t, 0.f, lo, hi);
+    e->n_obstacles[space] = 0;
+    for (int k = 0, placed = 0; k < (int)t->obstacle_count; k++) {
+        for (int attempt = 0; attempt < 12; attempt++) {
+            float p[3], r = sl_uniform_in(rng, t->obstacle_radius_m_range[0], t->obstacle_radius_m_range[1]);
+            if (start) {
+                float s = sl_uniform_in(rng, 0.2f, 0.8f);
+                for (int a = 0; a < 3; a++) p[a] = start[a] + s * (goal[a] - start[a]) + (a == 2 ? 0.3f : 0.7f) * sl_normalish(rng);
+            } else {
+                for (int a = 0; a < 3; a++) p[a] = sl_uniform_in(rng, lo[a], hi[a]);
+            }
+            int ok = sl_clear_of_world(e, space, p, r + clear_m);
+            if (start) ok &= sl_dist3(p, start) > r + clear_m && sl_dist3(p, goal) > r + clear_m;
+            const float *slot = e->formation + (size_t)space * e->space_size * 3;   /* keep formation slots free */
+            const int slots = start || e->task.task_prob[SL_TASK_formation] <= 0.f ? 0 : e->space_size;
+            for (int j = 0; j < slots && ok; j++) ok = sl_dist3(p, slot + 3 * j) > r + clear_m;
+            if (ok) {
+                for (int a = 0; a < 3; a++) obs[4 * placed + a] = p[a];
+                obs[4 * placed + 3] = r;
+                e->n_obstacles[space] = ++placed;
+                break;
+            }
+        }
+    }
+}
+
+/* Formation slots of a space: a horizontal grid, a sphere or a waving flag (a vertical sheet),
+ * spacing_m apart, about `centre`, kept inside the bounds. */
+static void sl_formation(const SlTaskConfig *t, uint32_t *rng, int n, const float centre[3], float *slots) {
+    const int shape = (int)sl_uniform_in(rng, 0.f, 2.999f);
+    const float sp = t->formation_spacing_m;
+    float lo[3], hi[3];
+    sl_inner_box(t, 0.5f, lo, hi);
+    const int side = (int)ceilf(sqrtf((float)n)), cols = (int)ceilf(sqrtf(1.5f * (float)n)), rows = (n + cols - 1) / cols;
+    const float big_r = sp * sqrtf((float)n / (4.f * SL_PI));
+    for (int k = 0; k < n; k++) {
+        float o[3];
+        if (shape == 0) {        /* grid */
+            o[0] = ((float)(k % side) - 0.5f * (float)(side - 1)) * sp;
+            o[1] = ((float)(k / side) - 0.5f * (float)((n + side - 1) / side - 1)) * sp;
+            o[2] = 0.f;
+        } else if (shape == 1) { /* sphere: a Fibonacci lattice */
+            float z = n > 1 ? 1.f - 2.f * ((float)k + 0.5f) / (float)n : 0.f, rr = sqrtf(sl_max(1.f - z * z, 0.f));
+            float phi = 2.3999632f * (float)k;
+            o[0] = big_r * rr * cosf(phi); o[1] = big_r * rr * sinf(phi); o[2] = big_r * z;
+        } else {                 /* flag: columns along x, rows along z, a wave along y */
+            int col = k % cols, row = k / cols;
+            o[0] = ((float)col - 0.5f * (float)(cols - 1)) * sp;
+            o[1] = 0.25f * sp * sinf(1.2f * (float)col);
+            o[2] = (0.5f * (float)(rows - 1) - (float)row) * sp;
+        }
+        for (int a = 0; a < 3; a++) slots[3 * k + a] = sl_clamp(centre[a] + o[a], lo[a], hi[a]);
+    }
+}
+
+/* Might a and b be closer than reach? A cheap test before the exact distance (squared, with a
+ * margin for rounding, so it never rejects a pair the exact test would keep). */
+SL_INLINE int sl_within(const float *a, const float *b, float reach) {
+    float d0 = a[0] - b[0], d1 = a[1] - b[1], d2 = a[2] - b[2], r = reach * 1.0001f + 1e-6f;
+    return !(d0 * d0 + d1 * d1 + d2 * d2 > r * r);
+}
+
+/* Keeps the M nearest (distance, id) pairs, sorted; ties broken by id, so the order in which
+ * candidates are visited does not matter. */
+SL_INLINE void sl_keep_nearest(float *dist, int *id, int *count, float d, int j) {
+    int k = *count < SL_OBS_OBSTACLES ? (*count)++ : SL_OBS_OBSTACLES;
+    if (k == SL_OBS_OBSTACLES && !(d < dist[k - 1] || (d == dist[k - 1] && j < id[k - 1]))) return;
+    if (k == SL_OBS_OBSTACLES) k--;
+    while (k > 0 && (d < dist[k - 1] || (d == dist[k - 1] && j < id[k - 1]))) {
+        dist[k] = dist[k - 1]; id[k] = id[k - 1]; k--;
+    }
+    dist[k] = d; id[k] = j;
+}
+
+/* Drone-drone neighbours of n drones (positions [n][3], radii [n]): for each drone, whether it
+ * touches another (surface distance below zero) and its nearest M others closer than sense_m
+ * (surface to surface): nearest [n][M] ids (-1: none) and their distances. A uniform grid of
+ * cells no smaller than the query reach keeps this O(n); use_grid = 0 checks all pairs (the
+ * reference the tests compare with). Returns 0, or -1 when out of memory. */
+int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, int use_grid, uint8_t *collided,
+                 int *nearest, float *nearest_dist) {
+    float r_max = 0.f, lo[3] = {1e30f, 1e30f, 1e30f}, hi[3] = {-1e30f, -1e30f, -1e30f};
+    for (int i = 0; i < n; i++) {
+        r_max = sl_max(r_max, radius[i]);
+        for (int a = 0; a < 3; a++) {
+            float x = sl_finite(pos[3 * i + a]) ? pos[3 * i + a] : 0.f; /* a NaN or infinite drone goes to a corner */
+            lo[a] = sl_min(lo[a], x); hi[a] = sl_max(hi[a], x);
+        }
+    }
+    float cell = sl_max(sense_m + 2.f * r_max, 1e-3f);
+    int dim[3] = {1, 1, 1}, cells = 1, *start = NULL, *order = NULL, *cell_of = NULL;
+    float *sorted = NULL; /* [n][4]: position and radius, in cell order */
+    if (use_grid && n > 1) {
+        /* sized in double: the extent of finite floats can overflow a float, the cell count an int;
+         * the cell grows until the grid is small, which it is once the cell exceeds the extent */
+        double cell_d = sl_finite(cell) ? (double)cell : 1e39;
+        for (;;) {
+            double count = 1.0;
+            for (int a = 0; a < 3; a++) {
+                double d = floor(((double)hi[a] - (double)lo[a]) / cell_d) + 1.0;
+                dim[a] = (int)(d < 1e6 ? d : 1e6);
+                count *= (double)dim[a];
+            }
+            if (count <= 8.0 * n + 64.0) break;
+            cell_d *= 1.5;
+        }
+        cell = (float)cell_d;
+        cells = dim[0] * dim[1] * dim[2];
+        start = (int *)calloc((size_t)cells + 1, sizeof(int));
+        order = (int *)malloc((size_t)n * sizeof(int));
+        cell_of = (int *)malloc((size_t)n * sizeof(int));
+        sorted = (float *)malloc((size_t)n * 4 * sizeof(float));
+        if (!start || !order || !cell_of || !sorted) { free(start); free(order); free(cell_of); free(sorted); return -1; }
+        for (int i = 0; i < n; i++) { /* counting sort of the drones by cell */
+            int c[3];
+            for (int a = 0; a < 3; a++) {
+                float x = sl_finite(pos[3 * i + a]) ? pos[3 * i + a] : 0.f;
+                c[a] = (int)sl_clamp((x - lo[a]) / cell, 0.f, (float)(dim[a] - 1));
+            }
+            cell_of[i] = (c[2] * dim[1] + c[1]) * dim[0] + c[0];
+            start[cell_of[i] + 1]++;
+        }
+        for (int c = 0; c < cells; c++) start[c + 1] += start[c];
+        int *fill = (int *)malloc((size_t)cells * sizeof(int));
+        if (!fill) { free(start); free(order); free(cell_of); free(sorted); return -1; }
+        memcpy(fill, start, (size_t)cells * sizeof(int));
+        for (int i = 0; i < n; i++) order[fill[cell_of[i]]++] = i;
+        free(fill);
+        /* positions and radii in cell order: the candidates of a row of cells lie side by side */
+        for (int k = 0; k < n; k++) {
+            for (int a = 0; a < 3; a++) sorted[4 * k + a] = pos[3 * order[k] + a];
+            sorted[4 * k + 3] = radius[order[k]];
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        float dist[SL_OBS_OBSTACLES];
+        int id[SL_OBS_OBSTACLES], count = 0, touch = 0;
+        const float *p = pos + 3 * i;
+        if (start) {
+            int c = cell_of[i], cx = c % dim[0], cy = (c / dim[0]) % dim[1], cz = c / (dim[0] * dim[1]);
+            const int x0 = cx > 0 ? cx - 1 : 0, x1 = cx + 1 < dim[0] ? cx + 1 : dim[0] - 1;
+            for (int z = cz - 1; z <= cz + 1; z++)
+                for (int y = cy - 1; y <= cy + 1; y++) {
+                    if (y < 0 || z < 0 || y >= dim[1] || z >= dim[2]) continue;
+                    const int row = (z * dim[1] + y) * dim[0]; /* cells x0..x1 of this row: one range */
+                    for (int k = start[row + x0]; k < start[row + x1 + 1]; k++) {
+                        const float *q = sorted + 4 * k;
+                        if (!sl_within(p, q, sense_m + radius[i] + q[3])) continue;
+                        const int j = order[k];
+                        if (j == i) continue;
+                        float d = sl_dist3(p, q) - radius[i] - radius[j];
+                        touch |= d < 0.f;
+                        if (d < sense_m) sl_keep_nearest(dist, id, &count, d, j);
+                    }
+                }
+        } else {
+            for (int j = 0; j < n; j++) {
+                if (j == i) continue;
+                float d = sl_dist3(p, pos + 3 * j) - radius[i] - radius[j];
+                touch |= d < 0.f;
+                if (d < sense_m) sl_keep_nearest(dist, id, &count, d, j);
+            }
+        }
+        collided[i] = (uint8_t)touch;
+        for (int k = 0; k < SL_OBS_OBSTACLES; k++) {
+            nearest[i * SL_OBS_OBSTACLES + k] = k < count ? id[k] : -1;
+            nearest_dist[i * SL_OBS_OBSTACLES + k] = k < count ? dist[k] : 0.f;
+        }
+    }
+    free(start); free(order); free(cell_of); free(sorted);
+    return 0;
+}
+
+/* Drone i's senses, given its nearest other drones (ids within its space, from sl_neighbors;
+ * count may be 0): adds the space's spheres, keeps the M nearest (drones and spheres alike) and
+ * sets `collided` on touching any of them. */
+static void sl_sense_finish(SlEnv *e, int i, float *dist, int *id, int count, int touch) {
+    float *F = e->f;
+    const int np = e->n_pad, space = i / e->space_size, first = space * e->space_size;
+    const float p[3] = {SL_D(pos_enu_m, 0), SL_D(pos_enu_m, 1), SL_D(pos_enu_m, 2)}, r = SL_D(radius_m, 0);
+    const float *obs = e->obstacles + (size_t)space * SL_MAX_OBSTACLES * 4;
+    for (int k = 0; k < e->n_obstacles[space]; k++) {
+        float d = sl_dist3(p, obs + 4 * k) - obs[4 * k + 3] - r;
+        touch |= d < 0.f;
+        if (d < e->task.sense_range_m) sl_keep_nearest(dist, id, &count, d, e->space_size + k);
+    }
+    for (int k = 0; k < SL_OBS_OBSTACLES; k++) {
+        const int j = k < count ? id[k] : 0;
+        for (int a = 0; a < 4; a++) {
+            float v = 0.f;
+            if (k < count && j < e->space_size) { /* another drone */
+                const int i_other = first + j;
+                v = a < 3 ? F[(ptrdiff_t)(SL_ROW_pos_enu_m + a) * np + i_other] : F[(ptrdiff_t)SL_ROW_radius_m * np + i_other];
+            } else if (k < count) {
+                v = obs[4 * (j - e->space_size) + a];
+            }
+            SL_D(near, 4 * k + a) = v;
+        }
+    }
+    SL_D(near_count, 0) = (float)count;
+    SL_D(collided, 0) = (float)touch;
+}
+
+/* Drone i's senses by itself (after its reset, or in a world of its own): all pairs in its space. */
+static void sl_sense_one(SlEnv *e, int i) {
+    float *F = e->f;
+    const int np = e->n_pad, first = i / e->space_size * e->space_size;
+    if (e->space_size == 1 && e->n_obstacles[first] == 0) { /* an empty world of its own: nothing to sense */
+        SL_D(near_count, 0) = SL_D(collided, 0) = 0.f;
+        return;
+    }
+    float dist[SL_OBS_OBSTACLES], p[3] = {SL_D(pos_enu_m, 0), SL_D(pos_enu_m, 1), SL_D(pos_enu_m, 2)};
+    int id[SL_OBS_OBSTACLES], count = 0, touch = 0;
+    for (int j = 0; j < e->space_size; j++) {
+        const int o = first + j;
+        if (o == i || o >= e->n) continue;
+        float q[3] = {F[(ptrdiff_t)SL_ROW_pos_enu_m * np + o], F[(ptrdiff_t)(SL_ROW_pos_enu_m + 1) * np + o],
+                      F[(ptrdiff_t)(SL_ROW_pos_enu_m + 2) * np + o]};
+        float d = sl_dist3(p, q) - SL_D(radius_m, 0) - F[(ptrdiff_t)SL_ROW_radius_m * np + o];
+        touch |= d < 0.f;
+        if (d < e->task.sense_range_m) sl_keep_nearest(dist, id, &count, d, j);
+    }
+    sl_sense_finish(e, i, dist, id, count, touch);
+}
+
+/* Every drone of every shared space senses, through the grid. Returns -1 when out of memory. */
+static int sl_sense_spaces(SlEnv *e) {
+    const int S = e->space_size, np = e->n_pad;
+    float *pos = (float *)malloc((size_t)S * 4 * sizeof(float)), *radius = pos + 3 * S;
+    float *nd = (float *)malloc((size_t)S * SL_OBS_OBSTACLES * sizeof(float));
+    int *ni = (int *)malloc((size_t)S * SL_OBS_OBSTACLES * sizeof(int));
+    uint8_t *hit = (uint8_t *)malloc((size_t)S);
+    int status = pos && nd && ni && hit ? 0 : -1;
+    for (int space = 0; space < e->n_spaces && status == 0; space++) {
+        const int first = space * S, n = e->n - first < S ? e->n - first : S;
+        for (int j = 0; j < n; j++) {
+            for (int a = 0; a < 3; a++) pos[3 * j + a] = e->f[(ptrdiff_t)(SL_ROW_pos_enu_m + a) * np + first + j];
+            radius[j] = e->f[(ptrdiff_t)SL_ROW_radius_m * np + first + j];
+        }
+        status = sl_neighbors(n, pos, radius, e->task.sense_range_m, 1, hit, ni, nd);
+        for (int j = 0; j < n && status == 0; j++) {
+            int count = 0;
+            while (count < SL_OBS_OBSTACLES && ni[j * SL_OBS_OBSTACLES + count] >= 0) count++;
+            sl_sense_finish(e, first + j, nd + j * SL_OBS_OBSTACLES, ni + j * SL_OBS_OBSTACLES, count, hit[j]);
+        }
+    }
+    free(pos); free(nd); free(ni); free(hit);
+    return status;
+}
+
+/* Draws the world of a shared space (at reset): its course, formation and sphere field. */
+static void sl_draw_space(SlEnv *e, int space) {
+    const SlTaskConfig *t = &e->task;
+    uint32_t *rng = &e->space_rng[space];
+    float *gates = e->gates + (size_t)space * SL_MAX_GATES * SL_GATE_FLOATS;
+    e->n_gates[space] = e->n_obstacles[space] = 0;
+    if (e->course_n > 0) {
+        memcpy(gates, e->course, sizeof e->course);
+        e->n_gates[space] = e->course_n;
+    } else if (t->task_prob[SL_TASK_race] > 0.f) {
+        const float arm_max_m = e->rnd.arm_m_range[1] > 0.f ? e->rnd.arm_m_range[1] : e->nominal.arm_m; /* room for the largest */
+        e->n_gates[space] = sl_random_course(t, rng, t->gate_size_m + 4.f * arm_max_m, gates);
+    }
+    const float centre[3] = {0.f, 0.f, 0.5f * t->bounds_m[2]};
+    if (t->task_prob[SL_TASK_formation] > 0.f)
+        sl_formation(t, rng, e->space_size, centre, e->formation + (size_t)space * e->space_size * 3);
+    if (t->task_prob[SL_TASK_obstacles] > 0.f) sl_obstacle_field(e, space, rng, NULL, NULL, 1.f);
+}
+
+/* What the path p0 -> p1 (one control step, a drone of radius r) did at a gate: +1 passed
+ * through the opening in the flight direction, -1 hit the frame or went through backwards,
+ * 0 nothing (it did not cross the gate's plane within the frame). */
+SL_INLINE int sl_gate_event(const float *g, const float p0[3], const float p1[3], float r, float frame_m) {
+    float s0 = 0.f, s1 = 0.f;
+    for (int a = 0; a < 3; a++) { s0 += (p0[a] - g[a]) * g[3 + a]; s1 += (p1[a] - g[a]) * g[3 + a]; }
+    int forward = s0 < 0.f && s1 >= 0.f, backward = s0 >= 0.f && s1 < 0.f;
+    if (!forward && !backward) return 0;
+    float f = s0 / (s0 - s1), off[3];
+    for (int a = 0; a < 3; a++) off[a] = p0[a] + f * (p1[a] - p0[a]) - g[a];
+    float u = fabsf(-g[4] * off[0] + g[3] * off[1]), v = fabsf(off[2]);
+    int in_opening = u <= g[SL_GATE_HALF_WIDTH] - r && v <= g[SL_GATE_HALF_HEIGHT] - r;
+    int in_frame = u <= g[SL_GATE_HALF_WIDTH] + frame_m + r && v <= g[SL_GATE_HALF_HEIGHT] + frame_m + r;
+    if (!in_frame) return 0;
+    return forward && in_opening ? 1 : -1;
+}
+
+/* Copies the next gates a racing drone is to pass (wrapping around for the next lap) into its
+ * own fields, for the observation; none for the other tasks. */
+static void sl_load_next_gates(SlEnv *e, int i) {
+    float *F = e->f;
+    const int np = e->n_pad, space = i / e->space_size, ng = e->n_gates[space];
+    const float left = SL_D(goal, 0) == (float)SL_GOAL_GATES && ng > 0 ? SL_D(gates_to_pass, 0) - SL_D(gates_passed, 0) : 0.f;
+    SL_D(next_gates_count, 0) = sl_clamp(left, 0.f, (float)SL_OBS_GATES);
+    for (int g = 0; g < SL_OBS_GATES; g++) {
+        const int idx = ng > 0 ? ((int)SL_D(next_gate, 0) + g) % ng : 0;
+        for (int c = 0; c < SL_GATE_FLOATS; c++)
+            SL_D(next_gates, g * SL_GATE_FLOATS + c) = ng > 0 ? e->gates[((size_t)space * SL_MAX_GATES + idx) * SL_GATE_FLOATS + c] : 0.f;
+    }
+}
+
+#endif /* SKYLOOP_WORLD_H */
