@@ -64,9 +64,9 @@ HOW_TO_GET = ("build ArduPilot's SITL (git clone https://github.com/ArduPilot/ar
               "SKYLOOP_ARDUPILOT_BIN")
 # The vehicle setup this project flies with (what a user sets once on a real vehicle, see README):
 # SET_ATTITUDE_TARGET thrust is thrust (GUID_OPTIONS bit 3), and a stalled companion computer's
-# last command stops being flown after 0.5 s (GUID_TIMEOUT; ArduPilot's default is 3 s), and no angle
+# last command stops being flown after 0.2 s (GUID_TIMEOUT; ArduPilot's default is 3 s), and no angle
 # boost (thrust / cos(tilt)), which the policy was not trained with.
-VEHICLE_SETUP = {"GUID_OPTIONS": 8, "GUID_TIMEOUT": 0.5, "ATC_ANGLE_BOOST": 0}
+VEHICLE_SETUP = {"GUID_OPTIONS": 8, "GUID_TIMEOUT": 0.2, "ATC_ANGLE_BOOST": 0}
 # Our sim's airframe, for the JSON model: quad X (ArduPilot's SITL defaults, copter.parm, set "+",
 # which flown on an X airframe mixes roll into pitch: a growing whirl within 2 s of leaving the ground).
 JSON_FRAME = {"FRAME_CLASS": 1, "FRAME_TYPE": 1}
