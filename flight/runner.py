@@ -229,7 +229,7 @@ def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *,
             progress.stopped(failsafe)
             if view is not None:
                 view.finish(failsafe)
-            landing = _landing_logger(link, loop, flight_log, failsafe)
+            landing = _landing_logger(link, loop, flight_log, failsafe, progress)
             try:
                 link.land_and_disarm(timeout_s=30.0, on_tick=landing)
                 call_quietly(landing)                   # the row that shows it disarmed
@@ -307,8 +307,9 @@ class PreflightError(ValueError):
     """The vehicle or the plan is not ready; nothing was armed."""
 
 
-def _landing_logger(link, loop: _Loop, flight_log, reason: str | None):
-    """A row per call while the vehicle lands (until it disarms): state, mode, armed, why it lands."""
+def _landing_logger(link, loop: _Loop, flight_log, reason: str | None, progress=None):
+    """A row per call while the vehicle lands (until it disarms): state, mode, armed, why it lands,
+    and the target source's columns (teleop's Land event happens on the tick that ends the loop)."""
     last = [None]
 
     def write() -> None:
@@ -317,7 +318,8 @@ def _landing_logger(link, loop: _Loop, flight_log, reason: str | None):
             return                                   # nothing new since the last row
         last[0] = state["t_s"]
         row = _state_row(time.monotonic() - loop.t0, state, link)
-        flight_log.write(**row, failsafe=reason or "", phase="landing")
+        extra = progress.log_fields() if progress is not None else {}
+        flight_log.write(**row, failsafe=reason or "", phase="landing", **extra)
     return write
 
 
