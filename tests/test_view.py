@@ -162,3 +162,38 @@ def test_compare_writes_an_mcap_file_with_the_flight_the_replay_and_the_errors(v
         f.seek(0)
         errors = [json.loads(m.data)["error_m"] for _s, _c, m in make_reader(f).iter_messages(topics=["/sim/replay_error"])]
         assert any("1" in e for e in errors)
+
+
+def test_fly_view_prints_the_url_and_serves_the_flight(tmp_path):
+    """`fly --course C --view`: the URL on a line of its own, the page's state with the course and the ghost."""
+    import os
+    import select
+    import subprocess
+    import sys
+
+    from websockets.sync.client import connect
+    course = tmp_path / "short.json"
+    course.write_text(json.dumps(SHORT_COURSE))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-m", "skyloop", "fly", "--course", str(course), "--view", "--teleop-port",
+                             "0", "--json", "--no-plot", "--log", str(tmp_path)], cwd=repo, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60.0)
+        url = proc.stdout.readline().strip() if ready else ""
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/"), url
+        with connect(url.replace("http://", "ws://") + "ws") as ws:
+            hello = json.loads(ws.recv(timeout=10))
+            assert hello["type"] == "course" and len(hello["course"]["gates"]) == 2
+            states = []
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline and not any(s.get("ghost_enu_m") for s in states):
+                states.append(json.loads(ws.recv(timeout=10)))
+        assert any(s.get("ghost_enu_m") for s in states), "no ghost path in the view's state"
+        assert states[-1]["view"] == "live" and states[-1]["teleop"] is False
+        out, _ = proc.communicate(timeout=60)
+        assert json.loads(out.strip().splitlines()[-1])["gates_passed"] == 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
