@@ -8,7 +8,8 @@
 #   scripts/benchmarks.sh [OUT_DIR]                    # default: benchmarks/; about 2 minutes
 #   TRAIN_SECONDS=60 scripts/benchmarks.sh             # also `bench train` for 60 s
 #
-# Writes OUT_DIR/{sim,policy,train}.json and OUT_DIR/timing.txt; prints a table of each.
+# Writes OUT_DIR/{sim,policy,train}.json and OUT_DIR/timing.txt, and prints them; stops at the
+# first benchmark that fails.
 set -eu
 OUT=${1:-benchmarks}
 SKYLOOP=${SKYLOOP:-.venv/bin/skyloop}
@@ -17,15 +18,19 @@ POLICY=${POLICY:-flight/policies/default.onnx}
 mkdir -p "$OUT"
 echo "== load before: $(cat /proc/loadavg 2>/dev/null || uptime)" >&2
 echo "== bench sim" >&2
-$SKYLOOP bench sim --drones 1 1024 8192 --no-tasks --json | tee "$OUT/sim.json"
+$SKYLOOP bench sim --drones 1 1024 8192 --no-tasks --json > "$OUT/sim.json"
+cat "$OUT/sim.json"
 echo "== bench policy $POLICY" >&2
-$SKYLOOP bench policy "$POLICY" --json | tee "$OUT/policy.json"
+$SKYLOOP bench policy "$POLICY" --json > "$OUT/policy.json"
+cat "$OUT/policy.json"
 if [ -n "${TRAIN_SECONDS:-}" ]; then
     echo "== bench train ($TRAIN_SECONDS s)" >&2
-    $SKYLOOP bench train --seconds "$TRAIN_SECONDS" --json | tee "$OUT/train.json"
+    $SKYLOOP bench train --seconds "$TRAIN_SECONDS" --json > "$OUT/train.json"
+    cat "$OUT/train.json"
 fi
 echo "== the timing tests (pytest -m timing)" >&2
 status=0
-$PYTEST -q -m timing -p no:cacheprovider tests/ -s 2>&1 | tee "$OUT/timing.txt" || status=$?
+$PYTEST -q -m timing -p no:cacheprovider tests/ -s > "$OUT/timing.txt" 2>&1 || status=$?
+tail -n 15 "$OUT/timing.txt"
 echo "== load after: $(cat /proc/loadavg 2>/dev/null || uptime)" >&2
 exit $status

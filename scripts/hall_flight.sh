@@ -14,7 +14,10 @@ OUT=${1:-hall_flight}
 FLY=${FLY:-.venv/bin/fly}
 SKYLOOP=${SKYLOOP:-.venv/bin/skyloop}
 mkdir -p "$OUT"
-$FLY --course hall --log "$OUT" --json "$@" | tee "$OUT/summary.json"
+status=0
+$FLY --course hall --log "$OUT" --json "$@" > "$OUT/summary.json" || status=$?
+cat "$OUT/summary.json"
 LOG=$(ls -t "$OUT"/hall-*.csv | head -n 1)
 echo "== compare $LOG with the sim" >&2
 $SKYLOOP compare "$LOG" --profile crazyflie21 -o "$OUT/compare"
+exit $status
