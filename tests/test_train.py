@@ -120,6 +120,7 @@ def test_override_parsing():
     ("action_mode", "thrust", "action_mode must be ctbr or motor"),
     ("gamma", 1.5, "gamma must be in"),
     ("minibatches", 3, "divisible by minibatches"),
+    ("epochs", 0.0, "epochs must be positive"),
 ])
 def test_bad_config_values_are_refused_with_the_field_named(field, value, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
