@@ -614,3 +614,10 @@ def test_two_runs_in_the_same_second_get_their_own_log_files(tmp_path):
     for bad in ("../up", "/abs", ".hidden", ""):
         with pytest.raises(ValueError):
             reserve_log_path(str(tmp_path), bad)
+
+
+def test_a_stand_that_does_not_open_leaves_no_empty_log_behind(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["stand", "run", "tare", "--port", str(tmp_path / "no_such_tty")])
+    assert rc == 1 and "cannot open" in capsys.readouterr().err
+    assert not (tmp_path / "stand_logs").exists() or not os.listdir(tmp_path / "stand_logs")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
@@ -124,6 +125,8 @@ def _run(args) -> int:
     finally:
         if simulated is not None:
             simulated.close()
+        if not args.output and os.path.exists(output) and os.path.getsize(output) == 0:
+            os.remove(output)                       # reserved for this run, never written (the stand did not open)
     _report(result, args.json)
     return 0
 
