@@ -114,9 +114,9 @@ def safe_name(name, fallback: str) -> str:
     return text or "course"
 
 
-def _overlaps(gates, problems) -> None:
+def _overlaps(gates, index, problems) -> None:
     """Two gates closer than their openings' half diagonals overlap. One vectorized row per gate
-    (MAX_GATES gates: a fraction of a second); stops after MAX_PROBLEMS."""
+    (MAX_GATES gates: a fraction of a second); stops after MAX_PROBLEMS. `index[k]` names gates[k]."""
     if len(gates) < 2:
         return
     centres = np.array([g.centre_enu_m for g in gates])
@@ -126,7 +126,7 @@ def _overlaps(gates, problems) -> None:
         reach = half_diag[i] + half_diag[i + 1:]
         for k in np.flatnonzero(gap < reach):
             j = i + 1 + int(k)
-            problems.append(f"gates[{i}] and gates[{j}] overlap: centres {gap[k]:.2f} m apart, their openings need "
+            problems.append(f"gates[{index[i]}] and gates[{index[j]}] overlap: centres {gap[k]:.2f} m apart, their openings need "
                             f"at least {reach[k]:.2f} m; move one of them")
             if len(problems) >= MAX_PROBLEMS:
                 return
@@ -157,7 +157,7 @@ def parse_course(data, where: str = "<dict>") -> Course:
     start_pos = _vector(start.get("pos_enu_m"), 3, "start.pos_enu_m", problems)
     start_yaw = number(start.get("yaw_deg", 0.0), "start.yaw_deg", problems, lo=-360.0, hi=360.0, unit="deg")
     laps = number(data.get("laps", 1), "laps", problems, lo=1, hi=100, integer=True) or 1
-    gates = []
+    gates, sound = [], {}                          # sound: gates with no problem of their own, by index
     raw_gates = data.get("gates")
     if not isinstance(raw_gates, list) or not raw_gates:
         problems.append("gates: expected a non-empty list of gates")
@@ -171,6 +171,7 @@ def parse_course(data, where: str = "<dict>") -> Course:
         if not isinstance(g, dict):
             problems.append(f"{gw}: expected an object with centre_enu_m, yaw_deg, inner_size_m")
             continue
+        before = len(problems)
         centre = _vector(g.get("centre_enu_m"), 3, f"{gw}.centre_enu_m", problems)
         yaw = number(g.get("yaw_deg"), f"{gw}.yaw_deg (direction of flight through the gate)", problems,
                      lo=-360.0, hi=360.0, unit="deg")
@@ -187,8 +188,10 @@ def parse_course(data, where: str = "<dict>") -> Course:
         yaw_rad = math.radians(yaw)
         gates.append(Gate(centre, np.array([math.cos(yaw_rad), math.sin(yaw_rad), 0.0]), float(size[0]),
                           float(size[1])))
-    if not problems:                               # overlaps of misplaced gates would only add noise
-        _overlaps(gates, problems)
+        if len(problems) == before:
+            sound[i] = gates[-1]
+    # overlaps only among gates whose own fields are sound: a misplaced gate's overlaps would be noise
+    _overlaps(list(sound.values()), list(sound), problems)
     if not (np.all(start_pos >= lo) and np.all(start_pos <= hi)):
         problems.append(f"start.pos_enu_m {start_pos.tolist()} lies outside bounds_m")
     if problems:
