@@ -475,7 +475,9 @@ def closed_loop(traj: Trajectory, profile: Profile, policy_path: str | None = No
     prof = flight_profile(profile, None)
     env = sim_env(prof, 1, policy.control_hz, mode)
     d = env.core.drone
-    first = int(np.flatnonzero(np.all(np.isfinite(np.hstack([traj.pos_enu_m, traj.quat_wxyz])), axis=1))[0])
+    # the replay starts where the policy took over (after the runner's take-off hold, when the log says)
+    flown = traj.t_s >= float(meta.get("policy_from_t_s", 0.0)) - 1e-9
+    first = int(np.flatnonzero(flown & np.all(np.isfinite(np.hstack([traj.pos_enu_m, traj.quat_wxyz])), axis=1))[0])
     on_ground = traj.pos_enu_m[first, 2] < 0.05
     hover = float(d["hover_action"][0, 0])
     thrust = -1.0 if on_ground else hover

@@ -280,6 +280,9 @@ def read_own_log(path: str) -> Trajectory:
                "rotor_rad_s": rpm, "motor_throttle": cols([f"sent_motor_{k}" for k in range(1, 5)]),
                "battery_v": data["battery_v"], "action": cols([f"action_{k}" for k in range(4)])}
     mode = data.get("mode") if isinstance(data.get("mode"), list) else None
+    phase = data.get("phase") if isinstance(data.get("phase"), list) else []
+    if "flight" in phase and len(data["t_s"]):          # the runner held the vehicle (arming, spool) until here
+        meta = {**meta, "policy_from_t_s": float(data["t_s"][phase.index("flight")] - data["t_s"][0])}
     return build_trajectory(data["t_s"], streams, path, "skyloop", meta=meta, issues=issues, mode=mode)
 
 
