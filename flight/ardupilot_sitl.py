@@ -282,6 +282,7 @@ class BridgeProcess:
 
 def _bridge_main(profile, port, start_pos_enu_m, start_yaw_rad, pose, pose_url, truth, stop, ready, errors) -> None:
     """The bridge process: JsonBridge, the truth into shared memory, the pose source forwarded."""
+    os.dup2(2, 1)                  # pymavlink prints its reconnects: never onto the parent's stdout (fly --json)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
         bridge = JsonBridge(profile, port, start_pos_enu_m, start_yaw_rad)
@@ -301,11 +302,11 @@ def _bridge_main(profile, port, start_pos_enu_m, start_yaw_rad, pose, pose_url, 
     forwarder = master = None
     try:
         while pose is not None and master is None and not stop.is_set():
-            try:
-                from flight.link import mavutil
-                master = mavutil.mavlink_connection(pose_url, source_system=253, autoreconnect=True)
-            except OSError:
+            if not _accepts(pose_url):
                 time.sleep(0.1)
+                continue
+            from flight.link import mavutil
+            master = mavutil.mavlink_connection(pose_url, source_system=253, autoreconnect=True)
         if master is not None:
             from flight.mocap import PoseForwarder
             forwarder = PoseForwarder(pose, master, "ardupilot").start()
@@ -428,16 +429,12 @@ class ArduPilotSitl:
         from flight.link import mavutil, mav
         timeout_s = self.ready_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
-        master = None
-        while master is None:
+        while not _accepts(self.spare_url):       # (pymavlink would print its retries on stdout)
             self.check_alive()
-            try:
-                master = mavutil.mavlink_connection(self.spare_url, source_system=254, autoreconnect=True)
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise ArduPilotSitlError(f"the ArduPilot SITL does not open {self.spare_url}:\n"
-                                             f"{self.output_tail()}") from None
-                time.sleep(0.2)
+            if time.monotonic() > deadline:
+                raise ArduPilotSitlError(f"the ArduPilot SITL does not open {self.spare_url}:\n{self.output_tail()}")
+            time.sleep(0.2)
+        master = mavutil.mavlink_connection(self.spare_url, source_system=254, autoreconnect=True)
         texts: list[str] = []
         try:
             have_pos, healthy, asked, speed, speed_asked = False, False, 0.0, STARTUP_SPEEDUP, 0.0
@@ -506,8 +503,19 @@ class ArduPilotSitl:
         return self.process is not None and self.process.poll() is None and (self.bridge is None or self.bridge.alive())
 
 
+def _accepts(url: str) -> bool:
+    """Whether the SITL's TCP port (tcp:HOST:PORT) takes a connection yet (closed again at once)."""
+    host, port = url.split(":")[1:]
+    try:
+        socket.create_connection((host, int(port)), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
 def _child_setup() -> None:
-    """In the SITL's process: SIGTERM when the process that started it dies, even killed."""
+    """In the SITL's process: SIGTERM when the process that started it dies, even killed. (Its CPU
+    priority is the starting process's: `fly` raises its own before it starts the vehicle.)"""
     import ctypes
     import signal
     ctypes.CDLL(None).prctl(1, int(signal.SIGTERM), 0, 0, 0)    # PR_SET_PDEATHSIG

@@ -105,7 +105,8 @@ class FlightResult:
 class StatusLine:
     """One live line on stderr (a terminal) or a line every few seconds (a log file)."""
 
-    def __init__(self, stream=sys.stderr):
+    def __init__(self, stream=None):
+        stream = stream or sys.stderr          # the stderr of now (a default bound at import may be closed since)
         self.stream, self.tty, self.last = stream, stream.isatty(), 0.0
 
     def show(self, text: str, force: bool = False) -> None:

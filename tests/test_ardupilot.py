@@ -34,7 +34,9 @@ def _binary():
 def _fly_cli(capsys, *argv) -> tuple[int, dict]:
     from skyloop.cli import main
     code = main(["fly", "--no-plot", *argv])
-    out = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()
+    out = [line for line in captured.out.splitlines() if line.startswith("{")]
+    assert out, f"fly printed no summary (exit status {code}): {captured.err[-1500:]}"
     return code, json.loads(out[-1])
 
 
@@ -245,3 +247,38 @@ def test_arming_refused_shows_the_vehicles_reasons_and_asks_three_times(tmp_path
     assert "refused to arm 3 times" in str(err.value) and "below minimum arming voltage" in str(err.value), str(err.value)
     assert "ground station" not in str(err.value)
     assert _arm_commands(tlog)[0] == 3
+
+
+def test_pose_forwarder_sends_the_simulated_mocap_in_ardupilots_and_px4s_frames():
+    from flight.mocap import PoseError, PoseForwarder, SimulatedMocap, parse_pose
+
+    class Recorder:                                     # stands in for pymavlink's `master.mav`
+        def __init__(self):
+            self.sent = []
+
+        def __getattr__(self, name):
+            return lambda *args: self.sent.append((name, args))
+    mocap = parse_pose("sim://?noise_m=0&noise_rad=0&latency_s=0.02&rate_hz=100")
+    assert isinstance(mocap, SimulatedMocap)
+    yaw_90 = frames.quat_from_axis_angle([0, 0, 1], math.pi / 2)         # ENU: facing north
+    for k in range(10):                                                 # 10 ms apart, flying east at 1 m/s
+        mocap.observe(k * 0.01, {"pos_enu_m": [1.0 + 0.01 * k, 2.0, 3.0], "vel_enu_m_s": [1.0, 0, 0], "quat_wxyz": yaw_90})
+    pose = mocap.latest()
+    assert pose["t_s"] == pytest.approx(0.07)                           # 20 ms late
+    master = type("M", (), {"mav": Recorder()})()
+    forwarder = PoseForwarder(mocap, master, "ardupilot")
+    assert forwarder.send_once() and not forwarder.send_once()         # each pose once
+    (name, args), (speed, vel) = master.mav.sent
+    assert name == "vision_position_estimate_send" and speed == "vision_speed_estimate_send"
+    assert args[1:4] == pytest.approx((2.0, 1.07, -3.0))                # NED: north, east, down
+    assert args[4:7] == pytest.approx((0.0, 0.0, 0.0), abs=1e-6)        # facing north: heading 0 in NED
+    assert vel[1:4] == pytest.approx((0.0, 1.0, 0.0))
+    px4 = type("M", (), {"mav": Recorder()})()
+    PoseForwarder(mocap, px4, "px4").send_once()
+    (name, args), = px4.mav.sent
+    assert name == "odometry_send" and args[3:6] == pytest.approx((2.0, 1.07, -3.0))
+    for bad in ("sim://?noise=1", "mocap://nobody@host/quad", "mocap://vicon@host", "gps://x", "sim://?latency_s=9"):
+        with pytest.raises(PoseError):
+            parse_pose(bad)
+    with pytest.raises(PoseError):
+        PoseForwarder(mocap, master, rate_hz=100)                       # ArduPilot and PX4 want 30..50 Hz
