@@ -26,6 +26,7 @@ import os
 import numpy as np
 
 from flight.course import Course, CourseProgress
+from flight.service import Service
 from sim.core import ACTION_SIZE, OBS_GATES, observe
 from sim.env import DroneEnv
 from sim.profiles import Profile
@@ -118,7 +119,7 @@ def _serve(conn, config: dict) -> None:
             conn.send({"t_s": start["t_s"], "error": f"{type(exc).__name__}: {exc}"})
 
 
-class GhostProcess:
+class GhostProcess(Service):
     """Ghost predictions in a process of their own (spawned: nothing of the runner's threads comes along)."""
 
     def __init__(self, policy_path: str, profile: Profile, course: Course | None, action_mode: str, *,
@@ -132,14 +133,6 @@ class GhostProcess:
         self.ready = False
         self.busy = True                          # until the process says it is ready
         self.error: str | None = None
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
 
     def start(self) -> None:
         self._proc.start()

@@ -22,6 +22,8 @@ import threading
 import time
 from urllib.parse import parse_qs, urlparse
 
+from flight.service import Service
+
 log = logging.getLogger(__name__)
 PAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "teleop_page")
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -58,7 +60,7 @@ COMMANDS_PER_S = 60               # per connection (a drag sends 20); the excess
 OPEN_TIMEOUT_S = 3.0              # a connection that has not finished its handshake by then is dropped
 
 
-class PageServer:
+class PageServer(Service):
     """The page (static files) and its WebSocket (/ws) on host:port, served from its own threads.
 
     Each page gets the state `rate_hz` times a second ({"type": "state", ...}) and sends JSON
@@ -100,14 +102,6 @@ class PageServer:
         host = self.host if self.host not in ("0.0.0.0", "::") else "127.0.0.1"
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
 
     def start(self) -> None:
         from websockets.sync.server import serve

@@ -32,6 +32,7 @@ from collections import deque
 import numpy as np
 
 from flight.course import Course
+from flight.service import Service
 
 log = logging.getLogger(__name__)
 HORIZONS_S = (0.1, 0.5, 1.0)
@@ -54,7 +55,7 @@ def display_likely(environ=os.environ, stdout=sys.stdout) -> bool:
     return bool(environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
 
 
-class FlightView:
+class FlightView(Service):
     """The live flight's figures for the page; see the module's docstring."""
 
     def __init__(self, course: Course, *, ghost=None, control_hz: float = 100.0, ghost_hz: float = 10.0,
@@ -98,14 +99,6 @@ class FlightView:
         self.failsafe = failsafe or "completed"
 
     # ------------------------------------------------------------ its own thread
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
-
     def start(self) -> None:
         if self.ghost is not None:
             self.ghost.start()
