@@ -28,7 +28,6 @@ from collections import deque
 import numpy as np
 
 from flight.course import Course
-from flight.page_server import PageServer as TeleopServer  # noqa: F401  (the old name; use flight.page_server)
 from sim.core import GATE_FLOATS
 from skyloop import frames
 
