@@ -6,7 +6,6 @@ read from ../shared/data/real/ and the tests that need them skip when they are a
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,18 +19,11 @@ from calibration.synthetic import synthetic_steps, synthetic_sweep
 from sim.profiles import load_profile
 from skyloop.cli import main
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
-BITCRAZE = REAL / "imrc_bitcraze2021_cf2.1-stock-prop.csv"
-TYTO = REAL / "tyto_6x3prop_2300KV_RampTest_2024-07-21_144641.csv"
-CF_FLIGHT = REAL / "cf21_brushed_jana00_fixedFrequency.csv"
+BITCRAZE = "imrc_bitcraze2021_cf2.1-stock-prop.csv"
+TYTO = "tyto_6x3prop_2300KV_RampTest_2024-07-21_144641.csv"
+CF_FLIGHT = "cf21_brushed_jana00_fixedFrequency.csv"
 
 STEP_DT_S = 0.002
-
-
-def real(path: Path) -> str:
-    if not path.exists():
-        pytest.skip(f"real data file {path} is absent (the shared data set lives next to the repository)")
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -210,8 +202,8 @@ def test_tyto_units_come_from_the_header(tmp_path):
 
 # ---------------------------------------------------------------- real data
 
-def test_crazyflie_stand_gives_kf_near_2e_8_with_faults_counted():
-    cal = calibrate([real(BITCRAZE)], load_profile("crazyflie21"))
+def test_crazyflie_stand_gives_kf_near_2e_8_with_faults_counted(real_data):
+    cal = calibrate([real_data(BITCRAZE)], load_profile("crazyflie21"))
     kf = cal.fits["kf_n_per_rad2s2"]
     assert 1.8e-8 < kf.value < 2.3e-8 and kf.r2 >= 0.98
     assert kf.rejected.get("motor_dropout", 0) + kf.rejected.get("motors_disagree", 0) > 0
@@ -220,8 +212,8 @@ def test_crazyflie_stand_gives_kf_near_2e_8_with_faults_counted():
     assert not cal.problems
 
 
-def test_tyto_ramp_gives_kf_and_km_with_r2_above_0_97():
-    cal = calibrate([real(TYTO)], load_profile("fpv5"))
+def test_tyto_ramp_gives_kf_and_km_with_r2_above_0_97(real_data):
+    cal = calibrate([real_data(TYTO)], load_profile("fpv5"))
     kf, km = cal.fits["kf_n_per_rad2s2"], cal.fits["km_nm_per_rad2s2"]
     assert kf.r2 >= 0.97 and km.r2 >= 0.97
     assert 5e-7 < kf.value < 1.5e-6 and 5e-9 < km.value < 1.5e-8   # 6x3 prop on a 2300 KV motor
@@ -230,8 +222,8 @@ def test_tyto_ramp_gives_kf_and_km_with_r2_above_0_97():
     assert cal.battery_v_nominal == pytest.approx(14.8)              # 4S, read from the voltages (base is 6S)
 
 
-def test_crazyflie_hover_closure_from_the_flight_log():
-    hover = read_hover_rpm(real(CF_FLIGHT), window_s=1.0)
+def test_crazyflie_hover_closure_from_the_flight_log(real_data):
+    hover = read_hover_rpm(real_data(CF_FLIGHT), window_s=1.0)
     assert hover["columns"] == ["rpm.m1", "rpm.m2", "rpm.m3", "rpm.m4"] and hover["rows_used"] > 400
     assert all(15000 < r < 25000 for r in hover["rpm"])
     closure = hover_closure(2.1e-8, hover["rpm"], mass_kg=0.0347)
@@ -248,7 +240,7 @@ def test_a_step_with_no_level_before_it_is_rejected_not_a_crash():
 
 # ---------------------------------------------------------------- export shapes, the sim's model, units
 
-STEPS_2S = REAL / "tyto1580_RS1108-5200KV_avan2in-4blade_2S_StepsTest_2020-06-16_214944.csv"
+STEPS_2S = "tyto1580_RS1108-5200KV_avan2in-4blade_2S_StepsTest_2020-06-16_214944.csv"
 
 
 def test_a_step_response_export_with_sparse_columns_reads_and_names_the_columns_used(tmp_path):
@@ -285,11 +277,11 @@ def test_a_step_response_export_with_sparse_columns_reads_and_names_the_columns_
         load_log(str(path))
 
 
-def test_without_idle_rows_the_fit_goes_through_the_origin_and_reports_the_offset_fit():
+def test_without_idle_rows_the_fit_goes_through_the_origin_and_reports_the_offset_fit(real_data):
     """The 2S StepsTest export has no idle rows: no offset can be measured, so kf and km are the
     sim's model k w^2 through the origin (within 1 % of a plain through-origin fit of the same rows);
     the fit with an offset is reported beside it, not used."""
-    cal = calibrate([real(STEPS_2S)], load_profile("fpv5"))
+    cal = calibrate([real_data(STEPS_2S)], load_profile("fpv5"))
     rows = cal.rows[0]
     assert rows.tare["rows"] == 0 and rows.meta["columns_used"]["thrust_n"] == "Thrust (gf)"
     for field, column in (("kf_n_per_rad2s2", "thrust_n"), ("km_nm_per_rad2s2", "torque_nm")):
@@ -327,8 +319,8 @@ def test_thrust_logged_in_grams_is_refused_and_the_unit_named(synthetic_logs, tm
     assert "grams-force" in err and "thrust-to-weight" in err
 
 
-def test_the_profile_records_what_was_measured_and_what_was_kept():
-    cal = calibrate([real(STEPS_2S)], load_profile("fpv5"))
+def test_the_profile_records_what_was_measured_and_what_was_kept(real_data):
+    cal = calibrate([real_data(STEPS_2S)], load_profile("fpv5"))
     record = cal.profile["calibration"]
     assert {"kf_n_per_rad2s2", "km_nm_per_rad2s2"} <= set(record["measured"])
     # one averaged row per step: no step response, so no time constant in either direction
@@ -361,28 +353,29 @@ def test_a_delay_of_200_ms_is_a_valid_profile_and_the_sim_holds_it():
     assert first * dt == pytest.approx(0.2, abs=dt / 2)   # the command moves the rotor from 0.2 s on
 
 
-BRUSHLESS_STAND = REAL / "imrc_cf21_brushless_calib_log.csv"
+BRUSHLESS_STAND = "imrc_cf21_brushless_calib_log.csv"
 
 
-def test_a_stand_log_with_unread_load_cell_and_bad_rpm_channels_says_so_and_can_trust_one():
+def test_a_stand_log_with_unread_load_cell_and_bad_rpm_channels_says_so_and_can_trust_one(real_data):
     """The brushless stand log: weight[g] is 0 throughout (no thrust), rpm1-3 disagree with each
     other (rejected row by row); --rpm-columns rpm4 trusts the good sensor alone."""
+    stand_log = real_data(BRUSHLESS_STAND)
     with pytest.raises(CalibrationError, match="load cell was not read"):
-        fit_square_law([screen_log(load_log(real(BRUSHLESS_STAND)))], "thrust_n")
-    all_four = calibrate([str(BRUSHLESS_STAND)], load_profile("crazyflie21"))
+        fit_square_law([screen_log(load_log(stand_log))], "thrust_n")
+    all_four = calibrate([stand_log], load_profile("crazyflie21"))
     assert all_four.fits["throttle_to_omega_rad_s"].rejected["motors_disagree"] > 3000
-    rpm4 = calibrate([str(BRUSHLESS_STAND)], load_profile("crazyflie21"), rpm_columns=("rpm4",))
+    rpm4 = calibrate([stand_log], load_profile("crazyflie21"), rpm_columns=("rpm4",))
     curve = rpm4.fits["throttle_to_omega_rad_s"]
     assert "motors_disagree" not in curve.rejected and curve.r2 > 0.99 and curve.rows_used > 6000
     assert rpm4.rows[0].meta["rpm_columns_not_used"] == ["rpm1", "rpm2", "rpm3"]
     assert "kf_n_per_rad2s2" in rpm4.not_fitted and "load cell was not read" in rpm4.not_fitted["kf_n_per_rad2s2"]
 
 
-def test_the_brushless_profile_predicts_the_stands_scale_readings_near_hover():
+def test_the_brushless_profile_predicts_the_stands_scale_readings_near_hover(real_data):
     """crazyflie21_brushless: kf from the brushless flight, the throttle curve from the stand's rpm4;
     the 13 manual scale readings (pwm vs total grams) were used by neither: near hover (pwm 15000
     to 40000) the profile's 4 kf w(u)^2 is within 10 % of them."""
-    table = np.genfromtxt(real(REAL / "imrc_cf21_brushless_calib_scale.csv"), delimiter=",", skip_header=1)
+    table = np.genfromtxt(real_data("imrc_cf21_brushless_calib_scale.csv"), delimiter=",", skip_header=1)
     p = load_profile("crazyflie21_brushless")
     assert "kf_n_per_rad2s2" in p.source and "eckart01" in p.source["kf_n_per_rad2s2"]["file"]
     c0, c1, c2 = p.params["throttle_to_omega_rad_s"]

@@ -14,17 +14,10 @@ from skyloop.frames import motors_from_sim_order, motors_to_sim_order
 from sim.profiles import Profile, load_profile
 from skyloop.cli import main as skyloop
 
-REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real")
-CF_FLIGHT = os.path.join(REAL, "cf21_brushed_jana00_fixedFrequency.csv")
-ARDUPILOT = os.path.join(REAL, "erle_pxf_copter_5-12-2014_218.BIN")
-PX4 = os.path.join(REAL, "pyulog_sample.ulg")
+CF_FLIGHT = "cf21_brushed_jana00_fixedFrequency.csv"
+ARDUPILOT = "erle_pxf_copter_5-12-2014_218.BIN"
+PX4 = "pyulog_sample.ulg"
 G = 9.80665
-
-
-def real(path):
-    if not os.path.exists(path):
-        pytest.skip(f"real data {os.path.basename(path)} not found in ../shared/data/real/ (see the project README)")
-    return path
 
 
 def perturbed(profile: Profile, **params) -> Profile:
@@ -35,8 +28,9 @@ def perturbed(profile: Profile, **params) -> Profile:
 
 # ---------------------------------------------------------------- readers on real files
 
-def test_crazyflie_csv_reads_in_si_enu_flu_with_motors_in_sim_order():
-    traj = read_flight_log(real(CF_FLIGHT), "crazyflie_usd")
+def test_crazyflie_csv_reads_in_si_enu_flu_with_motors_in_sim_order(real_data):
+    log = real_data(CF_FLIGHT)
+    traj = read_flight_log(log, "crazyflie_usd")
     assert traj.n == 4643 and traj.t_s[0] == 0.0 and 9.1 < traj.t_s[-1] < 9.2
     assert np.median(np.diff(traj.t_s)) == pytest.approx(0.002)
     assert 0.65 < np.median(traj.pos_enu_m[:, 2]) < 0.75                  # the figure-8 at 0.7 m: z up, positive
@@ -46,7 +40,7 @@ def test_crazyflie_csv_reads_in_si_enu_flu_with_motors_in_sim_order():
     assert np.all(np.abs(traj.omega_flu_rad_s) < 1.1)                     # deg/s -> rad/s (60 deg/s at most)
     assert 0.55 < np.median(traj.motor_throttle) < 0.85 and 3.5 < np.median(traj.battery_v) < 3.7
     # Crazyflie M1 FR, M2 BR, M3 BL, M4 FL -> sim FR, BL, FL, BR: the sim's 2nd motor is the log's rpm.m3
-    raw = np.genfromtxt(CF_FLIGHT, delimiter=",", names=True, max_rows=5)
+    raw = np.genfromtxt(log, delimiter=",", names=True, max_rows=5)
     assert traj.rotor_rad_s[0, 1] == pytest.approx(raw["rpmm3"][0] * 2 * np.pi / 60)
     assert list(motors_to_sim_order(["M1", "M2", "M3", "M4"], "crazyflie")) == ["M1", "M3", "M4", "M2"]
     assert list(motors_from_sim_order(["M1", "M3", "M4", "M2"], "crazyflie")) == ["M1", "M2", "M3", "M4"]
@@ -54,15 +48,15 @@ def test_crazyflie_csv_reads_in_si_enu_flu_with_motors_in_sim_order():
     assert any("gap of 14 ms" in i for i in traj.issues) and traj.segment.max() == 1   # split there, not bridged
 
 
-def test_ardupilot_bin_and_px4_ulog_load_and_draw_a_trajectory(tmp_path):
-    ap = read_flight_log(real(ARDUPILOT))
+def test_ardupilot_bin_and_px4_ulog_load_and_draw_a_trajectory(tmp_path, real_data):
+    ap = read_flight_log(real_data(ARDUPILOT))
     assert ap.log_format == "ardupilot dataflash" and 330 < ap.t_s[-1] < 340
     assert np.nanmax(ap.pos_enu_m[:, 2]) > 8.0 and np.nanmedian(ap.pos_enu_m[:, 2]) > 2.0   # flying: up is +z
     assert np.nanmedian(ap.accel_flu_m_s2[:, 2]) == pytest.approx(G, rel=0.05)              # FRD -g -> FLU +g
     throttle = ap.motor_throttle[np.isfinite(ap.motor_throttle)]
     assert np.all((throttle >= 0) & (throttle <= 1)) and np.median(throttle) > 0.3          # PWM us -> 0..1
     assert any("estimator not initialised" in i for i in ap.issues)     # EKF zeros before it had a position
-    px4 = read_flight_log(real(PX4))
+    px4 = read_flight_log(real_data(PX4))
     assert px4.log_format == "px4 ulog" and px4.n > 6000
     assert np.nanmedian(px4.accel_flu_m_s2[:, 2]) == pytest.approx(G, rel=0.05)   # on the ground, FLU: +g up
     assert np.allclose(np.linalg.norm(px4.quat_wxyz, axis=1), 1.0)
@@ -108,8 +102,8 @@ def test_a_perturbed_profile_shows_the_expected_error(synthetic):
 
 # ---------------------------------------------------------------- broken logs
 
-def test_truncated_and_corrupt_logs_say_where_and_keep_what_was_read(tmp_path, capsys):
-    lines = open(real(CF_FLIGHT), encoding="utf-8").read().splitlines()
+def test_truncated_and_corrupt_logs_say_where_and_keep_what_was_read(tmp_path, capsys, real_data):
+    lines = open(real_data(CF_FLIGHT), encoding="utf-8").read().splitlines()
     cut = tmp_path / "cut.csv"
     cut.write_text("\n".join(lines[:1200]) + "\n" + lines[1200][:25])        # the writer died mid-row
     with pytest.raises(FlightLogError, match="truncated at line 1201") as err:
@@ -143,8 +137,8 @@ def test_truncated_and_corrupt_logs_say_where_and_keep_what_was_read(tmp_path, c
 
 
 @pytest.mark.parametrize("name, keep", [("erle_pxf_copter_5-12-2014_218.BIN", 1_000_003), ("pyulog_sample.ulg", 200_000)])
-def test_a_binary_log_cut_off_mid_message_is_a_break_not_a_clean_end(tmp_path, name, keep):
-    path = real(os.path.join(REAL, name))
+def test_a_binary_log_cut_off_mid_message_is_a_break_not_a_clean_end(tmp_path, name, keep, real_data):
+    path = real_data(name)
     whole = read_flight_log(path)
     cut = tmp_path / name
     cut.write_bytes(open(path, "rb").read()[:keep])
@@ -171,8 +165,8 @@ def test_a_tlog_cut_off_mid_message_is_a_break(tmp_path):
 
 # ---------------------------------------------------------------- the real-data goals
 
-def test_crazyflie_figure8_with_the_calibrated_profile_beats_the_datasheet_one(tmp_path):
-    traj = read_flight_log(real(CF_FLIGHT), "crazyflie_usd")
+def test_crazyflie_figure8_with_the_calibrated_profile_beats_the_datasheet_one(tmp_path, real_data):
+    traj = read_flight_log(real_data(CF_FLIGHT), "crazyflie_usd")
     calibrated = load_profile("crazyflie21")
     assert calibrated.source["kf_n_per_rad2s2"]["file"] == "imrc_bitcraze2021_cf2.1-stock-prop.csv"
     # what the profile held before calibration (Foerster 2015's Crazyflie 2.0 identification)
@@ -262,27 +256,27 @@ def test_compare_cli_on_an_own_flight_reports_all_three_comparisons(own_flight, 
     assert "data:image/png;base64," in (out / "report.html").read_text()
 
 
-def test_compare_help_and_a_missing_mapping_are_clear(capsys):
+def test_compare_help_and_a_missing_mapping_are_clear(capsys, real_data):
     with pytest.raises(SystemExit) as exc:
         skyloop(["compare", "--help"])
     assert exc.value.code == 0 and "--mapping" in capsys.readouterr().out
-    assert skyloop(["compare", real(CF_FLIGHT), "--profile", "crazyflie21", "--mapping", "nosuch"]) == 1
+    assert skyloop(["compare", real_data(CF_FLIGHT), "--profile", "crazyflie21", "--mapping", "nosuch"]) == 1
     assert "shipped mappings: ['crazyflie_sysid', 'crazyflie_usd']" in capsys.readouterr().err
 
 
-def test_a_vehicle_that_never_left_the_ground_is_not_model_checked_and_says_why(capsys):
+def test_a_vehicle_that_never_left_the_ground_is_not_model_checked_and_says_why(capsys, real_data):
     """The PX4 sample is on the ground and disarmed: no model check, no replay, and each says why."""
-    rc = skyloop(["compare", real(PX4), "--profile", "fpv5", "--json", "--no-closed-loop"])
+    rc = skyloop(["compare", real_data(PX4), "--profile", "fpv5", "--json", "--no-closed-loop"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 0 and summary["model_check"] is None and summary["replay"] is None
     assert "on the ground or with the motors off" in summary["skipped"]["model_check"]
     assert "on the ground or with the motors off" in summary["skipped"]["replay"]
 
 
-def test_near_hover_the_model_check_says_which_figures_mean_something():
+def test_near_hover_the_model_check_says_which_figures_mean_something(real_data):
     """jana00's vertical specific force varies by 2.5 % of g while the model sits ~5 % above it:
     R^2 z is the offset's, and the metrics say so; bias and NRMSE are there per axis."""
-    traj = read_flight_log(real(CF_FLIGHT), "crazyflie_usd")
+    traj = read_flight_log(real_data(CF_FLIGHT), "crazyflie_usd")
     m, _ = model_check(traj, load_profile("crazyflie21"), mass_kg=0.0347)
     mc = m["model_check"]
     assert set(mc["nrmse"]) == set(mc["bias_m_s2"]) == {"x", "y", "z"}
@@ -290,8 +284,8 @@ def test_near_hover_the_model_check_says_which_figures_mean_something():
     assert m["hover_closure"] is not None and "hover_closure_missing" not in mc
 
 
-def test_an_rpm_channel_reading_half_the_others_drops_the_rotor_speeds_and_says_which(tmp_path):
-    lines = open(real(CF_FLIGHT), encoding="utf-8").read().splitlines()
+def test_an_rpm_channel_reading_half_the_others_drops_the_rotor_speeds_and_says_which(tmp_path, real_data):
+    lines = open(real_data(CF_FLIGHT), encoding="utf-8").read().splitlines()
     header = lines[0].split(",")
     k = header.index("rpm.m2")
     rows = []
@@ -301,7 +295,7 @@ def test_an_rpm_channel_reading_half_the_others_drops_the_rotor_speeds_and_says_
         rows.append(",".join(cells))
     bad = tmp_path / "bad_rpm.csv"
     bad.write_text("\n".join([lines[0]] + rows) + "\n")
-    assert read_flight_log(real(CF_FLIGHT), "crazyflie_usd").has("rotor_rad_s")
+    assert read_flight_log(real_data(CF_FLIGHT), "crazyflie_usd").has("rotor_rad_s")
     traj = read_flight_log(str(bad), "crazyflie_usd")
     assert not traj.has("rotor_rad_s")
     assert any("faulty RPM channel" in i and "motor 4 (sim order)" in i for i in traj.issues)   # Crazyflie M2 = sim 4

@@ -14,16 +14,9 @@ from sim.env import DroneEnv
 from sim.profiles import load_profile, parse_profile
 from skyloop.cli import main as skyloop
 
-REAL = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real")
-LOG10 = os.path.join(REAL, "arpl_cf21_sysid_log10_fixedFrequency.csv")
-LOG15 = os.path.join(REAL, "arpl_cf21_sysid_log15_fixedFrequency.csv")
+LOG10 = "arpl_cf21_sysid_log10_fixedFrequency.csv"
+LOG15 = "arpl_cf21_sysid_log15_fixedFrequency.csv"
 STILL = {"ground_start_prob": 0.0, "init_tilt_max_rad": 0.0, "init_speed_max_m_s": 0.0, "init_rate_max_rad_s": 0.0}
-
-
-def real(path):
-    if not os.path.exists(path):
-        pytest.skip(f"real data {os.path.basename(path)} not found in ../shared/data/real/ (see the project README)")
-    return path
 
 
 @pytest.mark.parametrize("motor", range(4))
@@ -43,8 +36,8 @@ def test_the_motor_geometry_is_the_sims(motor):
     assert np.sign(w[2]) == -MOTOR_SPIN[motor]
 
 
-def test_flying_rows_leave_out_the_ground_the_motor_cuts_and_the_crash_by_name():
-    traj = read_flight_log(real(LOG10), "crazyflie_sysid")
+def test_flying_rows_leave_out_the_ground_the_motor_cuts_and_the_crash_by_name(real_data):
+    traj = read_flight_log(real_data(LOG10), "crazyflie_sysid")
     use, skipped, stretches = flying_rows(traj)
     # this flight cuts its motors in the air for a few 100 ms (excitation) and ends upside down
     assert {"motors_off_or_no_command", "in_flight_motor_cut", "recovery_after_motor_cut",
@@ -54,13 +47,13 @@ def test_flying_rows_leave_out_the_ground_the_motor_cuts_and_the_crash_by_name()
     assert len(stretches) == 1 and 6 < stretches[0][0] < 8 and 39 < stretches[0][1] < 42
 
 
-def test_fit_on_one_flight_predicts_the_other_and_the_cli_writes_a_profile(tmp_path, capsys):
+def test_fit_on_one_flight_predicts_the_other_and_the_cli_writes_a_profile(tmp_path, capsys, real_data):
     """Cross-validation on the given flights: the thrust model fitted on log10 predicts log15's
     specific force within 6 % of hover (RMSE; measured 5.1 %), six times better than the stand
     profile's throttle curve; roll / pitch inertia within a factor 1.5 of Foerster 2015."""
     out = tmp_path / "cf_flight.json"
-    rc = skyloop(["calibrate", "--flight", real(LOG10), "--mapping", "crazyflie_sysid", "--test-flight", real(LOG15),
-                  "--profile", "crazyflie21", "-o", str(out), "--json"])
+    rc = skyloop(["calibrate", "--flight", real_data(LOG10), "--mapping", "crazyflie_sysid",
+                  "--test-flight", real_data(LOG15), "--profile", "crazyflie21", "-o", str(out), "--json"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     cv = summary["cross_validation"]
@@ -81,29 +74,29 @@ def test_fit_on_one_flight_predicts_the_other_and_the_cli_writes_a_profile(tmp_p
     assert profile["calibration"]["skipped_rows"]["in_flight_motor_cut"] > 0
 
 
-def test_a_log_without_motor_commands_is_refused_with_what_is_missing(tmp_path, capsys):
+def test_a_log_without_motor_commands_is_refused_with_what_is_missing(tmp_path, capsys, real_data):
     mapping = json.load(open(os.path.join(os.path.dirname(__file__), "..", "calibration", "mappings",
                                           "crazyflie_sysid.json")))
     del mapping["fields"]["motor_command"]
     path = tmp_path / "no_commands.json"
     path.write_text(json.dumps(mapping))
-    rc = skyloop(["calibrate", "--flight", real(LOG10), "--mapping", str(path), "--profile", "crazyflie21",
+    rc = skyloop(["calibrate", "--flight", real_data(LOG10), "--mapping", str(path), "--profile", "crazyflie21",
                   "-o", str(tmp_path / "y.json")])
     assert rc == 1 and "motor_throttle" in capsys.readouterr().err and not (tmp_path / "y.json").exists()
 
 
-def test_evaluate_reports_thrust_error_in_percent_of_hover():
-    traj = read_flight_log(real(LOG15), "crazyflie_sysid")
+def test_evaluate_reports_thrust_error_in_percent_of_hover(real_data):
+    traj = read_flight_log(real_data(LOG15), "crazyflie_sysid")
     base = load_profile("crazyflie21")
     e = evaluate_flight(traj, base.params, 0.027)
     assert e["rows_used"] > 30_000 and e["thrust_rmse_pct_of_hover"] > 10   # the stand curve is far off here
 
 
-def test_a_flight_with_rotor_speeds_gives_kf_and_a_narrow_one_keeps_the_curve():
+def test_a_flight_with_rotor_speeds_gives_kf_and_a_narrow_one_keeps_the_curve(real_data):
     """The brushless figure-8 logs rotor speeds: kf from m f_z = kf sum w^2; its commands span a
     few % of throttle, too little for a throttle curve, which stays the base's and says why."""
     from calibration.flightid import identify_flight
-    traj = read_flight_log(real(os.path.join(REAL, "cf21_brushless_eckart01_fixedFrequency.csv")), "crazyflie_usd")
+    traj = read_flight_log(real_data("cf21_brushless_eckart01_fixedFrequency.csv"), "crazyflie_usd")
     ident = identify_flight(traj, load_profile("crazyflie21"), mass_kg=0.037)
     kf = ident.fits["kf_n_per_rad2s2"]
     assert 3.3e-8 < kf.value < 4.1e-8 and kf.ci95 < 0.05 * kf.value
