@@ -42,6 +42,7 @@ import time
 
 import numpy as np
 
+from flight.service import Service, stop_process
 from sim.env import DroneEnv
 from sim.profiles import Profile, load_profile
 from skyloop import frames
@@ -352,7 +353,7 @@ def write_defaults(path: str, params: dict) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-class ArduPilotSitl:
+class ArduPilotSitl(Service):
     """Starts the ArduCopter SITL in a fresh temporary folder, with our sim as its physics (model
     "JSON", the bridge) or its own ("quad"); waits until its pre-arm checks pass (ready()); leaving
     the `with` block stops it (its motors stop with it) and removes the folder."""
@@ -389,14 +390,6 @@ class ArduPilotSitl:
     def pose_url(self) -> str:
         """The MAVLink port (SERIAL2) the pose source is forwarded on."""
         return f"tcp:127.0.0.1:{BASE_PORTS['serial2_tcp'] + 10 * self.instance}"
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
 
     def start(self) -> None:
         self.instance = free_instance()
@@ -486,13 +479,7 @@ class ArduPilotSitl:
                                      f"its output ends:\n{self.output_tail()}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=3.0)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         if self.bridge is not None:
             self.bridge.stop()
         if self.workdir is not None:
