@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from pages import VIEWPORT, marker_pixels, open_page, page_state, wait_for
 
 from flight.cli import default_policy
 from flight.connection import parse_connection
@@ -26,31 +27,6 @@ from skyloop.rowlog import read_row_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DRONE_RGB, GOAL_RGB = (21, 101, 192), (255, 109, 0)      # the page's marker colours (teleop.js)
-VIEWPORT = {"width": 1200, "height": 800}
-
-
-def wait_for(what: str, fn, timeout_s: float, poll_s: float = 0.02):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-
-
-def open_page(browser, url):
-    page = browser.new_page(viewport=VIEWPORT)
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(url)
-    page.wait_for_function("window.teleop.state !== null", timeout=10_000)
-    page.errors = errors
-    return page
-
-
-def page_state(page) -> dict:
-    return page.evaluate("window.teleop.state")
 
 
 def distance_m(page, point_enu_m) -> float:
@@ -169,14 +145,6 @@ def test_dragging_the_target_flies_the_simulated_drone_there(cli_flight, tmp_pat
     near = [p for p in drone_px if np.linalg.norm(p - expected) < 20]
     assert len(near) > 30, "the drone is not drawn at the target it reached"
     assert not page.errors
-
-
-def marker_pixels(png_path, rgb, tol: int = 12) -> np.ndarray:
-    """(x, y) of the pixels within tol of a colour."""
-    from PIL import Image
-    img = np.asarray(Image.open(png_path).convert("RGB")).astype(int)
-    ys, xs = np.nonzero(np.all(np.abs(img - np.array(rgb)) <= tol, axis=2))
-    return np.stack([xs, ys], 1).astype(float)
 
 
 def test_a_target_dragged_outside_the_geofence_is_clamped(cli_flight):

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from test_teleop import marker_pixels, open_page, page_state, wait_for
+from pages import marker_pixels, open_page, page_state, wait_for
 
 from flight.cli import default_policy
 from flight.connection import parse_connection
