@@ -2,7 +2,6 @@
 the Tyto importer and the CLI. The simulated stand runs the sim's own motor model."""
 import json
 import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -20,8 +19,7 @@ from thrust_stand.run import RunAborted, run_plan
 from thrust_stand.serial_stand import SerialStand
 from thrust_stand.simstand import CORRUPT_THRUST, SimulatedStand
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
-TYTO = REAL / "tyto_6x3prop_2300KV_RampTest_2024-07-21_144641.csv"
+TYTO = "tyto_6x3prop_2300KV_RampTest_2024-07-21_144641.csv"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -265,12 +263,6 @@ def test_plans_are_checked_and_say_what_is_wrong(tmp_path):
 
 # ---------------------------------------------------------------- MAVLink driver
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _fake_flight_controller(port: int, motor: SimulatedStand, stop: threading.Event, commands: list):
     """ArduPilot as the stand sees it: HEARTBEAT, ESC_TELEMETRY_1_TO_4 of the simulated motor, and
     DO_MOTOR_TEST driving it."""
@@ -298,9 +290,10 @@ def _fake_flight_controller(port: int, motor: SimulatedStand, stop: threading.Ev
     mav.close()
 
 
-def test_mavlink_stand_drives_a_motor_test_and_merges_esc_telemetry_with_the_load_cell(stand, tmp_path):
+def test_mavlink_stand_drives_a_motor_test_and_merges_esc_telemetry_with_the_load_cell(stand, tmp_path,
+                                                                                      free_udp_port):
     from thrust_stand.stands import open_stand
-    port, stop, commands = _free_udp_port(), threading.Event(), []
+    port, stop, commands = free_udp_port(), threading.Event(), []
     fc = threading.Thread(target=_fake_flight_controller, args=(port, stand, stop, commands), daemon=True)
     fc.start()
     try:
@@ -324,11 +317,9 @@ def test_mavlink_stand_drives_a_motor_test_and_merges_esc_telemetry_with_the_loa
 
 # ---------------------------------------------------------------- Tyto import and the CLI
 
-def test_tyto_export_imports_in_si_with_units_from_the_header(tmp_path, capsys):
-    if not TYTO.exists():
-        pytest.skip(f"real Tyto export not found at {TYTO} (../shared/data/real/)")
+def test_tyto_export_imports_in_si_with_units_from_the_header(tmp_path, capsys, real_data):
     out = tmp_path / "tyto.csv"
-    assert main(["stand", "import", str(TYTO), "-o", str(out)]) == 0
+    assert main(["stand", "import", real_data(TYTO), "-o", str(out)]) == 0
     assert "Motor Optical Speed (RPM)" in capsys.readouterr().out
     log = read_stand_log(str(out))
     d = log.data
