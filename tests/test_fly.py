@@ -187,12 +187,12 @@ def test_a_malformed_course_is_a_clear_error_before_connecting(tmp_path, capsys)
 
 
 def test_preflight_refuses_a_vehicle_outside_the_geofence(tmp_path, quiet_status, free_udp_port):
-    course = parse_course(SHORT)
-    elsewhere = parse_course({**SHORT, "start": {"pos_enu_m": [30.0, 0.0, 0.0], "yaw_deg": 0}, "bounds_m":
-                              {"min": [-6, -6, 0], "max": [40, 8, 5]}})
+    # the start lies inside the box but within its 0.5 m margin; the vehicle stands 0.8 m from it, just
+    # past the wall: near enough for the course-origin rule (1 m), outside the fence
+    course = parse_course({**SHORT, "start": {"pos_enu_m": [9.6, 2.0, 0.0], "yaw_deg": 0}})
     port = free_udp_port()
     prof = load_profile("crazyflie21")
-    with SitlVehicle(prof, f"udpout:127.0.0.1:{port}", "ardupilot", elsewhere.start_pos_enu_m) as vehicle:
+    with SitlVehicle(prof, f"udpout:127.0.0.1:{port}", "ardupilot", np.array([10.4, 2.0, 0.0])) as vehicle:
         with MavLink(parse_connection(f"udpin:127.0.0.1:{port}"), "ardupilot") as link:
             with pytest.raises(PreflightError, match="outside the course's geofence"):
                 fly_course(link, load_policy(default_policy("ctbr")), course, prof, str(tmp_path / "f.csv"),
