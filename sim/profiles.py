@@ -12,12 +12,12 @@ the simulator cannot disagree. `load_profile` reports every bad field at once.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
 
 from sim.core import PARAM_FIELDS, RANDOMIZATION_FIELDS
+from skyloop.inputs import read_json
 
 FORMAT = "skyloop.profile/1"
 PROFILE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiles")
@@ -126,11 +126,7 @@ def parse_profile(data: dict, where: str = "<dict>") -> Profile:
 def load_profile(name_or_path: str) -> Profile:
     """Loads a profile by built-in name (e.g. 'crazyflie21') or path, validated."""
     path = resolve_profile_path(name_or_path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ProfileError(path, [f"not valid JSON: {exc}"]) from None
+    data = read_json(path, error=lambda message: ProfileError(path, [message.removeprefix(f"{path}: ")]))
     profile = parse_profile(data, path)
     profile.path = path
     return profile

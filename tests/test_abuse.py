@@ -25,6 +25,7 @@ PLAN = {"format": "skyloop.stand_plan/1", "procedure": "sweep", "sample_rate_hz"
         "sweep": {"throttle_min": 0.2, "throttle_max": 0.6, "levels": 4, "dwell_s": 0.3, "settle_s": 0.15,
                   "spin_down_s": 0.2}}
 HALL = json.load(open(load_course("hall").path))
+POLICIES = os.path.join(os.path.dirname(__file__), "..", "flight", "policies")
 
 #: the ways a file can be unreadable, each as the bytes on disk
 BAD_FILES = {
@@ -61,6 +62,15 @@ def test_an_unreadable_course_is_one_error_line_naming_the_file(kind, tmp_path, 
     rc = main(["fly", "--course", str(path), "--dry-run"])
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err and str(path) in err, err
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+def test_an_unreadable_profile_is_a_clear_error_naming_the_file(kind, tmp_path, capsys):
+    path = tmp_path / f"{kind}.json"
+    path.write_bytes(BAD_FILES[kind])
+    rc = main(["eval", os.path.join(POLICIES, "default.pt"), "--profile", str(path), "--episodes", "4"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err and f"profile {path}" in err, err
 
 
 # ------------------------------------------------------------------ NaN, inf and out-of-range limits
