@@ -39,7 +39,7 @@ TYPE_MASK_RATES_THRUST = 128                     # SET_ATTITUDE_TARGET: ignore t
 STREAMS_HZ = {"LOCAL_POSITION_NED": 100, "ATTITUDE_QUATERNION": 100, "SYS_STATUS": 5, "BATTERY_STATUS": 5,
               "ESC_TELEMETRY_1_TO_4": 20, "HEARTBEAT": 10, "SERVO_OUTPUT_RAW": 20}
 #: ArduPilot: a stalled companion computer's last rates + thrust keep flying for GUID_TIMEOUT (default 3 s)
-GUID_TIMEOUT_S, GUID_TIMEOUT_MAX_S = 0.2, 1.0       # a longer stall ends the flight anyway (0.25 s)
+GUID_TIMEOUT_S, GUID_TIMEOUT_MAX_S = 0.2, 1.0       # (a runner stall over 0.5 s ends the flight)
 ARM_TRIES, ARM_RETRY_S = 3, 1.0                  # arm at most this often, this far apart
 DISARM_RETRY_S = 2.0
 

@@ -40,7 +40,7 @@ class PoseError(ValueError):
 
 
 class SimulatedMocap:
-    """A motion capture fed by the sim's truth (an observer of flight.ardupilot_sitl.JsonBridge):
+    """A motion capture fed by the sim's truth (an observer of flight.ardupilot_bridge.JsonBridge):
     samples at rate_hz of sim time, adds white noise (position noise_m, attitude noise_rad per
     axis, seeded) and hands each sample out latency_s of sim time later."""
 

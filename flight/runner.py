@@ -155,7 +155,7 @@ class _Loop:
     last_actions: np.ndarray
     policy_state: object
     start_pos: np.ndarray
-    stall_s: float = 0.25                 # no tick for this long: our own loop stalled
+    stall_s: float = 0.5                  # no tick for this long: our own loop stalled (ends the flight)
     takeoff: Takeoff | None = None
     last_tick_s: float | None = None
     t0: float = 0.0
@@ -202,7 +202,7 @@ def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *,
     supervisor = Supervisor(course, limits, link.cells)
     hold = hold_action(mode, shadow.hover_action, on_ground=True)
     loop = _Loop(1.0 / policy.control_hz, np.tile(hold, ACTION_HISTORY).astype(np.float32),
-                 policy.initial_state(1), np.asarray(state["pos_enu_m"], float), limits.stale_telemetry_s)
+                 policy.initial_state(1), np.asarray(state["pos_enu_m"], float))
     loop.view = view
     meta = {**(meta or {}), "course": course.to_json(), "course_frame": course_frame,
             "course_offset_enu_m": offset.tolist(), "profile": profile.name, "policy_mode": mode,
