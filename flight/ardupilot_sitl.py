@@ -24,7 +24,7 @@ import numpy as np
 
 from flight.ardupilot_bridge import (G_M_S2, PHYSICS_DT_S, BridgeError, BridgeProcess, JsonBridge,  # noqa: F401
                                      _accepts, pack_state, pwm_to_action, unpack_servos)
-from flight.service import Service, stop_process
+from flight.service import FirmwareSitl
 from sim.profiles import Profile, load_profile
 from skyloop import frames
 
@@ -104,7 +104,7 @@ def write_defaults(path: str, params: dict) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-class ArduPilotSitl(Service):
+class ArduPilotSitl(FirmwareSitl):
     """Starts the ArduCopter SITL in a fresh temporary folder, with our sim as its physics (model
     "JSON", the bridge) or its own ("quad"); waits until its pre-arm checks pass (ready()); leaving
     the `with` block stops it (its motors stop with it) and removes the folder."""
@@ -228,17 +228,6 @@ class ArduPilotSitl(Service):
         if self.process is None or self.process.poll() is not None:
             raise ArduPilotSitlError(f"the ArduPilot SITL exited (status {self.process and self.process.poll()}); "
                                      f"its output ends:\n{self.output_tail()}")
-
-    def stop(self) -> None:
-        stop_process(self.process)
-        if self.bridge is not None:
-            self.bridge.stop()
-        if self.workdir is not None:
-            self.workdir.cleanup()
-            self.workdir = None
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None and (self.bridge is None or self.bridge.alive())
 
 
 def _child_setup() -> None:

@@ -60,7 +60,7 @@ def add_arguments(parser) -> None:
                              "../shared/peers/ardupilot/arducopter)")
     parser.add_argument("--set-params", action="store_true",
                         help="let fly set the vehicle parameters it needs (ArduPilot: GUID_OPTIONS bit 3, GUID_TIMEOUT "
-                             "0.5 s, ATC_ANGLE_BOOST 0) instead of refusing to fly")
+                             "0.2 s, ATC_ANGLE_BOOST 0) instead of refusing to fly")
     parser.add_argument("--pose", default=None,
                         help="an external pose forwarded to the autopilot at 40 Hz (indoors, no GPS): "
                              "mocap://TYPE@HOST/BODY (the motioncapture package: vicon, optitrack, qualisys, vrpn, ...) "

@@ -4,6 +4,7 @@ child process stopped politely, then for good."""
 from __future__ import annotations
 
 import subprocess
+import tempfile
 
 
 class Service:
@@ -22,6 +23,26 @@ class Service:
     def __exit__(self, *exc):
         self.stop()
         return False
+
+
+class FirmwareSitl(Service):
+    """A firmware SITL: its process, the bridge that is its physics, and the scratch folder it runs in.
+    Stopping ends the firmware (its motors stop with it), then the bridge, then removes the folder."""
+    process: subprocess.Popen | None = None
+    bridge = None                       # a Service with alive()
+    workdir: tempfile.TemporaryDirectory | None = None
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        if self.bridge is not None:
+            self.bridge.stop()
+        if self.workdir is not None:
+            self.workdir.cleanup()
+            self.workdir = None
+
+    def alive(self) -> bool:
+        return (self.process is not None and self.process.poll() is None
+                and (self.bridge is None or self.bridge.alive()))
 
 
 def stop_process(process: subprocess.Popen | None, timeout_s: float = 3.0) -> None:

@@ -15,7 +15,7 @@ import time
 from flight.betaflight_sitl import build
 from flight.betaflight_sitl.bridge import MSP_TCP_PORT, PORT_PWM, POSE_PORT, BetaflightSitlError, SitlBridge
 from flight.msp.protocol import MSP_API_VERSION, MspParser, encode_v1
-from flight.service import Service, stop_process
+from flight.service import FirmwareSitl
 from sim.profiles import Profile, load_profile
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def configured_eeprom(exe: str, timeout_s: float = 20.0) -> str:
     return path
 
 
-class BetaflightSitl(Service):
+class BetaflightSitl(FirmwareSitl):
     """Builds (once) and starts the firmware in a scratch folder (its eeprom.bin), and the bridge.
     Leaving the `with` block stops both; the firmware's motors stop with it."""
 
@@ -191,17 +191,6 @@ class BetaflightSitl(Service):
         time.sleep(0.3)
         if self.process.poll() is not None:
             raise BetaflightSitlError(f"the Betaflight SITL exited at start:\n{open(log_path).read()[-2000:]}")
-
-    def stop(self) -> None:
-        stop_process(self.process)
-        if self.bridge is not None:
-            self.bridge.stop()
-        if self.workdir is not None:
-            self.workdir.cleanup()
-            self.workdir = None
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None and self.bridge.alive()
 
 
 def _firmware_process_setup() -> None:
