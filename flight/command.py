@@ -3,7 +3,7 @@ flight/msp/): the ctbr action as collective thrust + body rates, and the action 
 holds hover.
 
 In the sim, a ctbr action a[0] asks for the fraction (a[0] + 1) / 2 of the nominal drone's
-maximum thrust and a[1:4] for body rates FLU scaled by rate_max_rad_s (sim/drone.h).
+maximum thrust and a[1:4] for body rates FLU scaled by rate_max_rad_s (sim/c/physics.h).
 """
 from __future__ import annotations
 

@@ -118,7 +118,7 @@ class Vehicle:
         self.drag = np.asarray(d["drag_n_per_m_s"][:, 0], float)
         self._drawn_force_n = np.asarray(d["force_n"][:, 0], float)   # a randomized drone's constant disturbance
         # the drawn motors' KV spread (1 for the nominal drone): omega_scale less the battery ratio
-        # that motor mode folds into it (ctbr's rate loop compensates the battery); see drone.h
+        # that motor mode folds into it (ctbr's rate loop compensates the battery); see sim/c/env.h, randomization
         self._kv = {}
         for m, e in self.envs.items():
             v_ratio = float(e.core.drone["battery_v"][0, 0]) / self.profile.params["battery_v_nominal"]
