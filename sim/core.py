@@ -125,8 +125,11 @@ def action_mode_id(mode: str) -> int:
         raise SimError(f"unknown action mode {mode!r}: use one of {sorted(ACTION_MODES)}") from None
 
 
-def _view(ptr, dtype, shape):
+def _view(ptr, dtype, shape, owner):
+    """A NumPy view of C memory that keeps `owner` (the environment that frees it) alive: an array
+    handed out (obs from reset, say) stays valid after the env object itself is dropped."""
     count = int(np.prod(shape))
+    ptr = ffi.gc(ptr, lambda _ptr, _owner=owner: None)     # the destructor's closure holds the owner
     buf = ffi.buffer(ptr, count * np.dtype(dtype).itemsize)
     return np.frombuffer(buf, dtype=dtype).reshape(shape)
 
@@ -154,23 +157,23 @@ class CoreEnv:
         self.substeps = env.substeps
         self.physics_dt_s = env.dt_s
         self.control_dt_s = env.control_dt_s
-        self.obs = _view(env.obs, np.float32, (n_pad, OBS_SIZE))[:n]
-        self.final_obs = _view(env.final_obs, np.float32, (n_pad, OBS_SIZE))[:n]
-        self.actions = _view(env.actions, np.float32, (n_pad, ACTION_SIZE))[:n]
-        self.rewards = _view(env.rewards, np.float32, (n_pad,))[:n]
-        self.terminals = _view(env.terminals, np.bool_, (n_pad,))[:n]
-        self.truncations = _view(env.truncations, np.bool_, (n_pad,))[:n]
-        block = _view(env.f, np.float32, (lib.SL_N_ROWS, n_pad))
+        self.obs = _view(env.obs, np.float32, (n_pad, OBS_SIZE), self._env)[:n]
+        self.final_obs = _view(env.final_obs, np.float32, (n_pad, OBS_SIZE), self._env)[:n]
+        self.actions = _view(env.actions, np.float32, (n_pad, ACTION_SIZE), self._env)[:n]
+        self.rewards = _view(env.rewards, np.float32, (n_pad,), self._env)[:n]
+        self.terminals = _view(env.terminals, np.bool_, (n_pad,), self._env)[:n]
+        self.truncations = _view(env.truncations, np.bool_, (n_pad,), self._env)[:n]
+        block = _view(env.f, np.float32, (lib.SL_N_ROWS, n_pad), self._env)
         self.drone = {name: block[_DRONE_ROWS[name]:_DRONE_ROWS[name] + width, :n]
                       for name, width in DRONE_FIELDS.items()}
         # the shared spaces (drone i flies in space i // space_size): gates, spheres, formation slots
         self.space_size, self.n_spaces = env.space_size, env.n_spaces
         ns = self.n_spaces
-        self.gates = _view(env.gates, np.float32, (ns, lib.SL_MAX_GATES, GATE_FLOATS))
-        self.n_gates = _view(env.n_gates, np.int32, (ns,))
-        self.obstacles = _view(env.obstacles, np.float32, (ns, lib.SL_MAX_OBSTACLES, 4))
-        self.n_obstacles = _view(env.n_obstacles, np.int32, (ns,))
-        self.formation = _view(env.formation, np.float32, (ns, self.space_size, 3))
+        self.gates = _view(env.gates, np.float32, (ns, lib.SL_MAX_GATES, GATE_FLOATS), self._env)
+        self.n_gates = _view(env.n_gates, np.int32, (ns,), self._env)
+        self.obstacles = _view(env.obstacles, np.float32, (ns, lib.SL_MAX_OBSTACLES, 4), self._env)
+        self.n_obstacles = _view(env.n_obstacles, np.int32, (ns,), self._env)
+        self.formation = _view(env.formation, np.float32, (ns, self.space_size, 3), self._env)
 
     @property
     def bytes_allocated(self) -> int:

@@ -362,3 +362,20 @@ def test_episode_records_count_success_and_crashes():
             crashes.append(info["episode"]["crash"])
             successes.append(info["episode"]["success"])
     assert np.concatenate(crashes).all() and not np.concatenate(successes).any()
+
+
+def test_arrays_handed_out_stay_valid_after_the_env_is_dropped():
+    """obs from `DroneEnv(...).reset()` is a view of C memory: it must keep that memory alive. Run with
+    glibc's MALLOC_PERTURB_ so that freed memory is overwritten at once (it read NaN before the fix)."""
+    import os
+    import subprocess
+    import sys
+    code = ("import numpy as np\nfrom sim.env import DroneEnv\n"
+            "kept = DroneEnv(64, 'size_family', action_mode='ctbr'); ref = kept.reset(seed=2)[0]\n"
+            "for _ in range(5):\n"
+            "    obs = DroneEnv(64, 'size_family', action_mode='ctbr').reset(seed=2)[0]\n"
+            "    junk = [bytearray(1 << 16) for _ in range(64)]\n"
+            "    assert np.array_equal(obs, ref), 'a dropped env freed the obs it handed out'\n")
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "MALLOC_PERTURB_": "165"},
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
