@@ -144,13 +144,6 @@ static void sl_formation(const SlTaskConfig *t, uint32_t *rng, int n, const floa
     }
 }
 
-/* Might a and b be closer than reach? A cheap test before the exact distance (squared, with a
- * margin for rounding, so it never rejects a pair the exact test would keep). */
-SL_INLINE int sl_within(const float *a, const float *b, float reach) {
-    float d0 = a[0] - b[0], d1 = a[1] - b[1], d2 = a[2] - b[2], r = reach * 1.0001f + 1e-6f;
-    return !(d0 * d0 + d1 * d1 + d2 * d2 > r * r);
-}
-
 /* Keeps the M nearest (distance, id) pairs, sorted; ties broken by id, so the order in which
  * candidates are visited does not matter. */
 SL_INLINE void sl_keep_nearest(float *dist, int *id, int *count, float d, int j) {
@@ -163,11 +156,49 @@ SL_INLINE void sl_keep_nearest(float *dist, int *id, int *count, float d, int j)
     dist[k] = d; id[k] = j;
 }
 
+/* The bits of a vector's lanes that are set (-1), as an integer: lane c is bit c. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+SL_INLINE uint32_t sl_lane_bits(SlVecI m) { return (uint32_t)_mm512_test_epi32_mask((__m512i)m, (__m512i)m); }
+#elif defined(__AVX__)
+#include <immintrin.h>
+SL_INLINE uint32_t sl_lane_bits(SlVecI m) { return (uint32_t)_mm256_movemask_ps((__m256)m); }
+#elif defined(__SSE2__)
+#include <emmintrin.h>
+SL_INLINE uint32_t sl_lane_bits(SlVecI m) { return (uint32_t)_mm_movemask_ps((__m128)m); }
+#else
+SL_INLINE uint32_t sl_lane_bits(SlVecI m) {
+    uint32_t bits = 0;
+    for (int c = 0; c < SL_LANES; c++) bits |= (m[c] != 0 ? 1u : 0u) << c;
+    return bits;
+}
+#endif
+typedef int32_t SlVecIU __attribute__((vector_size(SL_VECTOR_BYTES), aligned(4), may_alias)); /* unaligned */
+
+/* Drone i (at p, radius r) against the candidates k .. k + SL_LANES - 1 of the sorted arrays
+ * (positions xs, ys, zs, radii rs, ids; padded by SL_LANES), those from k1 on left out, SL_LANES
+ * at a time: the surface distances into d (the same operations as sl_dist3, so the same numbers),
+ * *touch set if any is below zero; returns the bits of the candidates closer than sense_m. */
+SL_INLINE uint32_t sl_sense_lanes(const float *xs, const float *ys, const float *zs, const float *rs, const int *ids,
+                                  int k, int k1, int i, const float p[3], float r, float sense_m, int *touch, float *d) {
+    SlVecI lane;
+    for (int c = 0; c < SL_LANES; c++) lane[c] = c;
+    const SlVec dx = p[0] - *(const SlVecU *)(xs + k), dy = p[1] - *(const SlVecU *)(ys + k), dz = p[2] - *(const SlVecU *)(zs + k);
+    SlVec dist = dx * dx + dy * dy + dz * dz;
+    for (int c = 0; c < SL_LANES; c++) dist[c] = sqrtf(dist[c]); /* one vector square root */
+    dist = dist - r - *(const SlVecU *)(rs + k);
+    const SlVecI other = (lane < k1 - k) & (*(const SlVecIU *)(ids + k) != i);
+    *touch |= sl_lane_bits((dist < 0.f) & other) != 0;
+    *(SlVecU *)d = dist;
+    return sl_lane_bits((dist < sense_m) & other);
+}
+
 /* Drone-drone neighbours of n drones (positions [n][3], radii [n]): for each drone, whether it
  * touches another (surface distance below zero) and its nearest M others closer than sense_m
  * (surface to surface): nearest [n][M] ids (-1: none) and their distances. A uniform grid of
- * cells no smaller than the query reach keeps this O(n); use_grid = 0 checks all pairs (the
- * reference the tests compare with). Returns 0, or -1 when out of memory. */
+ * cells no smaller than the query reach keeps this O(n): the drones sorted by cell, so the
+ * candidates in a row of 3 cells lie side by side and are measured a vector at a time. use_grid = 0
+ * checks all pairs (the reference the tests compare with). Returns 0, or -1 when out of memory. */
 int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, int use_grid, uint8_t *collided,
                  int *nearest, float *nearest_dist) {
     float r_max = 0.f, lo[3] = {1e30f, 1e30f, 1e30f}, hi[3] = {-1e30f, -1e30f, -1e30f};
@@ -179,8 +210,9 @@ int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, in
         }
     }
     float cell = sl_max(sense_m + 2.f * r_max, 1e-3f);
-    int dim[3] = {1, 1, 1}, cells = 1, *start = NULL, *order = NULL, *cell_of = NULL;
-    float *sorted = NULL; /* [n][4]: position and radius, in cell order */
+    int dim[3] = {1, 1, 1}, cells = 1, *start = NULL, *order = NULL, *cell_of = NULL, *fill = NULL;
+    float *xs = NULL, *ys = NULL, *zs = NULL, *rs = NULL; /* [n + SL_LANES]: positions and radii, in cell order */
+    void *memory = NULL;
     if (use_grid && n > 1) {
         /* sized in double: the extent of finite floats can overflow a float, the cell count an int;
          * the cell grows until the grid is small, which it is once the cell exceeds the extent */
@@ -197,59 +229,66 @@ int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, in
         }
         cell = (float)cell_d;
         cells = dim[0] * dim[1] * dim[2];
-        start = (int *)calloc((size_t)cells + 1, sizeof(int));
-        order = (int *)malloc((size_t)n * sizeof(int));
-        cell_of = (int *)malloc((size_t)n * sizeof(int));
-        sorted = (float *)malloc((size_t)n * 4 * sizeof(float));
-        if (!start || !order || !cell_of || !sorted) { free(start); free(order); free(cell_of); free(sorted); return -1; }
+        const size_t padded = (size_t)n + SL_LANES;
+        memory = calloc(4 * padded * sizeof(float) + (2 * (size_t)cells + 1 + padded + 4 * (size_t)n) * sizeof(int), 1);
+        if (!memory) return -1;
+        xs = (float *)memory; ys = xs + padded; zs = ys + padded; rs = zs + padded;
+        order = (int *)(rs + padded); start = order + padded; fill = start + cells + 1; cell_of = fill + cells; /* [n][4]: cell, x, y, z */
         for (int i = 0; i < n; i++) { /* counting sort of the drones by cell */
-            int c[3];
+            int *c = cell_of + 4 * i;
             for (int a = 0; a < 3; a++) {
                 float x = sl_finite(pos[3 * i + a]) ? pos[3 * i + a] : 0.f;
-                c[a] = (int)sl_clamp((x - lo[a]) / cell, 0.f, (float)(dim[a] - 1));
+                c[1 + a] = (int)sl_clamp((x - lo[a]) / cell, 0.f, (float)(dim[a] - 1));
             }
-            cell_of[i] = (c[2] * dim[1] + c[1]) * dim[0] + c[0];
-            start[cell_of[i] + 1]++;
+            c[0] = (c[3] * dim[1] + c[2]) * dim[0] + c[1];
+            start[c[0] + 1]++;
         }
         for (int c = 0; c < cells; c++) start[c + 1] += start[c];
-        int *fill = (int *)malloc((size_t)cells * sizeof(int));
-        if (!fill) { free(start); free(order); free(cell_of); free(sorted); return -1; }
         memcpy(fill, start, (size_t)cells * sizeof(int));
-        for (int i = 0; i < n; i++) order[fill[cell_of[i]]++] = i;
-        free(fill);
-        /* positions and radii in cell order: the candidates of a row of cells lie side by side */
+        for (int i = 0; i < n; i++) order[fill[cell_of[4 * i]]++] = i;
         for (int k = 0; k < n; k++) {
-            for (int a = 0; a < 3; a++) sorted[4 * k + a] = pos[3 * order[k] + a];
-            sorted[4 * k + 3] = radius[order[k]];
+            xs[k] = pos[3 * order[k]]; ys[k] = pos[3 * order[k] + 1]; zs[k] = pos[3 * order[k] + 2];
+            rs[k] = radius[order[k]];
         }
+        for (int k = n; k < (int)padded; k++) order[k] = -1;
     }
     for (int i = 0; i < n; i++) {
-        float dist[SL_OBS_OBSTACLES];
+        float dist[SL_OBS_OBSTACLES], d[SL_LANES] __attribute__((aligned(64)));
         int id[SL_OBS_OBSTACLES], count = 0, touch = 0;
         const float *p = pos + 3 * i;
         if (start) {
-            int c = cell_of[i], cx = c % dim[0], cy = (c / dim[0]) % dim[1], cz = c / (dim[0] * dim[1]);
+            const int cx = cell_of[4 * i + 1], cy = cell_of[4 * i + 2], cz = cell_of[4 * i + 3];
             const int x0 = cx > 0 ? cx - 1 : 0, x1 = cx + 1 < dim[0] ? cx + 1 : dim[0] - 1;
-            for (int z = cz - 1; z <= cz + 1; z++)
-                for (int y = cy - 1; y <= cy + 1; y++) {
-                    if (y < 0 || z < 0 || y >= dim[1] || z >= dim[2]) continue;
-                    const int row = (z * dim[1] + y) * dim[0]; /* cells x0..x1 of this row: one range */
-                    for (int k = start[row + x0]; k < start[row + x1 + 1]; k++) {
-                        const float *q = sorted + 4 * k;
-                        if (!sl_within(p, q, sense_m + radius[i] + q[3])) continue;
-                        const int j = order[k];
-                        if (j == i) continue;
-                        float d = sl_dist3(p, q) - radius[i] - radius[j];
-                        touch |= d < 0.f;
-                        if (d < sense_m) sl_keep_nearest(dist, id, &count, d, j);
-                    }
+            const int y0 = cy > 0 ? cy - 1 : 0, y1 = cy + 1 < dim[1] ? cy + 1 : dim[1] - 1;
+            for (int z = cz > 0 ? cz - 1 : 0; z <= cz + 1 && z < dim[2]; z++) {
+                /* the cells x0..x1 of the rows y0..y1 in this plane: three ranges of the sorted
+                 * drones, or the one range from the first to the last (with the drones between)
+                 * where that takes no more vectors */
+                int ranges[3][2] = {{0, 0}}, n_ranges = 0, vectors = 0;
+                for (int y = y0; y <= y1; y++, n_ranges++) {
+                    const int row = (z * dim[1] + y) * dim[0];
+                    ranges[n_ranges][0] = start[row + x0];
+                    ranges[n_ranges][1] = start[row + x1 + 1];
+                    vectors += (ranges[n_ranges][1] - ranges[n_ranges][0] + SL_LANES - 1) / SL_LANES;
                 }
+                if ((ranges[n_ranges - 1][1] - ranges[0][0] + SL_LANES - 1) / SL_LANES <= vectors) {
+                    ranges[0][1] = ranges[n_ranges - 1][1];
+                    n_ranges = 1;
+                }
+                for (int g = 0; g < n_ranges; g++)
+                    for (int k0 = ranges[g][0]; k0 < ranges[g][1]; k0 += SL_LANES)
+                        for (uint32_t bits = sl_sense_lanes(xs, ys, zs, rs, order, k0, ranges[g][1], i, p, radius[i], sense_m, &touch, d);
+                             bits; bits &= bits - 1) {
+                            const int c = __builtin_ctz(bits);
+                            sl_keep_nearest(dist, id, &count, d[c], order[k0 + c]);
+                        }
+            }
         } else {
             for (int j = 0; j < n; j++) {
                 if (j == i) continue;
-                float d = sl_dist3(p, pos + 3 * j) - radius[i] - radius[j];
-                touch |= d < 0.f;
-                if (d < sense_m) sl_keep_nearest(dist, id, &count, d, j);
+                float dd = sl_dist3(p, pos + 3 * j) - radius[i] - radius[j];
+                touch |= dd < 0.f;
+                if (dd < sense_m) sl_keep_nearest(dist, id, &count, dd, j);
             }
         }
         collided[i] = (uint8_t)touch;
@@ -258,7 +297,7 @@ int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, in
             nearest_dist[i * SL_OBS_OBSTACLES + k] = k < count ? dist[k] : 0.f;
         }
     }
-    free(start); free(order); free(cell_of); free(sorted);
+    free(memory);
     return 0;
 }
 
