@@ -228,6 +228,9 @@ int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, in
             cell_d *= 1.5;
         }
         cell = (float)cell_d;
+        /* an axis of at most 3 cells is one: the 3 x 3 x 3 cells about any drone span it anyway, and
+         * the candidates in fewer, longer ranges take fewer vectors (a flat box: 3 ranges, not 9) */
+        for (int a = 1; a < 3; a++) dim[a] = dim[a] <= 3 ? 1 : dim[a];
         cells = dim[0] * dim[1] * dim[2];
         const size_t padded = (size_t)n + SL_LANES;
         memory = calloc(4 * padded * sizeof(float) + (2 * (size_t)cells + 1 + padded + 4 * (size_t)n) * sizeof(int), 1);
