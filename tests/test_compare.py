@@ -168,7 +168,9 @@ def test_a_tlog_cut_off_mid_message_is_a_break(tmp_path):
 def test_crazyflie_figure8_with_the_calibrated_profile_beats_the_datasheet_one(tmp_path, real_data):
     traj = read_flight_log(real_data(CF_FLIGHT), "crazyflie_usd")
     calibrated = load_profile("crazyflie21")
-    assert calibrated.source["kf_n_per_rad2s2"]["file"] == "imrc_bitcraze2021_cf2.1-stock-prop.csv"
+    # kf per logged rotor speed from this flight (held out in time: see the next test), thrust per command the stand's
+    assert calibrated.source["kf_n_per_rad2s2"]["file"] == CF_FLIGHT
+    assert calibrated.source["kf_n_per_rad2s2"]["stand_cross_check"]["file"] == "imrc_bitcraze2021_cf2.1-stock-prop.csv"
     # what the profile held before calibration (Foerster 2015's Crazyflie 2.0 identification)
     datasheet = perturbed(calibrated, kf_n_per_rad2s2=2.88e-8, throttle_to_omega_rad_s=[426.0, 1843.0, 0.0],
                           omega_max_rad_s=2600.0)
@@ -177,7 +179,7 @@ def test_crazyflie_figure8_with_the_calibrated_profile_beats_the_datasheet_one(t
     cal, old = summary["by_profile"]["crazyflie21"], summary["by_profile"]["datasheet"]
     assert summary["mass_kg"] == 0.0347
     print(json.dumps({k: summary[k] for k in ("model_check", "hover_closure", "replay", "replay_translational")}))
-    assert abs(cal["hover_closure"]["error_pct"]) < 5.0                     # the goal: closure within 5 %
+    assert abs(cal["hover_closure"]["error_pct"]) < 2.0                     # the goal: closure within 2 %
     assert abs(old["hover_closure"]["error_pct"]) > 30.0
     assert cal["model_check"]["rmse_m_s2"]["z"] < 0.25 * old["model_check"]["rmse_m_s2"]["z"]
     assert cal["model_check"]["r2"]["x"] > 0.7                              # the horizontal thrust tilt is right
@@ -188,6 +190,30 @@ def test_crazyflie_figure8_with_the_calibrated_profile_beats_the_datasheet_one(t
     assert page.count("data:image/png;base64,") == 3 and "<img" in page and 'src="http' not in page
     assert {"trajectory.png", "model_check.png", "replay.png", "metrics.json", "report.html"} <= \
         {os.path.basename(p) for p in paths}
+
+
+def test_a_kf_fitted_on_the_first_half_of_a_flight_closes_the_hover_it_did_not_see(real_data):
+    """The crazyflie21 kf comes from the jana00 flight: fitted on its first 5.5 s only, it must still
+    close the hover window later in the flight (7.75..8.75 s) within 2 %, as the whole-flight fit does."""
+    import dataclasses
+
+    from calibration.flightid import identify_flight
+    traj = read_flight_log(real_data(CF_FLIGHT), "crazyflie_usd")
+    keep = traj.t_s < 5.5
+    first = dataclasses.replace(traj, **{f.name: getattr(traj, f.name)[keep] for f in dataclasses.fields(traj)
+                                         if isinstance(getattr(traj, f.name), np.ndarray)})
+    profile = load_profile("crazyflie21")
+    ident = identify_flight(first, profile, traj.meta["mass_kg"])
+    kf = ident.fits["kf_n_per_rad2s2"].value
+    assert abs(kf / profile.params["kf_n_per_rad2s2"] - 1) < 0.02      # the profile's whole-flight fit agrees
+    result, _ = model_check(traj, perturbed(profile, kf_n_per_rad2s2=kf), mass_kg=traj.meta["mass_kg"])
+    hover = result["hover_closure"]
+    assert hover["window_s"][0] >= 5.5                                   # a hover the fit did not see
+    assert abs(hover["closure"] - 1) < 0.02
+    # the stand's kf (another unit, its own rpm sensors) closes the same hover only to ~5 %: the reason for the change
+    stand_kf = profile.source["kf_n_per_rad2s2"]["stand_cross_check"]["value"]
+    stand, _ = model_check(traj, perturbed(profile, kf_n_per_rad2s2=stand_kf), mass_kg=traj.meta["mass_kg"])
+    assert stand["hover_closure"]["closure"] > 1.03
 
 
 # ---------------------------------------------------------------- our own flight, flown through the simulated vehicle
@@ -274,14 +300,20 @@ def test_a_vehicle_that_never_left_the_ground_is_not_model_checked_and_says_why(
 
 
 def test_near_hover_the_model_check_says_which_figures_mean_something(real_data):
-    """jana00's vertical specific force varies by 2.5 % of g while the model sits ~5 % above it:
-    R^2 z is the offset's, and the metrics say so; bias and NRMSE are there per axis."""
+    """jana00's vertical specific force varies by 2.5 % of g: with the stand's kf the model sits ~5 % above
+    it, R^2 z is the offset's, and the metrics say so; with the profile's (flight) kf the offset is gone and
+    R^2 z is the shape's. Bias and NRMSE are there per axis."""
     traj = read_flight_log(real_data(CF_FLIGHT), "crazyflie_usd")
-    m, _ = model_check(traj, load_profile("crazyflie21"), mass_kg=0.0347)
+    profile = load_profile("crazyflie21")
+    stand = perturbed(profile, kf_n_per_rad2s2=profile.source["kf_n_per_rad2s2"]["stand_cross_check"]["value"])
+    m, _ = model_check(traj, stand, mass_kg=0.0347)
     mc = m["model_check"]
     assert set(mc["nrmse"]) == set(mc["bias_m_s2"]) == {"x", "y", "z"}
     assert mc["supports"]["z"].startswith("bias, rmse and r2_offset_removed") and mc["supports"]["x"].startswith("r2")
     assert m["hover_closure"] is not None and "hover_closure_missing" not in mc
+    flight, _ = model_check(traj, profile, mass_kg=0.0347)
+    assert flight["model_check"]["supports"]["z"].startswith("r2")
+    assert abs(flight["model_check"]["bias_m_s2"]["z"]) < 0.1 * abs(mc["bias_m_s2"]["z"])
 
 
 def test_an_rpm_channel_reading_half_the_others_drops_the_rotor_speeds_and_says_which(tmp_path, real_data):
