@@ -1,6 +1,7 @@
 """Identification from a flight log with IMU and motor commands (no rotor speeds, no position),
 in the spirit of sysid.tools (Eschmann et al. 2024): the thrust curve, the motor lag and delay,
-the inertia and the yaw torque coefficient, from the flight itself.
+the inertia and the yaw torque coefficient, and (with velocity and attitude logged) the linear
+rotor drag in body x and y, from the flight itself.
 
     ident = identify_flight(read_flight_log("log10.csv", "crazyflie_sysid"), load_profile("crazyflie21"))
     ident.fits                 # profile field -> calibration.fit.Fit (value, ci95, r2, rows, method)
@@ -59,6 +60,7 @@ SMOOTH_S = 0.021        # the Savitzky-Golay window for differentiating the gyro
 MAX_REL_CI = 0.5        # a figure whose 95 % CI is wider than this share of it is not used
 MIN_COMMAND_SPAN = 0.25  # a throttle curve needs commands spread over at least this much of 0..1
 MAX_DELAY_CI_S = 0.01   # ... except a delay known to within this (a small delay has a wide relative CI)
+MIN_DRAG_SPEED_STD_M_S = 0.2   # a drag fit needs the body velocity to vary at least this much per axis
 
 
 @dataclass
@@ -296,6 +298,42 @@ def _linfit(X: np.ndarray, y: np.ndarray):
     return coef, ci, (1 - float(r @ r) / sst if sst > 0 else math.nan)
 
 
+def _fit_drag(traj: Trajectory, base: Profile, mass_kg: float, use: np.ndarray, rejected: dict, files: list):
+    """Linear rotor drag in body x and y from a log with velocity and attitude: the thrust is along body z
+    only, so the accelerometer's body x / y is the drag, f_xy = -(d_xy / m) v_b,xy + b (b: the
+    accelerometer's offset and tilt misalignment). Body z keeps the base's (thrust and drag mix there).
+    Returns (Fit or None, why not)."""
+    if not traj.has("vel_enu_m_s") or not traj.has("quat_wxyz"):
+        return None, "the log has no velocity and attitude (the drag needs the body velocity)"
+    v_world = np.nan_to_num(traj.vel_enu_m_s)
+    q = np.nan_to_num(traj.quat_wxyz)
+    # world -> body: v_b = R^T v, R from the unit quaternion (w, x, y, z)
+    w, x, y, z = (q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-9)).T
+    rt = np.stack([np.stack([1 - 2 * (y * y + z * z), 2 * (x * y + w * z), 2 * (x * z - w * y)], -1),
+                   np.stack([2 * (x * y - w * z), 1 - 2 * (x * x + z * z), 2 * (y * z + w * x)], -1)], 1)
+    v_body = np.einsum("nij,nj->ni", rt, v_world)
+    ok = use & np.all(np.isfinite(traj.vel_enu_m_s), axis=1) & np.all(np.isfinite(traj.quat_wxyz), axis=1)
+    if ok.sum() < 500 or float(np.min(np.std(v_body[ok], axis=0))) < MIN_DRAG_SPEED_STD_M_S:
+        return None, (f"the flight's body velocity varies too little for a drag fit ({int(ok.sum())} rows, std "
+                      f"{np.round(np.std(v_body[ok], axis=0), 3).tolist() if ok.any() else []} m/s, needs "
+                      f"{MIN_DRAG_SPEED_STD_M_S:g})")
+    drag, ci, r2 = [], [], []
+    for axis in (0, 1):
+        coef, cis, r2a = _linfit(np.column_stack([-v_body[ok, axis] / mass_kg, np.ones(ok.sum())]),
+                                 traj.accel_flu_m_s2[ok, axis])
+        drag.append(float(coef[0]))
+        ci.append(float(cis[0]))
+        r2.append(r2a)
+    if not all(d > 0 and c < MAX_REL_CI * d for d, c in zip(drag, ci)):
+        return None, f"the flight does not pin it down: x, y {drag[0]:.3g} +- {ci[0]:.2g}, {drag[1]:.3g} +- {ci[1]:.2g}"
+    dz = float(base.params["drag_n_per_m_s"][2])
+    return Fit("drag_n_per_m_s", [drag[0], drag[1], dz], [ci[0], ci[1], 0.0], r2=min(r2), rows_used=int(ok.sum()),
+               rows_rejected=sum(rejected.values()), rejected=rejected, files=files,
+               method=(f"least squares of the accelerometer's body x / y on -v_body / m (mass {mass_kg:g} kg) with an "
+                       f"offset, over the flying rows; z kept from {base.name} (thrust and drag mix on z); R^2 x "
+                       f"{r2[0]:.2f}, y {r2[1]:.2f}")), ""
+
+
 def identify_flight(traj: Trajectory, base: Profile, mass_kg: float | None = None) -> FlightIdentification:
     """The flight's thrust curve, motor dynamics, inertia and yaw coefficient (see the module doc)."""
     mass = float(mass_kg or traj.meta.get("mass_kg") or base.params["mass_kg"])
@@ -325,6 +363,11 @@ def identify_flight(traj: Trajectory, base: Profile, mass_kg: float | None = Non
                           "outlier": int((~lin.inliers).sum())}, files=files,
                 method=(f"robust least squares m f_z = kf sum w_i^2 through the origin over the flying rows (logged "
                         f"rotor speeds, the accelerometer's z, mass {mass:g} kg)" + lin.ci_note()))
+    drag, why = _fit_drag(traj, base, mass, use, rejected, files)
+    if drag is not None:
+        fits["drag_n_per_m_s"] = drag
+    else:
+        not_fitted["drag_n_per_m_s"] = why
     u_used = traj.motor_throttle[use]
     lo_u, hi_u = (float(v) for v in np.percentile(u_used, [2, 98]))
     fit_curve = hi_u - lo_u >= MIN_COMMAND_SPAN

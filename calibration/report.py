@@ -21,6 +21,7 @@ LABELS = {
     "motor_tau_down_s": ("time constant down", "s"),
     "motor_delay_s": ("pure delay", "s"),
     "inertia_kg_m2": ("inertia [x, y, z]", "kg m^2"),
+    "drag_n_per_m_s": ("linear drag per body axis [x, y, z] (z kept)", "N/(m/s)"),
 }
 
 

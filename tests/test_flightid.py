@@ -67,7 +67,8 @@ def test_fit_on_one_flight_predicts_the_other_and_the_cli_writes_a_profile(tmp_p
         source = profile["source"][name]
         assert why and (source.startswith("kept from the base profile") if isinstance(source, str)
                         else "not measured here" in source["kept_by"])   # a base measurement keeps its provenance
-    assert "kf_n_per_rad2s2" not in measured        # no rotor speeds: kf stays the stand's
+    assert "kf_n_per_rad2s2" not in measured        # no rotor speeds: kf stays the base's
+    assert "no velocity" in profile["calibration"]["kept_from_base"]["drag_n_per_m_s"]   # no position: no drag
     if "inertia_kg_m2" in measured:
         j = profile["params"]["inertia_kg_m2"]
         assert 1.66e-5 / 1.5 < j[0] < 1.66e-5 * 1.5 and 1.66e-5 / 1.5 < j[1] < 1.66e-5 * 1.5
