@@ -424,7 +424,7 @@ def identify_flight(traj: Trajectory, base: Profile, mass_kg: float | None = Non
              motor_tau_down_s=float(x[4]), motor_delay_s=delay)   # the fitted motor, pinned down or not
     ok, dw, f = _angular(traj, p, use, mass)
     J = np.array(base.params["inertia_kg_m2"], float)
-    figures = {}
+    figures = {"battery_discharge": _fit_discharge(traj, p, mass, use)}
     ang = {}
     # The model's torque carries the error (per-motor thrust differences, what the controller does
     # between rows); the gyro is precise. So the torque is regressed on the measured angular
@@ -477,15 +477,45 @@ def identify_flight(traj: Trajectory, base: Profile, mass_kg: float | None = Non
                                 stretches=stretches, figures=rounded(figures))
 
 
-def evaluate_flight(traj: Trajectory, params: dict, mass_kg: float) -> dict:
-    """The model's error on a flight: specific force z (RMSE, bias, as % of hover g) and angular
-    acceleration R^2 per axis, over the flying rows (the cross-validation of a fit on another flight)."""
+def hover_seconds(traj: Trajectory, use: np.ndarray) -> np.ndarray:
+    """Charge drawn from the battery so far, in hover-equivalent seconds: the integral of mean_i u_i^2
+    (current ~ rotor torque ~ w^2 ~ u^2) from the log's start over its median at the flying rows."""
+    u2 = np.mean(np.nan_to_num(np.clip(traj.motor_throttle, 0.0, 1.0)) ** 2, axis=1)
+    dt = np.r_[0.0, np.diff(traj.t_s)]
+    dt[(dt < 0) | (dt > 0.1)] = 0.0          # across a gap nothing is counted
+    return np.cumsum(u2 * dt) / max(float(np.median(u2[use])), 1e-9)
+
+
+def _fit_discharge(traj: Trajectory, params: dict, mass_kg: float, use: np.ndarray) -> dict:
+    """The thrust per command falls as the battery discharges (the sim holds one battery voltage per
+    episode, the log no voltage): f_z = (kf sum w(u)^2 / m) * (scale - per_s * Q), Q in hover-equivalent
+    seconds (`hover_seconds`), by least squares after the thrust fit."""
+    w = rotor_model(traj, params)
+    pred = params["kf_n_per_rad2s2"] * np.sum(w ** 2, axis=1) / mass_kg
+    q = hover_seconds(traj, use)
+    coef, ci, r2 = _linfit(np.column_stack([pred[use], -pred[use] * q[use]]), traj.accel_flu_m_s2[use, 2])
+    return {"scale": float(coef[0]), "per_hover_s": float(coef[1]), "per_hover_s_ci95": float(ci[1]),
+            "model": "f_z = kf sum w(u)^2 / m * (scale - per_hover_s * Q), Q = hover-equivalent seconds since the "
+                     "log's start (integral of mean u^2 over its median in flight); not in the profile: the sim "
+                     "keeps one battery voltage per episode (battery_v_frac_range)"}
+
+
+def evaluate_flight(traj: Trajectory, params: dict, mass_kg: float, discharge: dict | None = None) -> dict:
+    """The model's error on a flight: specific force z (RMSE, bias, as % of hover g), over the flying
+    rows (the cross-validation of a fit on another flight). With `discharge` (from `_fit_discharge`,
+    fitted on the other flight) the battery's discharge over this flight is in the model; the figures
+    without it are given too."""
     use, skipped, _ = flying_rows(traj)
     w = rotor_model(traj, params)
     fz_pred = params["kf_n_per_rad2s2"] * np.sum(w[use] ** 2, axis=1) / mass_kg
     fz = traj.accel_flu_m_s2[use, 2]
+    without = None
+    if discharge:
+        without = 100 * float(np.sqrt(np.mean((fz_pred - fz) ** 2))) / G_M_S2
+        fz_pred = fz_pred * (discharge["scale"] - discharge["per_hover_s"] * hover_seconds(traj, use)[use])
     err = fz_pred - fz
     out = {"file": traj.source.rsplit("/", 1)[-1], "rows_used": int(use.sum()), "skipped": skipped,
+           "battery_discharge_modelled": bool(discharge),
            "thrust_rmse_m_s2": float(np.sqrt(np.mean(err ** 2))), "thrust_bias_m_s2": float(np.mean(err)),
            "thrust_rmse_pct_of_hover": float(100 * np.sqrt(np.mean(err ** 2)) / G_M_S2),
            "thrust_bias_pct_of_hover": float(100 * np.mean(err) / G_M_S2),
@@ -496,6 +526,8 @@ def evaluate_flight(traj: Trajectory, params: dict, mass_kg: float) -> dict:
         kern = np.ones(k) / k
         e_lp = np.convolve(err, kern, "valid")
         out["thrust_rmse_pct_of_hover_lowpass_40hz"] = float(100 * np.sqrt(np.mean(e_lp ** 2)) / G_M_S2)
+    if without is not None:
+        out["thrust_rmse_pct_of_hover_without_discharge"] = without
     return rounded(out)
 
 
@@ -522,9 +554,10 @@ def calibrate_flight(flight: str, base: Profile, *, mapping=None, name: str | No
     cv = None
     if test_flight:
         test = read_flight_log(test_flight, mapping)
+        discharge = ident.figures.get("battery_discharge")
         cv = {"fitted_on": ident_file(traj), "tested_on": ident_file(test),
-              "test": evaluate_flight(test, profile["params"], mass),
-              "train": evaluate_flight(traj, profile["params"], mass),
+              "test": evaluate_flight(test, profile["params"], mass, discharge),
+              "train": evaluate_flight(traj, profile["params"], mass, discharge),
               "base_on_test": evaluate_flight(test, base.params, mass)}
         profile["calibration"]["cross_validation"] = cv
     return {"profile": profile, "identification": ident, "problems": profile_problems(profile),

@@ -104,12 +104,19 @@ def flight_summary_text(out: dict, profile_path: str | None = None) -> str:
     if "com_offset_m" in ident.figures:
         x, y = ident.figures["com_offset_m"]
         lines.append(f"centre of mass offset x {x * 1e3:+.2f} mm, y {y * 1e3:+.2f} mm ({ident.figures['com_offset_note']})")
+    discharge = ident.figures.get("battery_discharge")
+    if discharge:
+        lines.append(f"battery discharge: thrust per command falls {100 * discharge['per_hover_s']:.3f} "
+                     f"± {100 * discharge['per_hover_s_ci95']:.3f} % per hover-second (used in the cross-validation, "
+                     "not in the profile)")
     cv = out["cross_validation"]
     if cv:
         for key in ("train", "test", "base_on_test"):
             e = cv[key]
+            plain = e.get("thrust_rmse_pct_of_hover_without_discharge")
             lines.append(f"{key.replace('_', ' ')} ({e['file']}): thrust RMSE {e['thrust_rmse_pct_of_hover']:.2f} % of hover "
-                         f"(low-passed {e.get('thrust_rmse_pct_of_hover_lowpass_40hz', float('nan')):.2f} %), "
+                         + (f"(with the discharge; {plain:.2f} % without it; " if plain is not None else "(no discharge model; ")
+                         + f"low-passed {e.get('thrust_rmse_pct_of_hover_lowpass_40hz', float('nan')):.2f} %), "
                          f"bias {e['thrust_bias_pct_of_hover']:+.2f} %, R² {e['thrust_r2']:.3f}")
     for problem in out["problems"]:
         lines.append(f"PROBLEM: {problem}")

@@ -49,7 +49,7 @@ def test_flying_rows_leave_out_the_ground_the_motor_cuts_and_the_crash_by_name(r
 
 def test_fit_on_one_flight_predicts_the_other_and_the_cli_writes_a_profile(tmp_path, capsys, real_data):
     """Cross-validation on the given flights: the thrust model fitted on log10 predicts log15's
-    specific force within 6 % of hover (RMSE; measured 5.1 %), six times better than the stand
+    specific force within 5 % of hover (RMSE; measured 4.83 %), six times better than the stand
     profile's throttle curve; roll / pitch inertia within a factor 1.5 of Foerster 2015."""
     out = tmp_path / "cf_flight.json"
     rc = skyloop(["calibrate", "--flight", real_data(LOG10), "--mapping", "crazyflie_sysid",
@@ -57,7 +57,10 @@ def test_fit_on_one_flight_predicts_the_other_and_the_cli_writes_a_profile(tmp_p
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     cv = summary["cross_validation"]
-    assert cv["test"]["thrust_rmse_pct_of_hover"] < 6.0
+    # the goal: <= 5 % (measured 4.83 %, with the battery's discharge fitted on log10; 5.09 % without it)
+    assert cv["test"]["battery_discharge_modelled"] and cv["test"]["thrust_rmse_pct_of_hover"] <= 5.0
+    assert cv["test"]["thrust_rmse_pct_of_hover"] < cv["test"]["thrust_rmse_pct_of_hover_without_discharge"]
+    assert summary["figures"]["battery_discharge"]["per_hover_s"] > 0   # thrust per command falls as it drains
     assert cv["test"]["thrust_rmse_pct_of_hover"] < cv["base_on_test"]["thrust_rmse_pct_of_hover"] / 4
     profile = json.loads(out.read_text())
     parse_profile(profile)
