@@ -35,6 +35,7 @@ from sim.core import GRAVITY_M_S2 as G_M_S2
 from sim.env import DroneEnv
 from sim.profiles import Profile
 from skyloop import frames
+from flight.service import Worker
 
 log = logging.getLogger(__name__)
 SERVO_MAGIC_16, SERVO_MAGIC_32 = 18458, 29569
@@ -98,8 +99,8 @@ class JsonBridge:
         self._specific_force_flu = np.array([0.0, 0.0, G_M_S2])
         self._reply: bytes | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker(self._run, "ardupilot-json-bridge")
+        self._stop = self._worker.stop_event
         self._observers: list = []                 # called with (sim_time_s, truth) after each step
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -120,17 +121,14 @@ class JsonBridge:
             return {**self.env.state(0), "t_s": self.sim_time_s, "pwm": self.pwm.copy()}
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, daemon=True, name="ardupilot-json-bridge")
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
+        self._worker.stop()
         self.sock.close()
 
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._worker.alive()
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -22,9 +22,11 @@ import time
 
 import numpy as np
 
+from flight import ardupilot_params
+from flight.ardupilot_params import GUID_TIMEOUT_S  # noqa: F401  (the runner's setpoint timeout, re-exported)
 from flight.command import ctbr_command
 from flight.connection import Connection
-from flight.linkbase import LinkBase, call_quietly
+from flight.linkbase import LinkBase, LinkError, call_quietly
 from skyloop import frames
 from skyloop.autopilot import FORCE_DISARM_MAGIC, LANDING, MODES, OFFBOARD, mode_name
 from skyloop.rowlog import LogFile
@@ -38,14 +40,8 @@ TYPE_MASK_RATES_THRUST = 128                     # SET_ATTITUDE_TARGET: ignore t
 #: HEARTBEAT at 10 Hz: the mode (and so the vehicle's own failsafe) is read from every one of them
 STREAMS_HZ = {"LOCAL_POSITION_NED": 100, "ATTITUDE_QUATERNION": 100, "SYS_STATUS": 5, "BATTERY_STATUS": 5,
               "ESC_TELEMETRY_1_TO_4": 20, "HEARTBEAT": 10, "SERVO_OUTPUT_RAW": 20}
-#: ArduPilot: a stalled companion computer's last rates + thrust keep flying for GUID_TIMEOUT (default 3 s)
-GUID_TIMEOUT_S, GUID_TIMEOUT_MAX_S = 0.2, 1.0       # (a runner stall over 0.5 s ends the flight)
 ARM_TRIES, ARM_RETRY_S = 3, 1.0                  # arm at most this often, this far apart
 DISARM_RETRY_S = 2.0
-
-
-class LinkError(ConnectionError):
-    """The vehicle cannot be flown through this link; the message says what to change."""
 
 
 class MavLink(LinkBase):
@@ -124,7 +120,7 @@ class MavLink(LinkBase):
             self._threads.append(t)
         if self.autopilot == "ardupilot":
             try:
-                self._check_ardupilot()
+                ardupilot_params.check(self)
             except BaseException:                  # refused: let go of the port (a TCP serial takes one client)
                 self.close()
                 raise
@@ -256,76 +252,25 @@ class MavLink(LinkBase):
         return mode_name(self.autopilot or "ardupilot", self.custom_mode)
 
     # ---------------------------------------------------------------- commands
-    def _command(self, command: int, *params, wait: bool = True, timeout_s: float = 2.0) -> int | None:
+    def _command(self, command: int, *params, wait: bool = True, timeout_s: float = 2.0,
+                 tries: int = 3) -> int | None:
+        """COMMAND_LONG, sent again (confirmation 1, 2, ...) when no COMMAND_ACK comes back within
+        timeout_s / tries: a lossy link loses commands and acks. Returns the result, or None."""
         p = list(params) + [0.0] * (7 - len(params))
         self._acks.pop(command, None)
-        self.master.mav.command_long_send(self.target[0], self.target[1], command, 0, *p)
-        if not wait:
-            return None
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if command in self._acks:
-                return self._acks.pop(command)
-            time.sleep(0.005)
+        for confirmation in range(tries if wait else 1):
+            self.master.mav.command_long_send(self.target[0], self.target[1], command, confirmation, *p)
+            if not wait:
+                return None
+            deadline = time.monotonic() + timeout_s / tries
+            while time.monotonic() < deadline:
+                if command in self._acks:
+                    return self._acks.pop(command)
+                time.sleep(0.005)
         return None
 
     def _param(self, name: str, timeout_s: float = 2.0) -> float | None:
-        for _ in range(3):
-            self.master.mav.param_request_read_send(self.target[0], self.target[1], name.encode(), -1)
-            deadline = time.monotonic() + timeout_s / 3
-            while time.monotonic() < deadline:
-                if name in self._params:
-                    return self._params[name]
-                time.sleep(0.01)
-        return None
-
-    def _check_ardupilot(self) -> None:
-        """GUID_OPTIONS bit 3 (thrust is thrust), GUID_TIMEOUT short (a stalled runner's last command
-        stops being flown), ATC_ANGLE_BOOST off (the policy was trained without it: boost raises the
-        thrust by 1/cos(tilt), a climb in every turn). Refused (boost: a warning) with the fix named;
-        with set_params (the user's consent, --set-params) they are set, live (no reboot needed)."""
-        options, timeout, boost = (self._param(n) for n in ("GUID_OPTIONS", "GUID_TIMEOUT", "ATC_ANGLE_BOOST"))
-        wanted, problems = {}, []
-        if options is None or not int(options) & 8:
-            wanted["GUID_OPTIONS"] = float(int(options or 0) | 8)
-            problems.append(f"GUID_OPTIONS {'unknown' if options is None else int(options)} lacks bit 3 (8), so "
-                            "SET_ATTITUDE_TARGET thrust would be read as a climb rate: add 8 to it")
-        if timeout is None or timeout > GUID_TIMEOUT_MAX_S:
-            wanted["GUID_TIMEOUT"] = GUID_TIMEOUT_S
-            problems.append(f"GUID_TIMEOUT is {'unknown' if timeout is None else f'{timeout:g} s'}: if this program "
-                            "stalls, the vehicle keeps flying its last rates and thrust that long; set it to "
-                            f"{GUID_TIMEOUT_S:g}")
-        if boost is None or boost != 0:
-            wanted["ATC_ANGLE_BOOST"] = 0.0
-            if not self.set_params:
-                log.warning("ATC_ANGLE_BOOST is on: ArduPilot raises the thrust by 1/cos(tilt), which the policy was "
-                            "not trained with (it climbs in turns); --set-params turns it off")
-        if self.set_params:
-            for name, value in wanted.items():
-                self._set_param(name, value)
-        elif problems:
-            commands = ", ".join(f"`param set {n} {v:g}`" for n, v in wanted.items())
-            raise LinkError("ArduPilot is not set up for this runner: " + "; ".join(problems) + ". Set them on the "
-                            f"vehicle (e.g. MAVProxy: {commands}; no reboot needed), or pass --set-params to let "
-                            "fly set them")
-        self.hover_throttle = self._param("MOT_THST_HOVER")
-        spool = self._param("MOT_SPOOL_TIME")       # to ground idle, then to full authority: twice
-        self.spool_s = 2.0 * spool + 0.2 if spool is not None else self.spool_s
-
-    def _set_param(self, name: str, value: float) -> None:
-        """PARAM_SET, confirmed by the vehicle's PARAM_VALUE echo."""
-        for _ in range(3):
-            self._params.pop(name, None)
-            self.master.mav.param_set_send(self.target[0], self.target[1], name.encode(), float(value),
-                                           mav.MAV_PARAM_TYPE_REAL32)
-            deadline = time.monotonic() + 1.0
-            while time.monotonic() < deadline:
-                if name in self._params and abs(self._params[name] - value) < 1e-4:
-                    log.info("set %s = %g on the vehicle", name, value)
-                    return
-                time.sleep(0.01)
-        raise LinkError(f"the vehicle did not take {name} = {value:g} (it answered "
-                        f"{self._params.get(name, 'nothing')}): set it by hand in a ground station")
+        return ardupilot_params.read(self, name, timeout_s)
 
     def motor_outputs(self):
         """The newest motor outputs 1..4 (SERVO_OUTPUT_RAW, 0..1 of 1000..2000 us), or None."""

@@ -12,6 +12,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+class LinkError(ConnectionError):
+    """The vehicle cannot be flown through this link (MAVLink or MSP); the message says what to change."""
+
+
 def call_quietly(fn) -> None:
     """fn() if given; an error in it (a log row while landing) is logged, never raised into the landing."""
     if fn is None:

@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 
 from skyloop import frames
+from flight.service import Worker
 
 log = logging.getLogger(__name__)
 ORIGIN_LAT_LON_ALT = (-35.363262, 149.165237, 584.0)     # any fixed point: the hall has no GPS
@@ -175,19 +176,16 @@ class PoseForwarder:
         self.period_s, self.target_system = 1.0 / rate_hz, target_system
         self.sent, self._last_t = 0, None
         self._t0_us = int(time.monotonic() * 1e6)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker(self._run, "pose-forwarder", join_timeout_s=1.0)
+        self._stop = self._worker.stop_event
 
     def start(self) -> "PoseForwarder":
         self.send_origin()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="pose-forwarder")
-        self._thread.start()
+        self._worker.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=1.0)
+        self._worker.stop()
 
     def send_origin(self) -> None:
         if self.autopilot == "ardupilot":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+import threading
 
 
 class Service:
@@ -23,6 +24,27 @@ class Service:
     def __exit__(self, *exc):
         self.stop()
         return False
+
+
+class Worker:
+    """One daemon thread running `target()` until stop(); `target` watches `stop_event`."""
+
+    def __init__(self, target, name: str, join_timeout_s: float = 2.0):
+        self.target, self.name, self.join_timeout_s = target, name, join_timeout_s
+        self.stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.target, daemon=True, name=self.name)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.join_timeout_s)
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
 
 class FirmwareSitl(Service):

@@ -32,7 +32,7 @@ from collections import deque
 import numpy as np
 
 from flight.course import Course
-from flight.service import Service
+from flight.service import Service, Worker
 
 log = logging.getLogger(__name__)
 HORIZONS_S = (0.1, 0.5, 1.0)
@@ -75,8 +75,8 @@ class FlightView(Service):
         self.predictions = 0
         self.failsafe: str | None = None
         self._lock = threading.Lock()                    # between the view thread and snapshot()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker(self._run, "flight-view")
+        self._stop = self._worker.stop_event
 
     @classmethod
     def for_flight(cls, policy_path: str, policy, profile, course: Course, *, lookahead_m: float = 1.5,
@@ -102,13 +102,10 @@ class FlightView(Service):
     def start(self) -> None:
         if self.ghost is not None:
             self.ghost.start()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="flight-view")
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
+        self._worker.stop()
         if self.ghost is not None:
             self.ghost.stop()
 

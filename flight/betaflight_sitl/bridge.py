@@ -15,6 +15,7 @@ from sim.core import GRAVITY_M_S2 as G_M_S2      # the C core's g: the one value
 from sim.env import DroneEnv
 from sim.profiles import Profile
 from skyloop import frames
+from flight.service import Worker
 
 log = logging.getLogger(__name__)
 PORT_PWM, PORT_STATE, MSP_TCP_PORT, POSE_PORT = 9002, 9003, 5761, 9005
@@ -80,8 +81,8 @@ class SitlBridge:
         self.counters = {"steps": 0, "replies": 0, "late": 0, "bad": 0, "slipped_s": 0.0}
         self._specific_force_flu = np.array([0.0, 0.0, G_M_S2])
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker(self._run, "betaflight-bridge")
+        self._stop = self._worker.stop_event
         self._pwm = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             self._pwm.bind(("127.0.0.1", PORT_PWM))
@@ -95,18 +96,15 @@ class SitlBridge:
             return {**self.env.state(0), "t_s": self.sim_time_s, "motors": self.motors.copy()}
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, daemon=True, name="betaflight-bridge")
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
+        self._worker.stop()
         self._pwm.close()
         self._out.close()
 
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._worker.alive()
 
     def _run(self) -> None:
         """Real time without bursts: when the thread wakes late it owes several 2 ms steps; it

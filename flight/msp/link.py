@@ -22,6 +22,7 @@ from flight.msp.protocol import (ARM_SWITCH_ONLY, BOX_ARM, FEATURE_RX_MSP, GYRO_
 from flight.msp.rates import RC_MAX_US, RC_MID_US, RC_MIN_US, RateProfile, rates_flu_to_channels
 from sim.core import omega_to_throttle
 from skyloop import frames
+from flight.service import Worker
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,8 @@ class MspLink(LinkBase):
         self._telemetry_asked_s: float | None = None  # when it was sent; None once answered
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker(self._loop, "msp", join_timeout_s=1.0)
+        self._stop = self._worker.stop_event
         self.rc_frames_sent = 0
 
     # ---------------------------------------------------------------- connect / close
@@ -158,8 +159,7 @@ class MspLink(LinkBase):
             self.transport.close()
             self.transport = None
             raise
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="msp")
-        self._thread.start()
+        self._worker.start()
         log.info("connected to Betaflight on %s: %s rates, ARM on AUX%d", self.connection, self.rates.rates_type,
                  self.arm_channel - 3)
 
@@ -173,9 +173,7 @@ class MspLink(LinkBase):
                         "or CLI `aux 0 0 0 1700 2100 0 0`)")
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=1.0)
+        self._worker.stop()
         if self.transport is not None:
             self.transport.close()
             self.transport = None
@@ -217,7 +215,7 @@ class MspLink(LinkBase):
         self._send(cmd, payload)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._thread is None or not self._thread.is_alive():
+            if not self._worker.alive():
                 self._receive()
             if cmd in self._replies:
                 return self._replies.pop(cmd)

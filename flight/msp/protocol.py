@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flight.linkbase import LinkError  # noqa: F401  (one error for every link; re-exported)
 from skyloop import frames
 
 # message ids (Betaflight src/main/msp/msp_protocol.h)
@@ -37,10 +38,6 @@ GYRO_DEG_S_PER_LSB = 2000.0 / 32768    # MSP_RAW_IMU sends gyro / scale: the +-2
 
 class MspError(ValueError):
     """A malformed MSP frame or reply; the message says what was wrong with it."""
-
-
-class LinkError(ConnectionError):
-    """The flight controller cannot be flown through this link; the message says what to change."""
 
 
 # ------------------------------------------------------------------------------------ framing

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 
 import numpy as np
 
 from flight.connection import parse_connection
-from flight.service import Service
+from flight.service import Service, Worker
 from flight.sitl import clock, telemetry
 from flight.sitl.mavlink_dialect import mav, mavutil
 from flight.sitl.telemetry import DEFAULT_RATES_HZ
@@ -36,8 +35,8 @@ class SitlVehicle(Vehicle, Service):
         self.rates_hz = dict(DEFAULT_RATES_HZ)
         self._outbox: list[tuple[float, object]] = []     # (due sim time, message) for latency
         self._latest: dict[str, object] = {}              # last message of each stream, for lockstep re-sends
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker(self._run, "sitl", join_timeout_s=5.0)
+        self._stop = self._worker.stop_event
         self.master = None
 
     def start(self) -> None:
@@ -45,20 +44,17 @@ class SitlVehicle(Vehicle, Service):
         self.master = mavutil.mavlink_connection(c.url, baud=c.baud or 57600, source_system=1,
                                                  source_component=mav.MAV_COMP_ID_AUTOPILOT1)
         self.master.mav.robust_parsing = True
-        self._thread = threading.Thread(target=self._run, daemon=True, name="sitl")
-        self._thread.start()
+        self._worker.start()
         log.info("simulated %s quadrotor (%s) on %s, %s", self.autopilot, self.profile.name, c,
                  "lockstep" if self.lockstep else f"real time x{self.speed:g}")
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
+        self._worker.stop()
         if self.master is not None:
             self.master.close()
 
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._worker.alive()
 
     def cut_telemetry(self) -> None:
         """Simulates a lost downlink: nothing more is sent (commands are still received)."""
