@@ -9,6 +9,12 @@ different from training's, so these are drones the policy has never seen.
     skyloop eval flight/policies/default.pt --episodes 2000
     skyloop eval policy.pt --json
     skyloop eval policy.pt --plot eval.png --profile crazyflie21
+    skyloop eval policy.pt --tasks all --episodes 2000 --json        # per task, and per task by drone size
+    skyloop eval policy.pt --tasks race --course race7 --laps 3 --profile fpv5 --nominal --json
+
+With `--course`, every race flies that course (its gates, box and laps, `--laps` overriding) and the
+race summary adds `race_time_s` (the finishing time over all laps: best and median of the drones
+that finished) and `finish_rate`.
 """
 from __future__ import annotations
 
@@ -74,24 +80,56 @@ def _act_fn(policy):
     return act, reset, clear
 
 
-def summarize_task(name: str, episodes: dict) -> dict:
-    """summarize() plus what a task adds: collisions; for races, gates per minute and lap time."""
+def summarize_task(name: str, episodes: dict, by_size: bool = True) -> dict:
+    """summarize() plus what a task adds: collisions; for races, gates per minute, gates passed and race
+    time; with `by_size`, the same per drone-size bucket under "per_size"."""
     out = summarize(episodes)
+    if out["episodes"] == 0:
+        return out
     out["collision_rate"] = float(episodes["collision"].astype(bool).mean())
     if name == "race":
         out["gates_per_min"] = float(episodes["gates"].sum() / max(episodes["length_s"].sum(), 1e-9) * 60.0)
+        out["mean_gates_passed"] = float(episodes["gates"].mean())
         done = episodes["success"].astype(bool)
         out["mean_race_time_s"] = float(episodes["time_to_target_s"][done].mean()) if done.any() else None
+    if by_size:
+        buckets = np.array([size_bucket(a) for a in episodes["arm_m"]])
+        out["per_size"] = {b: summarize_task(name, {k: v[buckets == b] for k, v in episodes.items()}, False)
+                           for b, _ in SIZE_BUCKETS if (buckets == b).any()}
     return out
 
 
+def course_summary(race: dict, finish_times_s: np.ndarray, course) -> dict:
+    """What a fixed course adds to the race summary: its name, laps, gates to pass, the finish rate and
+    the finishing time over all laps (best and median of the finishers; None when nobody finished)."""
+    done = len(finish_times_s) > 0
+    return {"course": course.name, "laps": course.laps, "gates_to_pass": len(course.gates) * course.laps,
+            "finish_rate": race["success_rate"],
+            "race_time_s": float(np.min(finish_times_s)) if done else None,
+            "median_race_time_s": float(np.median(finish_times_s)) if done else None}
+
+
 def evaluate(policy, profile: str | Profile | dict, action_mode: str, episodes: int = 1000, task: dict | None = None,
-             seed: int = EVAL_SEED, randomize: bool = True, record: int = 0) -> dict:
+             seed: int = EVAL_SEED, randomize: bool = True, record: int = 0, course=None,
+             laps: int | None = None) -> dict:
     """Runs `episodes` drones for one episode each. `policy` is a trained `sim.policy.Policy` or
-    any function obs -> actions. Returns the summary (overall, per task, per size bucket) and, if
-    `record` > 0, the trajectories of the first `record` drones under "trajectories"."""
+    any function obs -> actions. Returns the summary (overall, per task with its own per size bucket,
+    per size bucket) and, if `record` > 0, the trajectories of the first `record` drones under
+    "trajectories". `course` (a skyloop.course.Course or name / path) makes every race fly it, `laps`
+    times (default: the course's); the race summary then has "course" (see course_summary)."""
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
+    if laps is not None and course is None:
+        raise ValueError("laps needs a course (e.g. --course race7 --laps 3)")
+    if course is not None:
+        from dataclasses import replace
+
+        from skyloop.course import Course, load_course
+        course = course if isinstance(course, Course) else load_course(course)
+        if laps is not None:
+            if laps < 1:
+                raise ValueError(f"laps must be at least 1, got {laps}")
+            course = replace(course, laps=int(laps))
     if isinstance(profile, dict):
         profile = parse_profile(profile, "<checkpoint profile>")
     act, reset_state, clear_state = _act_fn(policy)
@@ -101,7 +139,7 @@ def evaluate(policy, profile: str | Profile | dict, action_mode: str, episodes: 
     for chunk_start in range(0, episodes, MAX_PARALLEL):
         n = min(MAX_PARALLEL, episodes - chunk_start)
         env = DroneEnv(n, profile, action_mode=action_mode, task=task_config(**(task or {})), randomize=randomize,
-                       seed=seed + chunk_start)
+                       seed=seed + chunk_start, course=course)
         obs, _ = env.reset(seed=seed + chunk_start)
         reset_state(n)
         finished = np.zeros(n, bool)
@@ -141,6 +179,11 @@ def evaluate(policy, profile: str | Profile | dict, action_mode: str, episodes: 
     result = summarize(eps)
     result["per_task"] = {name: summarize_task(name, {k: v[eps["task"] == t] for k, v in eps.items()})
                           for t, name in enumerate(TASKS) if (eps["task"] == t).any()}
+    if course is not None and "race" in result["per_task"]:
+        race = eps["task"] == TASKS.index("race")
+        finished = race & eps["success"].astype(bool)
+        result["per_task"]["race"]["course"] = course_summary(result["per_task"]["race"],
+                                                              eps["time_to_target_s"][finished], course)
     buckets = np.array([size_bucket(a) for a in eps["arm_m"]])
     result["per_size"] = {name: summarize({k: v[buckets == name] for k, v in eps.items()})
                           for name, _ in SIZE_BUCKETS if (buckets == name).any()}
@@ -192,6 +235,12 @@ def format_table(result: dict) -> str:
                      f"{ttt(r['mean_time_to_target_s']):>9} {r['median_final_error_m']:7.3f} m"
                      + (f"  collisions {pct(r['collision_rate'])}" if "collision_rate" in r else "")
                      + (f"  {r['gates_per_min']:.1f} gates/min" if "gates_per_min" in r else ""))
+    race = result["per_task"].get("race", {})
+    if "course" in race:
+        c = race["course"]
+        t = f"{c['race_time_s']:.2f} s (median {c['median_race_time_s']:.2f} s)" if c["race_time_s"] else "not finished"
+        lines.append(f"course {c['course']}, {c['laps']} laps ({c['gates_to_pass']} gates): finished "
+                     f"{pct(c['finish_rate'])}, race time {t}, mean gates passed {race['mean_gates_passed']:.1f}")
     return "\n".join(lines)
 
 
@@ -204,6 +253,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of the drawn drones")
     parser.add_argument("--tasks", default=None,
                         help="task mix to fly, e.g. 'all' or 'hover:3,race:1' (default: the one trained on)")
+    parser.add_argument("--course", default=None,
+                        help="fly every race on this course (a name in skyloop/courses, e.g. race7, or a JSON path)")
+    parser.add_argument("--laps", type=int, default=None, help="laps of --course (default: the course's own)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--plot", metavar="PNG", default=None, help="write a picture of some trajectories")
 
@@ -214,7 +266,8 @@ def run(args) -> int:
     profile = load_profile(args.profile) if args.profile else ckpt["profile"]
     task = dict(ckpt["task"], task_prob=parse_tasks(args.tasks)) if args.tasks else ckpt["task"]
     result = evaluate(policy, profile, ckpt["action_mode"], args.episodes, task, args.seed,
-                      randomize=not args.nominal, record=PLOT_DRONES if args.plot else 0)
+                      randomize=not args.nominal, record=PLOT_DRONES if args.plot else 0,
+                      course=args.course, laps=args.laps)
     trajectories = result.pop("trajectories", None)
     if args.plot:
         name = args.profile or ckpt["profile"].get("name", "?")

@@ -1,0 +1,69 @@
+"""`skyloop eval` per task and per course: the metrics can fail (a zero-thrust policy scores 0 on every
+task; the shipped hover policy scores 0 on race), each task has its own per-size breakdown, and a fixed
+course reports its laps and race time."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from sim.core import ACTION_SIZE, TASKS
+from sim.env import parse_tasks, task_config
+from sim.evaluate import SIZE_BUCKETS, evaluate
+from sim.policy import load_checkpoint
+from skyloop.cli import main as skyloop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT = os.path.join(ROOT, "flight", "policies", "default.pt")
+RACE_METRICS = {"success_rate", "crash_rate", "collision_rate", "gates_per_min", "mean_race_time_s",
+                "mean_gates_passed", "per_size"}
+
+
+def zero_thrust(obs):
+    return np.full((len(obs), ACTION_SIZE), -1.0, np.float32)
+
+
+def test_zero_thrust_scores_zero_on_every_task_with_a_per_size_breakdown_each():
+    result = evaluate(zero_thrust, "size_family", "ctbr", episodes=600, task=task_config(task_prob=parse_tasks("all")))
+    assert set(result["per_task"]) == set(TASKS)
+    for name, r in result["per_task"].items():
+        assert r["success_rate"] == 0.0, name
+        assert r["crash_rate"] > 0.5, name                   # it falls
+        assert {"success_rate", "crash_rate", "collision_rate", "per_size"} <= set(r)
+        assert sum(b["episodes"] for b in r["per_size"].values()) == r["episodes"]
+        assert set(r["per_size"]) <= {b for b, _ in SIZE_BUCKETS}
+    assert RACE_METRICS <= set(result["per_task"]["race"])
+    assert result["per_task"]["race"]["mean_race_time_s"] is None
+    assert sum(r["episodes"] for r in result["per_task"].values()) == 600
+
+
+def test_the_hover_policy_scores_zero_on_race_and_does_not_finish_race7():
+    policy, ckpt = load_checkpoint(DEFAULT)
+    task = dict(ckpt["task"], task_prob=parse_tasks("race"))
+    random_courses = evaluate(policy, ckpt["profile"], ckpt["action_mode"], episodes=64, task=task)
+    assert random_courses["per_task"]["race"]["success_rate"] == 0.0
+    course = evaluate(policy, "fpv5", ckpt["action_mode"], episodes=2, task=task, randomize=False,
+                      course="race7", laps=3)
+    c = course["per_task"]["race"]["course"]
+    assert (c["course"], c["laps"], c["gates_to_pass"]) == ("race7", 3, 21)
+    assert c["finish_rate"] == 0.0 and c["race_time_s"] is None
+
+
+def test_cli_eval_race7_three_laps_json(capsys):
+    assert skyloop(["eval", DEFAULT, "--tasks", "race", "--course", "race7", "--laps", "3", "--profile", "fpv5",
+                    "--nominal", "--episodes", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    race = result["per_task"]["race"]
+    assert RACE_METRICS <= set(race)
+    assert {"race_time_s", "median_race_time_s", "finish_rate"} <= set(race["course"])
+    assert race["course"]["laps"] == 3
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--laps", "3"], "laps needs a course"),
+    (["--course", "race7", "--laps", "0"], "laps must be at least 1"),
+    (["--course", "no_such_course"], "no_such_course"),
+])
+def test_cli_eval_refuses_bad_course_arguments(argv, message, capsys):
+    assert skyloop(["eval", DEFAULT, "--tasks", "race", "--episodes", "2"] + argv) == 1
+    assert message in capsys.readouterr().err
