@@ -35,7 +35,7 @@ from sim.core import GRAVITY_M_S2 as G_M_S2
 from sim.env import DroneEnv
 from sim.profiles import Profile
 from skyloop import frames
-from flight.service import Worker
+from flight.service import ThreadService, Worker
 
 log = logging.getLogger(__name__)
 SERVO_MAGIC_16, SERVO_MAGIC_32 = 18458, 29569
@@ -79,7 +79,7 @@ def pack_state(t_s: float, omega_flu_rad_s, specific_force_flu_m_s2, quat_enu_fl
 
 
 # ------------------------------------------------------------------------------------ the bridge
-class JsonBridge:
+class JsonBridge(ThreadService):
     """Our sim as ArduPilot's physics, lockstep: each servo packet is one physics step, answered
     with the state after it. Runs in a thread; `state()` is the sim's truth (ENU, absolute)."""
 
@@ -120,15 +120,8 @@ class JsonBridge:
         with self._lock:
             return {**self.env.state(0), "t_s": self.sim_time_s, "pwm": self.pwm.copy()}
 
-    def start(self) -> None:
-        self._worker.start()
-
-    def stop(self) -> None:
-        self._worker.stop()
+    def release(self) -> None:
         self.sock.close()
-
-    def alive(self) -> bool:
-        return self._worker.alive()
 
     def _run(self) -> None:
         while not self._stop.is_set():

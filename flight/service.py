@@ -47,6 +47,25 @@ class Worker:
         return self._thread is not None and self._thread.is_alive()
 
 
+class ThreadService(Service):
+    """A Service that is one Worker thread (`self._worker`, made in __init__); after the thread has
+    ended, release() closes what it held (sockets)."""
+    _worker: Worker
+
+    def start(self) -> None:
+        self._worker.start()
+
+    def stop(self) -> None:
+        self._worker.stop()
+        self.release()
+
+    def release(self) -> None:
+        pass
+
+    def alive(self) -> bool:
+        return self._worker.alive()
+
+
 class FirmwareSitl(Service):
     """A firmware SITL: its process, the bridge that is its physics, and the scratch folder it runs in.
     Stopping ends the firmware (its motors stop with it), then the bridge, then removes the folder."""

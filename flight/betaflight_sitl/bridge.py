@@ -15,7 +15,7 @@ from sim.core import GRAVITY_M_S2 as G_M_S2      # the C core's g: the one value
 from sim.env import DroneEnv
 from sim.profiles import Profile
 from skyloop import frames
-from flight.service import Worker
+from flight.service import ThreadService, Worker
 
 log = logging.getLogger(__name__)
 PORT_PWM, PORT_STATE, MSP_TCP_PORT, POSE_PORT = 9002, 9003, 5761, 9005
@@ -64,7 +64,7 @@ def unpack_servo(data: bytes) -> np.ndarray:
     return np.clip(np.array(struct.unpack(SERVO_FORMAT, data), float), 0.0, 1.0)
 
 
-class SitlBridge:
+class SitlBridge(ThreadService):
     """Our sim as the firmware's physics: one 2 ms step per fdm_packet, in real time, in a thread."""
 
     def __init__(self, profile: Profile, start_pos_enu_m=(0.0, 0.0, 0.0), start_yaw_rad: float = 0.0,
@@ -95,16 +95,9 @@ class SitlBridge:
         with self._lock:
             return {**self.env.state(0), "t_s": self.sim_time_s, "motors": self.motors.copy()}
 
-    def start(self) -> None:
-        self._worker.start()
-
-    def stop(self) -> None:
-        self._worker.stop()
+    def release(self) -> None:
         self._pwm.close()
         self._out.close()
-
-    def alive(self) -> bool:
-        return self._worker.alive()
 
     def _run(self) -> None:
         """Real time without bursts: when the thread wakes late it owes several 2 ms steps; it
