@@ -151,15 +151,44 @@ def parse_overrides(args: list[str], config: TrainConfig | None = None) -> Train
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
+class FastTanh(torch.autograd.Function):
+    """tanh as 2 sigmoid(2x) - 1 (within 2e-7 of torch.tanh): torch's CPU tanh costs 3.5 ns per
+    value here, six times its sigmoid, and the four tanh layers were the largest cost of the
+    forward pass. The backward pass is tanh's own (1 - y^2)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.ops.aten.tanh_backward(grad, ctx.saved_tensors[0])
+
+
+def run_mlp(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """`layers` (Linear / Tanh, nested Sequentials) applied to `x`, with FastTanh for Tanh: the
+    same function as layers(x), what is saved and exported keeps nn.Tanh."""
+    for layer in layers:
+        if isinstance(layer, nn.Sequential):
+            x = run_mlp(layer, x)
+        elif isinstance(layer, nn.Tanh):
+            x = FastTanh.apply(x) if torch.is_grad_enabled() else torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
+        else:
+            x = layer(x)
+    return x
+
+
 def actor_critic(policy: Policy, x: torch.Tensor, hover: torch.Tensor, state: torch.Tensor | None = None):
     """(action mean, value, recurrent state) for normalized observations `x` [B, OBS] and the
     raw hover-action observation `hover` [B]: Policy.action_mean and the critic, without
     normalizing again."""
-    h = policy.actor_body(x)
+    h = run_mlp(policy.actor_body, x)
     if policy.recurrent:
         h = state = policy.gru(h, state)
     mean = torch.addmm(policy.mean.bias, h, policy.mean.weight.t())
-    return torch.addcmul(mean, hover.unsqueeze(-1), policy.hover_prior), policy.critic(x).squeeze(-1), state
+    return torch.addcmul(mean, hover.unsqueeze(-1), policy.hover_prior), run_mlp(policy.critic, x).squeeze(-1), state
 
 
 def pick_threads(requested: int, local_processes: int = 1) -> int:
@@ -331,7 +360,8 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
                     config.action_mode).to(device)
     dist.broadcast_parameters(policy)
     params = list(policy.parameters())
-    optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5)
+    # fused: one kernel for all parameters (0.1 ms a step here; the per-tensor loop took 0.8 ms, 16 steps a rollout)
+    optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5, fused=device.type in ("cpu", "cuda"))
     hover_index = obs_slice("hover_action").start
     buf = _rollout_buffers(T, N, config.hidden, config.recurrent, device)
     state = policy.initial_state(N, device)
@@ -402,7 +432,7 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
                 final_obs = torch.cat([o for _, _, o in finals]).to(device)
                 fx = torch.clamp((final_obs - obs_mean) * inv_std, -10.0, 10.0)
                 if config.recurrent:
-                    final_v = policy.critic(fx).squeeze(-1)
+                    final_v = run_mlp(policy.critic, fx).squeeze(-1)
                 else:
                     final_v = actor_critic(policy, fx, final_obs[:, hover_index])[1]
                 buf["rew"].index_put_((ts, idx), config.gamma * final_v, accumulate=True)

@@ -223,9 +223,18 @@ def test_the_training_forward_pass_computes_the_policy_and_critic(layers, recurr
     assert mean.abs().max() > 0.1
     if recurrent:
         assert torch.allclose(state_out, expected_state, atol=1e-6)
-    # gradients reach the policy's own parameters (what is saved and exported)
+    # gradients reach the policy's own parameters (what is saved and exported), the same as through nn.Tanh
     (mean.sum() + value.sum()).backward()
     assert policy.actor_body[0].weight.grad.abs().sum() > 0 and policy.critic[0][0].weight.grad.abs().sum() > 0
+    fast = [p.grad.clone() for p in policy.parameters() if p.grad is not None]
+    policy.zero_grad(set_to_none=True)
+    x, _ = policy.features(obs, policy.initial_state(64))
+    (policy.action_mean(obs, x).sum() + policy.critic(policy.normalize(obs)).sum()).backward()
+    reference = [p.grad for p in policy.parameters() if p.grad is not None]
+    assert len(fast) == len(reference)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(fast, reference))
+    with torch.no_grad():   # the rollout's no-grad path too
+        assert torch.allclose(actor_critic(policy, policy.normalize(obs), hover, state)[0], expected_mean, atol=1e-5)
 
 
 def test_threads_follow_the_request_or_the_free_cores():
