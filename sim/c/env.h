@@ -81,6 +81,7 @@ typedef struct {
     float gate_size_m;                /* ... inner side of the opening, plus 4 arm lengths of the drone drawn */
     float gate_frame_m;               /* width of a gate's frame around its opening (hitting it is a crash) */
     float reward_gate;                /* bonus per gate passed */
+    float reward_race_time_per_s;     /* H18: race only: penalty per second until the last gate (0: off) */
     /* orbit and follow: a moving target c + A sin(W t + phase) */
     float orbit_radius_m_range[2];
     float orbit_speed_m_s_range[2];
@@ -126,6 +127,7 @@ static const SlField SL_TASK_FIELDS[] = {
     SL_F(SlTaskConfig, gate_size_m, 1, 0.1f, 100.f, ""),
     SL_F(SlTaskConfig, gate_frame_m, 1, 0.f, 10.f, ""),
     SL_F(SlTaskConfig, reward_gate, 1, 0.f, 1e4f, ""),
+    SL_F(SlTaskConfig, reward_race_time_per_s, 1, 0.f, 1e4f, "race only: penalty per second (H18)"),
     SL_F(SlTaskConfig, orbit_radius_m_range, 2, 0.1f, 1e3f, ""),
     SL_F(SlTaskConfig, orbit_speed_m_s_range, 2, 0.f, 100.f, ""),
     SL_F(SlTaskConfig, follow_speed_m_s_max, 1, 0.f, 100.f, ""),

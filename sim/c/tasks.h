@@ -316,7 +316,7 @@ static void sl_task(SlEnv *e, const int i0, const int i1) {
 
         float r = dt * t.reward_alive_per_s + t.reward_progress_per_m * (SL_D(prev_dist_m, 0) - dist) - dt * t.reward_dist_per_m_s * dist +
                   inside * still * dt * t.reward_hold_per_s - dt * t.reward_rate_per_rad2_s * w2 -
-                  dt * t.reward_action_change_per_s * da2 + passed * t.reward_gate;
+                  dt * t.reward_action_change_per_s * da2 + passed * t.reward_gate - race * dt * t.reward_race_time_per_s;
         r = crash > 0.f ? (r == r ? r : 0.f) - t.reward_crash : r;
         float timeout = time >= SL_D(episode_s, 0) - 0.5f * dt ? 1.f : 0.f;
         float won_race = gates_passed >= SL_D(gates_to_pass, 0) ? 1.f : 0.f;
