@@ -49,7 +49,7 @@ class TrainConfig:
     total_steps: int = 200_000_000        # ... or this many agent steps, whichever comes first
     horizon: int = 64                     # steps per drone per rollout
     epochs: float = 1.0                   # passes over each rollout; a fraction trains on a random part of it
-    minibatches: int = 16                 # 2048 samples each at the defaults: many small Adam steps learn fastest
+    minibatches: int = 32                 # 1024 samples each at the defaults: many small Adam steps learn fastest
     lr: float = 3e-3
     lr_final_frac: float = 0.1            # learning rate decays linearly to lr * this over the budget
     gamma: float = 0.98
