@@ -82,6 +82,9 @@ typedef struct {
     float gate_frame_m;               /* width of a gate's frame around its opening (hitting it is a crash) */
     float reward_gate;                /* bonus per gate passed */
     float reward_race_time_per_s;     /* H18: race only: penalty per second until the last gate (0: off) */
+    float reward_gate_progress_per_m; /* H18: race only: reward per metre flown along the line previous gate -> next gate (0: off) */
+    float reward_clearance_per_s;     /* H18: penalty per second at contact with a gate frame or obstacle, falling as (1 - d / clearance_m)^2 (0: off) */
+    float clearance_m;                /* H18: surface distance from which the clearance penalty starts */
     /* orbit and follow: a moving target c + A sin(W t + phase) */
     float orbit_radius_m_range[2];
     float orbit_speed_m_s_range[2];
@@ -128,6 +131,9 @@ static const SlField SL_TASK_FIELDS[] = {
     SL_F(SlTaskConfig, gate_frame_m, 1, 0.f, 10.f, ""),
     SL_F(SlTaskConfig, reward_gate, 1, 0.f, 1e4f, ""),
     SL_F(SlTaskConfig, reward_race_time_per_s, 1, 0.f, 1e4f, "race only: penalty per second (H18)"),
+    SL_F(SlTaskConfig, reward_gate_progress_per_m, 1, 0.f, 1e4f, "race only: reward per metre along the gate-to-gate line (H18)"),
+    SL_F(SlTaskConfig, reward_clearance_per_s, 1, 0.f, 1e4f, "penalty per second near gate frames and obstacles (H18)"),
+    SL_F(SlTaskConfig, clearance_m, 1, 1e-3f, 100.f, "clearance penalty range, surface to surface (H18)"),
     SL_F(SlTaskConfig, orbit_radius_m_range, 2, 0.1f, 1e3f, ""),
     SL_F(SlTaskConfig, orbit_speed_m_s_range, 2, 0.f, 100.f, ""),
     SL_F(SlTaskConfig, follow_speed_m_s_max, 1, 0.f, 100.f, ""),
@@ -174,6 +180,7 @@ static const SlTaskConfig SL_TASK_DEFAULTS = {
     .gate_size_m = 0.8f,
     .gate_frame_m = 0.15f,
     .reward_gate = 5.f,
+    .clearance_m = 0.3f,
     .orbit_radius_m_range = {0.5f, 2.5f},
     .orbit_speed_m_s_range = {0.3f, 1.5f},
     .follow_speed_m_s_max = 1.5f,

@@ -254,6 +254,49 @@ static void sl_reset_drone(SlEnv *e, int i) {
  * 3. Reward, termination and records.
  * ========================================================================================== */
 
+/* Surface distance from a drone (centre p, radius r) to gate g's frame: a flat ring in the gate's
+ * plane between the opening (half sizes) and the opening grown by frame_m (sl_gate_event's rule).
+ * Negative: touching it. */
+SL_INLINE float sl_gate_frame_clearance(const float *g, const float p[3], float r, float frame_m) {
+    float off[3] = {p[0] - g[0], p[1] - g[1], p[2] - g[2]};
+    float s = off[0] * g[3] + off[1] * g[4] + off[2] * g[5];
+    float u = fabsf(-g[4] * off[0] + g[3] * off[1]), v = fabsf(off[2]);
+    float hw = g[SL_GATE_HALF_WIDTH], hh = g[SL_GATE_HALF_HEIGHT];
+    float du = sl_max(u - hw - frame_m, 0.f), dv = sl_max(v - hh - frame_m, 0.f);
+    float in_plane = u < hw && v < hh ? sl_min(hw - u, hh - v) : sqrtf(du * du + dv * dv);
+    return sqrtf(s * s + in_plane * in_plane) - r;
+}
+
+/* The shaping terms that need a drone's own gates or neighbours (so they stay out of the branch-free
+ * reward loop): progress along the line from the gate last passed (at the start: along the next
+ * gate's normal) to the next gate, and the clearance penalty near any gate frame or the nearest
+ * obstacle (a sphere or another drone). Both 0 unless their task field is set. */
+static float sl_shaping(const SlTaskConfig *t, const float *F, int np, int i, float dt, const float *gates, int n_gates,
+                        int next, const float p0[3], const float p1[3]) {
+    const float r = SL_D(radius_m, 0);
+    float out = 0.f;
+    if (t->reward_gate_progress_per_m > 0.f && next >= 0 && n_gates > 0) {
+        const float *b = gates + next * SL_GATE_FLOATS, *a = gates + ((next + n_gates - 1) % n_gates) * SL_GATE_FLOATS;
+        float u[3] = {b[3], b[4], b[5]};
+        if (SL_D(gates_passed, 0) > 0.f && n_gates > 1) {
+            float len = sl_max(sl_dist3(a, b), 1e-3f);
+            for (int k = 0; k < 3; k++) u[k] = (b[k] - a[k]) / len;
+        }
+        out += t->reward_gate_progress_per_m * ((p1[0] - p0[0]) * u[0] + (p1[1] - p0[1]) * u[1] + (p1[2] - p0[2]) * u[2]);
+    }
+    if (t->reward_clearance_per_s > 0.f) {
+        float d = 1e30f;
+        for (int k = 0; k < n_gates; k++) d = sl_min(d, sl_gate_frame_clearance(gates + k * SL_GATE_FLOATS, p1, r, t->gate_frame_m));
+        if (SL_D(near_count, 0) > 0.f) {
+            const float c[3] = {SL_D(near, 0), SL_D(near, 1), SL_D(near, 2)};
+            d = sl_min(d, sl_dist3(p1, c) - SL_D(near, 3) - r);
+        }
+        float closeness = sl_max(1.f - sl_max(d, 0.f) / t->clearance_m, 0.f);
+        out -= dt * t->reward_clearance_per_s * closeness * closeness;
+    }
+    return out;
+}
+
 /* Rewards, terminations and the running episode statistics of drones i0..i1-1, after the
  * physics and sensing. The caller resets the drones whose episode ended. Three passes: the
  * events only some drones have (a moving target, gates), then the reward loop, which has no
@@ -281,6 +324,7 @@ static void sl_task(SlEnv *e, const int i0, const int i1) {
             else if (ev < 0 || (k == next && ev != 0)) event = -1.f;
         }
         SL_D(gate_event, 0) = event;
+        rewards[i] = sl_shaping(&t, F, np, i, dt, gates, e->n_gates[space], next, p0, p1); /* the reward loop adds the rest */
     }
 #pragma GCC ivdep
     for (int i = i0; i < i1; i++) {
@@ -316,7 +360,7 @@ static void sl_task(SlEnv *e, const int i0, const int i1) {
 
         float r = dt * t.reward_alive_per_s + t.reward_progress_per_m * (SL_D(prev_dist_m, 0) - dist) - dt * t.reward_dist_per_m_s * dist +
                   inside * still * dt * t.reward_hold_per_s - dt * t.reward_rate_per_rad2_s * w2 -
-                  dt * t.reward_action_change_per_s * da2 + passed * t.reward_gate - race * dt * t.reward_race_time_per_s;
+                  dt * t.reward_action_change_per_s * da2 + passed * t.reward_gate - race * dt * t.reward_race_time_per_s + rewards[i];
         r = crash > 0.f ? (r == r ? r : 0.f) - t.reward_crash : r;
         float timeout = time >= SL_D(episode_s, 0) - 0.5f * dt ? 1.f : 0.f;
         float won_race = gates_passed >= SL_D(gates_to_pass, 0) ? 1.f : 0.f;
