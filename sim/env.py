@@ -121,6 +121,14 @@ class DroneEnv(VectorEnv):
             }
         return c.obs, c.rewards, c.terminals, c.truncations, info
 
+    def set_task(self, **overrides) -> None:
+        """Changes task fields (names checked) for the episodes drawn from now on; the running ones
+        fly on as they began. The time step, control rate and drones per space cannot change (the C
+        core refuses them, naming the field). Used by the curriculum (sim/curriculum.py)."""
+        task = task_config(**{**self.task, **overrides})
+        self.core.set_task(task)
+        self.task = task
+
     # --- direct access, for replaying real flights and for tests ---------------------------
     def state(self, i: int) -> dict:
         """Drone i's state (copies): pos_enu_m, vel_enu_m_s, quat_wxyz, omega_flu_rad_s, rotor_rad_s."""

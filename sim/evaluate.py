@@ -265,6 +265,10 @@ def run(args) -> int:
     policy, ckpt = load_checkpoint(args.policy)
     profile = load_profile(args.profile) if args.profile else ckpt["profile"]
     task = dict(ckpt["task"], task_prob=parse_tasks(args.tasks)) if args.tasks else ckpt["task"]
+    saved_curriculum = (ckpt.get("training_stats") or {}).get("curriculum")
+    if saved_curriculum:   # trained with a curriculum: fly the full task, not the stage it stopped at
+        from sim.curriculum import Curriculum
+        task = Curriculum.from_state(saved_curriculum).full_task(task)
     result = evaluate(policy, profile, ckpt["action_mode"], args.episodes, task, args.seed,
                       randomize=not args.nominal, record=PLOT_DRONES if args.plot else 0,
                       course=args.course, laps=args.laps)
