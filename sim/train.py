@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from sim.core import ACTION_SIZE, OBS_SIZE, TASKS, SimError, obs_slice
 from sim.env import DroneEnv, parse_tasks, task_config
@@ -67,6 +66,7 @@ class TrainConfig:
     eval_episodes: int = 1000             # after training: fresh randomized drones, deterministic actions (0: skip)
     snapshot_every_s: float = 0.0         # also save OUTPUT-stem.at<seconds>s.pt this often (0: never)
     task: dict = field(default_factory=dict)  # overrides of sim.env.DEFAULT_TASK
+    curriculum: str = ""                  # "" off; "success": sim.curriculum changes the task from per-task success
 
     def validate(self) -> None:
         problems = []
@@ -98,6 +98,8 @@ class TrainConfig:
             problems.append("hidden and layers must be at least 1")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             problems.append(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.curriculum not in ("", "success"):
+            problems.append(f"curriculum must be '' (off) or success, got {self.curriculum!r}")
         if problems:
             raise ConfigError("bad training config: " + "; ".join(problems))
 
@@ -143,18 +145,40 @@ def parse_overrides(args: list[str], config: TrainConfig | None = None) -> Train
 
 
 # --------------------------------------------------------------------------------------------
-# The training forward pass: the policy module's own layers (what is saved, evaluated and
-# exported) on observations normalized once per sample, in the rollout; actor and critic side by
-# side. (Fusing them into one matmul / bmm measured slower on the CPU: the time goes to memory
-# traffic of the activations, not to the number of ops.)
+# The training forward and backward passes. The policy's parameters become views of one flat
+# tensor (FlatParameters), so a step is one all-reduce, one norm and one fused Adam kernel. The
+# feed-forward actor and critic (FusedActorCritic) run side by side as one batch of two ([2, B, H]
+# activations, one baddbmm a layer) with their backward pass written out: no autograd graph, no
+# per-op bookkeeping. The recurrent policy goes through autograd (actor_critic).
 # --------------------------------------------------------------------------------------------
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+TANH_VIA_SIGMOID = False   # choose_tanh() sets it: which of the two measured faster on this CPU
+
+
+def tanh_(t: torch.Tensor) -> torch.Tensor:
+    """tanh in place: torch's own, or 2 sigmoid(2x) - 1 (within 2e-7 of it) where that is faster
+    (an AMD EPYC: torch's CPU tanh cost six times its sigmoid; an Intel Xeon: tanh is the faster)."""
+    return t.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0) if TANH_VIA_SIGMOID else t.tanh_()
+
+
+def choose_tanh(device: torch.device) -> bool:
+    """Times both tanh forms on a minibatch-sized block (about 2 ms) and keeps the faster."""
+    global TANH_VIA_SIGMOID
+    best = {False: math.inf, True: math.inf}
+    if device.type == "cpu":
+        block = torch.randn(1024, 128)
+        for _ in range(5):
+            for via in best:
+                TANH_VIA_SIGMOID, t = via, block.clone()
+                start = time.perf_counter()
+                tanh_(t)
+                best[via] = min(best[via], time.perf_counter() - start)
+    TANH_VIA_SIGMOID = best[True] < best[False]
+    return TANH_VIA_SIGMOID
 
 
 class FastTanh(torch.autograd.Function):
-    """tanh as 2 sigmoid(2x) - 1 (within 2e-7 of torch.tanh): torch's CPU tanh costs 3.5 ns per
-    value here, six times its sigmoid, and the four tanh layers were the largest cost of the
-    forward pass. The backward pass is tanh's own (1 - y^2)."""
+    """tanh as 2 sigmoid(2x) - 1 for autograd, with tanh's own backward (1 - y^2)."""
 
     @staticmethod
     def forward(ctx, x):
@@ -168,13 +192,16 @@ class FastTanh(torch.autograd.Function):
 
 
 def run_mlp(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """`layers` (Linear / Tanh, nested Sequentials) applied to `x`, with FastTanh for Tanh: the
-    same function as layers(x), what is saved and exported keeps nn.Tanh."""
+    """`layers` (Linear / Tanh, nested Sequentials) applied to `x` with the faster tanh: the same
+    function as layers(x)."""
     for layer in layers:
         if isinstance(layer, nn.Sequential):
             x = run_mlp(layer, x)
         elif isinstance(layer, nn.Tanh):
-            x = FastTanh.apply(x) if torch.is_grad_enabled() else torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
+            if not TANH_VIA_SIGMOID:
+                x = torch.tanh(x)
+            else:
+                x = FastTanh.apply(x) if torch.is_grad_enabled() else torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
         else:
             x = layer(x)
     return x
@@ -182,13 +209,154 @@ def run_mlp(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 
 def actor_critic(policy: Policy, x: torch.Tensor, hover: torch.Tensor, state: torch.Tensor | None = None):
     """(action mean, value, recurrent state) for normalized observations `x` [B, OBS] and the
-    raw hover-action observation `hover` [B]: Policy.action_mean and the critic, without
-    normalizing again."""
+    raw hover-action observation `hover` [B], through autograd: Policy.action_mean and the
+    critic, without normalizing again."""
     h = run_mlp(policy.actor_body, x)
     if policy.recurrent:
         h = state = policy.gru(h, state)
     mean = torch.addmm(policy.mean.bias, h, policy.mean.weight.t())
     return torch.addcmul(mean, hover.unsqueeze(-1), policy.hover_prior), run_mlp(policy.critic, x).squeeze(-1), state
+
+
+class FlatParameters:
+    """`params` (every parameter of a module, in this order) turned into views of one flat
+    parameter, and their gradients into views of its one flat gradient. The module keeps working
+    as before (what is saved, evaluated and exported); `stacked` gives consecutive parameters of
+    one shape as one [k, *shape] tensor."""
+
+    def __init__(self, params: list):
+        self.params = params
+        self.param = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+        self.param.grad = torch.zeros_like(self.param)
+        self.offset, offset = {}, 0
+        for p in params:
+            self.offset[p] = offset
+            p.data = self.param.data[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+
+    def stacked(self, *params, grad: bool = False) -> torch.Tensor:
+        start, size = self.offset[params[0]], params[0].numel()
+        if any(self.offset[p] != start + k * size or p.shape != params[0].shape for k, p in enumerate(params)):
+            raise ValueError("stacked parameters must be consecutive in the flat layout and of one shape")
+        flat = self.param.grad if grad else self.param.data
+        return flat[start:start + len(params) * size].view(len(params), *params[0].shape)
+
+    def grad(self, param) -> torch.Tensor:
+        return self.stacked(param, grad=True)[0]
+
+
+def linears(module: nn.Module) -> list:
+    return [m for m in module.modules() if isinstance(m, nn.Linear)]
+
+
+def flat_layout(policy: Policy) -> list:
+    """The policy's parameters in the order FusedActorCritic needs (actor and critic layer k side
+    by side); the recurrent policy's in module order."""
+    if policy.recurrent:
+        return list(policy.parameters())
+    pairs = list(zip(linears(policy.actor_body), linears(policy.critic[0])))
+    order = [p for a, c in pairs for p in (a.weight, c.weight)] + [p for a, c in pairs for p in (a.bias, c.bias)]
+    order += [policy.mean.weight, policy.mean.bias, policy.critic[1].weight, policy.critic[1].bias, policy.log_std]
+    assert len(order) == len(list(policy.parameters())), "flat_layout misses a parameter of the policy"
+    return order
+
+
+class FusedActorCritic:
+    """The feed-forward actor and critic, forward and backward written out. Both read the same
+    normalized observation; their hidden layers run as one batch of two ([2, B, H] activations,
+    weights [2, H, in]); backward fills the flat gradient from dLoss/dmean and dLoss/dvalue."""
+
+    def __init__(self, policy: Policy, flat: FlatParameters):
+        pairs = list(zip(linears(policy.actor_body), linears(policy.critic[0])))
+        self.W = [flat.stacked(a.weight, c.weight) for a, c in pairs]
+        self.b = [flat.stacked(a.bias, c.bias).unsqueeze(1) for a, c in pairs]
+        self.gW = [flat.stacked(a.weight, c.weight, grad=True) for a, c in pairs]
+        self.gb = [flat.stacked(a.bias, c.bias, grad=True) for a, c in pairs]
+        self.mean, self.value, self.prior = policy.mean, policy.critic[1], policy.hover_prior
+        self.g_mean_w, self.g_mean_b = flat.grad(self.mean.weight), flat.grad(self.mean.bias)
+        self.g_value_w, self.g_value_b = flat.grad(self.value.weight), flat.grad(self.value.bias)
+        self.saved = []
+
+    def forward(self, x: torch.Tensor, hover: torch.Tensor, keep: bool = False):
+        """(action mean [B, A], value [B]) for normalized observations x [B, OBS] and the raw
+        hover-action observation [B]; keep: hold the activations for backward."""
+        h = x.expand(2, *x.shape)
+        saved = [h]
+        for W, b in zip(self.W, self.b):
+            h = tanh_(torch.baddbmm(b, h, W.transpose(1, 2)))
+            saved.append(h)
+        mean = torch.addmm(self.mean.bias.data, h[0], self.mean.weight.data.t())
+        value = torch.addmm(self.value.bias.data, h[1], self.value.weight.data.t()).squeeze(-1)
+        self.saved = saved if keep else []
+        return mean.addcmul_(hover.unsqueeze(-1), self.prior), value
+
+    def backward(self, g_mean: torch.Tensor, g_value: torch.Tensor) -> None:
+        """Writes the gradients of every weight but log_std, from the last forward(keep=True)."""
+        saved, h = self.saved, self.saved[-1]
+        torch.mm(g_mean.t(), h[0], out=self.g_mean_w)
+        torch.sum(g_mean, 0, out=self.g_mean_b)
+        torch.mm(g_value.unsqueeze(0), h[1], out=self.g_value_w)
+        torch.sum(g_value, 0, keepdim=True, out=self.g_value_b)
+        dh = g_mean.new_empty(2, *h.shape[1:])
+        torch.mm(g_mean, self.mean.weight.data, out=dh[0])
+        torch.outer(g_value, self.value.weight.data[0], out=dh[1])
+        for k in reversed(range(len(self.W))):
+            dz = torch.ops.aten.tanh_backward(dh, saved[k + 1])            # dh (1 - h^2)
+            torch.bmm(dz.transpose(1, 2), saved[k], out=self.gW[k])
+            torch.sum(dz, 1, out=self.gb[k])
+            if k:
+                dh = torch.bmm(dz, self.W[k])
+        self.saved = []
+
+
+class FlatAdam:
+    """Adam on one flat parameter, the same arithmetic as torch.optim.Adam: five tensor ops a
+    step. (torch's Optimizer.step spent about 0.3 ms of Python per call here around its 0.04 ms
+    fused kernel: 0.3 us per sample at 32 minibatches of 1024.)"""
+
+    def __init__(self, param: nn.Parameter, lr: float, betas=(0.9, 0.999), eps: float = 1e-5):
+        self.param, self.lr, self.betas, self.eps, self.steps = param, lr, betas, eps, 0
+        self.m, self.v = torch.zeros_like(param.data), torch.zeros_like(param.data)
+
+    def step(self) -> None:
+        self.steps += 1
+        (b1, b2), g = self.betas, self.param.grad
+        self.m.lerp_(g, 1.0 - b1)
+        self.v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+        denom = self.v.sqrt().div_(math.sqrt(1.0 - b2 ** self.steps)).add_(self.eps)
+        self.param.data.addcdiv_(self.m, denom, value=-self.lr / (1.0 - b1 ** self.steps))
+
+
+def ppo_loss_gradients(mean, value, log_std, act, old_logp, adv, ret, config: TrainConfig):
+    """PPO's losses and their gradients by the action mean, the value and log_std, written out.
+    z = (act - mean) / std, logp = -|z|^2 / 2 - sum(log_std) - const, r = exp(logp - old_logp),
+    loss = mean(max(-adv r, -adv clip(r))) + vf_coef mean((value - ret)^2) / 2 - ent_coef entropy.
+    dloss/dlogp = -adv r / B where the unclipped term is the larger, else 0; dlogp/dmean = z / std;
+    dlogp/dlog_std = z^2 - 1; dentropy/dlog_std = 1."""
+    B = mean.shape[0]
+    inv_std = torch.exp(-log_std)
+    z = (act - mean).mul_(inv_std)
+    logp = z.pow(2).sum(-1).mul_(-0.5).sub_(log_std.sum() + ACTION_SIZE * LOG_SQRT_2PI)
+    ratio = (logp - old_logp).exp_()
+    surrogate, clipped = -adv * ratio, -adv * ratio.clamp(1.0 - config.clip, 1.0 + config.clip)
+    policy_loss = torch.maximum(surrogate, clipped).mean()
+    err = value - ret
+    value_loss = 0.5 * err.pow(2).mean()
+    g_logp = torch.where(surrogate >= clipped, surrogate, 0.0).div_(B).unsqueeze(-1)
+    g_mean = (z * inv_std).mul_(g_logp)
+    g_log_std = (z * z).sub_(1.0).mul_(g_logp).sum(0).sub_(config.ent_coef)
+    return policy_loss, value_loss, g_mean, err.mul_(config.vf_coef / B), g_log_std
+
+
+def ppo_loss(mean, value, log_std, act, old_logp, adv, ret, config: TrainConfig):
+    """The same losses through autograd (the recurrent policy; the tests check the two agree)."""
+    z = (act - mean) / log_std.exp()
+    logp = -0.5 * z.pow(2).sum(-1) - log_std.sum() - ACTION_SIZE * LOG_SQRT_2PI
+    ratio = (logp - old_logp).exp()
+    policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - config.clip, 1 + config.clip)).mean()
+    value_loss = 0.5 * (value - ret).pow(2).mean()
+    entropy = log_std.sum() + ACTION_SIZE * (0.5 + LOG_SQRT_2PI)   # of the Gaussian, per sample
+    return policy_loss, value_loss, policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
 
 
 def pick_threads(requested: int, local_processes: int = 1) -> int:
@@ -298,14 +466,9 @@ class Distributed:
             for t in list(module.parameters()) + list(module.buffers()):
                 torch.distributed.broadcast(t.data, 0)
 
-    def average_gradients(self, params: list) -> None:
+    def average_gradients(self, grad: torch.Tensor) -> None:
         if self.world > 1:
-            flat = torch.cat([p.grad.reshape(-1) for p in params])
-            self.all_reduce(flat).div_(self.world)
-            offset = 0
-            for p in params:
-                p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
-                offset += p.numel()
+            self.all_reduce(grad).div_(self.world)
 
     def weight_digests(self, policy: Policy) -> list[str]:
         """sha256 of every rank's weights and statistics (the trainer checks they are one)."""
@@ -355,13 +518,18 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
     env = DroneEnv(config.num_drones, config.profile, action_mode=config.action_mode,
                    task=task_config(**{"task_prob": parse_tasks(config.tasks), **config.task}), seed=env_seed)
     obs_np, _ = env.reset(seed=env_seed)
+    curriculum = None
+    if config.curriculum:
+        from sim.curriculum import Curriculum   # here: only a curriculum run needs it
+        curriculum = Curriculum.from_config(config.curriculum, env.task)
     N, T = config.num_drones, config.horizon
     policy = Policy(OBS_SIZE, ACTION_SIZE, config.hidden, config.layers, config.recurrent, config.init_log_std,
                     config.action_mode).to(device)
     dist.broadcast_parameters(policy)
-    params = list(policy.parameters())
-    # fused: one kernel for all parameters (0.1 ms a step here; the per-tensor loop took 0.8 ms, 16 steps a rollout)
-    optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5, fused=device.type in ("cpu", "cuda"))
+    flat = FlatParameters(flat_layout(policy))
+    fused = None if config.recurrent else FusedActorCritic(policy, flat)
+    optimizer = FlatAdam(flat.param, lr=config.lr)
+    choose_tanh(device)
     hover_index = obs_slice("hover_action").start
     buf = _rollout_buffers(T, N, config.hidden, config.recurrent, device)
     state = policy.initial_state(N, device)
@@ -386,8 +554,7 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
         frac_done = float(dist.all_reduce(frac_done, torch.distributed.ReduceOp.MAX if dist.world > 1 else None))
         if frac_done >= 1.0:
             break
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * (1.0 - (1.0 - config.lr_final_frac) * frac_done)
+        optimizer.lr = config.lr * (1.0 - (1.0 - config.lr_final_frac) * frac_done)
         # ---- rollout: normalization statistics stay fixed within one ----
         t_rollout = time.perf_counter()
         finals = []                                  # (t, index, final obs) of time-limited episodes
@@ -403,7 +570,10 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
                 hover.copy_(obs[:, hover_index])
                 if config.recurrent:
                     buf["state"][t] = state
-                mean, buf["val"][t], state = actor_critic(policy, x, hover, state)
+                if fused:
+                    mean, buf["val"][t] = fused.forward(x, hover)
+                else:
+                    mean, buf["val"][t], state = actor_critic(policy, x, hover, state)
                 noise = torch.randn_like(mean)
                 action = torch.addcmul(mean, noise, std, out=buf["act"][t])
                 buf["logp"][t] = noise.pow(2).sum(-1).mul(-0.5).add(logp_const)
@@ -431,15 +601,17 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
                 idx = torch.cat([i for _, i, _ in finals]).to(device)
                 final_obs = torch.cat([o for _, _, o in finals]).to(device)
                 fx = torch.clamp((final_obs - obs_mean) * inv_std, -10.0, 10.0)
-                if config.recurrent:
-                    final_v = run_mlp(policy.critic, fx).squeeze(-1)
+                if fused:
+                    final_v = fused.forward(fx, final_obs[:, hover_index])[1]
                 else:
-                    final_v = actor_critic(policy, fx, final_obs[:, hover_index])[1]
+                    final_v = run_mlp(policy.critic, fx).squeeze(-1)
                 buf["rew"].index_put_((ts, idx), config.gamma * final_v, accumulate=True)
             # ---- advantages (GAE) ----
             next_obs = torch.as_tensor(obs_np, device=device)
             next_x = torch.clamp((next_obs - obs_mean) * inv_std, -10.0, 10.0)
-            next_value = actor_critic(policy, next_x, next_obs[:, hover_index], state)[1]
+            next_hover = next_obs[:, hover_index]
+            next_value = (fused.forward(next_x, next_hover) if fused else
+                          actor_critic(policy, next_x, next_hover, state))[1]
             adv = torch.zeros_like(buf["rew"])
             last = torch.zeros(N, device=device)
             notdone = 1.0 - buf["done"]
@@ -453,37 +625,43 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
         timing["rollout_s"] += time.perf_counter() - t_rollout
         t_update = time.perf_counter()
         # ---- PPO update: minibatches of samples (of whole drones for the recurrent policy, in time order) ----
-        flat = {k: buf[k].reshape(T * N, -1).squeeze(-1) for k in ("x", "hover", "act", "logp")}
-        flat["adv"], flat["ret"] = adv.reshape(-1), returns.reshape(-1)
+        grad, log_std = flat.param.grad, policy.log_std
+        flat_buf = {k: buf[k].reshape(T * N, -1).squeeze(-1) for k in ("x", "hover", "act", "logp")}
+        flat_buf["adv"], flat_buf["ret"] = adv.reshape(-1), returns.reshape(-1)
         for j in range(max(1, round(config.epochs * config.minibatches))):
-            if j % config.minibatches == 0:
-                chunks = torch.randperm(N if config.recurrent else T * N, device=device).chunk(config.minibatches)
-            mb = chunks[j % config.minibatches]
-            if config.recurrent:
+            if fused:   # shuffled once a pass, then contiguous minibatches
+                if j % config.minibatches == 0:
+                    perm = torch.randperm(T * N, device=device)
+                    shuffled = {k: v[perm] for k, v in flat_buf.items()}
+                size = T * N // config.minibatches
+                mb = {k: v[(j % config.minibatches) * size:(j % config.minibatches + 1) * size]
+                      for k, v in shuffled.items()}
+                with torch.no_grad():
+                    mean, value = fused.forward(mb["x"], mb["hover"], keep=True)
+                    policy_loss, value_loss, g_mean, g_value, g_log_std = ppo_loss_gradients(
+                        mean, value, log_std.data, mb["act"], mb["logp"], mb["adv"], mb["ret"], config)
+                    fused.backward(g_mean, g_value)
+                    flat.grad(log_std).copy_(g_log_std)
+            else:
+                if j % config.minibatches == 0:
+                    chunks = torch.randperm(N, device=device).chunk(config.minibatches)
+                mb = chunks[j % config.minibatches]
                 h, means, values = buf["state"][0, mb], [], []
                 for t in range(T):
                     h = h * notdone[t - 1, mb].unsqueeze(-1) if t > 0 else h
                     m, v, h = actor_critic(policy, buf["x"][t, mb], buf["hover"][t, mb], h)
                     means.append(m)
                     values.append(v)
-                mean, value = torch.cat(means), torch.cat(values)
-                act, old_logp, a, ret = (buf["act"][:, mb].reshape(-1, ACTION_SIZE), buf["logp"][:, mb].reshape(-1),
-                                         adv[:, mb].reshape(-1), returns[:, mb].reshape(-1))
-            else:
-                mean, value, _ = actor_critic(policy, flat["x"][mb], flat["hover"][mb])
-                act, old_logp, a, ret = flat["act"][mb], flat["logp"][mb], flat["adv"][mb], flat["ret"][mb]
-            z = (act - mean) / policy.log_std.exp()
-            logp = -0.5 * z.pow(2).sum(-1) - policy.log_std.sum() - ACTION_SIZE * LOG_SQRT_2PI
-            ratio = (logp - old_logp).exp()
-            policy_loss = torch.max(-a * ratio, -a * ratio.clamp(1 - config.clip, 1 + config.clip)).mean()
-            value_loss = 0.5 * (value - ret).pow(2).mean()
-            entropy = policy.log_std.sum() + ACTION_SIZE * (0.5 + LOG_SQRT_2PI)   # of the Gaussian, per sample
-            loss = policy_loss + config.vf_coef * value_loss - config.ent_coef * entropy
-            optimizer.zero_grad()
-            loss.backward()
-            dist.average_gradients(params)
-            nn.utils.clip_grad_norm_(params, config.max_grad_norm, foreach=True)
-            optimizer.step()
+                policy_loss, value_loss, loss = ppo_loss(
+                    torch.cat(means), torch.cat(values), log_std, buf["act"][:, mb].reshape(-1, ACTION_SIZE),
+                    buf["logp"][:, mb].reshape(-1), adv[:, mb].reshape(-1), returns[:, mb].reshape(-1), config)
+                for g, p in zip(torch.autograd.grad(loss, flat.params), flat.params):
+                    flat.grad(p).copy_(g)
+            with torch.no_grad():
+                dist.average_gradients(grad)
+                grad.mul_((config.max_grad_norm / (grad.norm() + 1e-6)).clamp_max(1.0))   # clip the norm
+                optimizer.step()
+        entropy = log_std.detach().sum() + ACTION_SIZE * (0.5 + LOG_SQRT_2PI)   # of the Gaussian, per sample
         losses = torch.stack([policy_loss.detach(), value_loss.detach(), entropy.detach()]).cpu()
         _update_normalization(policy, buf["obs"], dist)
         updates += 1
@@ -499,10 +677,15 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
             "success_rate": float(ep["success"].mean()) if len(ep["success"]) else 0.0,
             "crash_rate": float(ep["crash"].mean()) if len(ep["crash"]) else 0.0,
             "policy_loss": float(losses[0]), "value_loss": float(losses[1]), "entropy": float(losses[2]),
-            "lr": optimizer.param_groups[0]["lr"], "log_std": policy.log_std.detach().cpu().tolist(),
+            "lr": optimizer.lr, "log_std": policy.log_std.detach().cpu().tolist(),
             **{f"time_{k}": v for k, v in timing.items()}, "threads": threads, "world_size": dist.world,
             "success_per_task": per_task_success(ep),
         }
+        if curriculum:
+            changes = curriculum.update(metrics["success_per_task"], metrics["steps"])
+            if changes:
+                env.set_task(**changes)
+            metrics["curriculum"] = curriculum.state()
         progress.update(metrics)
         if config.snapshot_every_s and elapsed >= next_snapshot_s:
             if dist.rank == 0:

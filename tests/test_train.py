@@ -12,8 +12,10 @@ from sim import OBS_SIZE
 from sim.core import ACTION_SIZE
 from sim.env import DroneEnv
 from sim.evaluate import evaluate
-from sim.train import (CheckpointError, ConfigError, Policy, TrainConfig, actor_critic, load_checkpoint,
-                       parse_overrides, pick_threads, save_checkpoint, train)
+import sim.train
+from sim.train import (CheckpointError, ConfigError, FlatAdam, FlatParameters, FusedActorCritic, Policy, TrainConfig,
+                       actor_critic, flat_layout, load_checkpoint, parse_overrides, pick_threads, ppo_loss,
+                       ppo_loss_gradients, save_checkpoint, train)
 from skyloop.cli import main as skyloop
 
 # An easy hover: start near level and slow, so a few seconds of training show.
@@ -235,6 +237,62 @@ def test_the_training_forward_pass_computes_the_policy_and_critic(layers, recurr
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(fast, reference))
     with torch.no_grad():   # the rollout's no-grad path too
         assert torch.allclose(actor_critic(policy, policy.normalize(obs), hover, state)[0], expected_mean, atol=1e-5)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("tanh_via_sigmoid", [False, True])
+def test_the_written_out_backward_pass_gives_autograds_gradients(layers, tanh_via_sigmoid, monkeypatch):
+    monkeypatch.setattr(sim.train, "TANH_VIA_SIGMOID", tanh_via_sigmoid)
+    torch.manual_seed(layers)
+    policy, reference = Policy(hidden=32, layers=layers), Policy(hidden=32, layers=layers)
+    with torch.no_grad():
+        policy.mean.weight.normal_(0.0, 0.5)
+        policy.log_std.normal_(-1.0, 0.2)
+    reference.load_state_dict(policy.state_dict())
+    flat = FlatParameters(flat_layout(policy))
+    fused = FusedActorCritic(policy, flat)
+    B = 300
+    x, hover = torch.randn(B, OBS_SIZE), torch.rand(B)
+    act, old_logp = torch.randn(B, ACTION_SIZE) * 0.5, torch.randn(B) * 0.5 + 1.0
+    adv, ret = torch.randn(B), torch.randn(B)
+    config = TrainConfig(ent_coef=0.01)
+    with torch.no_grad():
+        mean, value = fused.forward(x, hover, keep=True)
+        policy_loss, value_loss, g_mean, g_value, g_log_std = ppo_loss_gradients(
+            mean, value, policy.log_std.data, act, old_logp, adv, ret, config)
+        fused.backward(g_mean, g_value)
+        flat.grad(policy.log_std).copy_(g_log_std)
+    ref_mean, ref_value, _ = actor_critic(reference, x, hover)
+    ref_policy_loss, ref_value_loss, loss = ppo_loss(ref_mean, ref_value, reference.log_std, act, old_logp, adv, ret,
+                                                     config)
+    loss.backward()
+    # the module's own parameters are views of the flat one: the forward pass is the policy's
+    assert torch.allclose(mean, ref_mean, atol=1e-6) and torch.allclose(value, ref_value, atol=1e-6)
+    assert torch.allclose(policy_loss, ref_policy_loss) and torch.allclose(value_loss, ref_value_loss)
+    ratio = (-0.5 * ((act - mean) / policy.log_std.exp()).pow(2).sum(-1) - policy.log_std.sum()
+             - ACTION_SIZE * sim.train.LOG_SQRT_2PI - old_logp).exp()
+    assert ((ratio < 0.8) | (ratio > 1.2)).float().mean() > 0.2   # clipped and unclipped samples both occur
+    expected = torch.cat([p.grad.reshape(-1) for p in flat_layout(reference)])
+    assert torch.allclose(flat.param.grad, expected, rtol=1e-4, atol=1e-6)
+    # a planted error in one gradient is seen
+    g_mean[0, 0] += 0.01
+    with torch.no_grad():
+        fused.forward(x, hover, keep=True)
+        fused.backward(g_mean, g_value)
+    assert not torch.allclose(flat.param.grad, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_flat_adam_steps_as_torch_adam():
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(500))
+    b = torch.nn.Parameter(a.detach().clone())
+    reference, flat = torch.optim.Adam([a], lr=3e-3, eps=1e-5), FlatAdam(b, lr=3e-3)
+    for _ in range(20):
+        g = torch.randn(500)
+        a.grad, b.grad = g.clone(), g.clone()
+        reference.step()
+        flat.step()
+    assert torch.allclose(a, b, atol=1e-7) and not torch.allclose(a, torch.zeros(500))
 
 
 def test_threads_follow_the_request_or_the_free_cores():
