@@ -42,6 +42,7 @@ SERVO_MAGIC_16, SERVO_MAGIC_32 = 18458, 29569
 SERVO_HEADER = "<HHI"
 SERVO_HEADER_SIZE = struct.calcsize(SERVO_HEADER)
 PHYSICS_DT_S = 0.001            # 1 kHz physics frames (ArduCopter's default SIM_RATE_HZ is 1200, its loop 400 Hz)
+SLOW_FRAME_S = 0.05             # a lockstep turn this long (wall time) is recorded: whose turn, how long, when
 
 
 class BridgeError(OSError):
@@ -95,6 +96,8 @@ class JsonBridge(ThreadService):
         self.pwm = np.zeros(4)
         self.frame_count: int | None = None
         self.counters = {"frames": 0, "repeats": 0, "bad": 0, "resets": 0}
+        # lockstep turns over SLOW_FRAME_S: (sim time s, "firmware" (servo packet awaited) or "bridge", wall s)
+        self.slow_turns: list[tuple[float, str, float]] = []
         self.crashed = False
         self._specific_force_flu = np.array([0.0, 0.0, G_M_S2])
         self._reply: bytes | None = None
@@ -124,6 +127,7 @@ class JsonBridge(ThreadService):
         self.sock.close()
 
     def _run(self) -> None:
+        replied_s = None
         while not self._stop.is_set():
             try:
                 data, addr = self.sock.recvfrom(256)
@@ -131,12 +135,33 @@ class JsonBridge(ThreadService):
                 continue
             except OSError:
                 return
+            received_s = time.monotonic()
+            if replied_s is not None:
+                self._timed("firmware", received_s - replied_s)
             reply = self.handle(data)
             if reply is not None:
                 try:
                     self.sock.sendto(reply, addr)
                 except OSError:
                     return
+            replied_s = time.monotonic()
+            self._timed("bridge", replied_s - received_s)
+
+    def _timed(self, whose: str, seconds: float) -> None:
+        if seconds > SLOW_FRAME_S and len(self.slow_turns) < 1000:
+            self.slow_turns.append((self.sim_time_s, whose, seconds))
+
+    def slow_turns_text(self) -> str:
+        """The slow lockstep turns in words: how many were whose, the longest, the first few."""
+        parts = []
+        for whose, what in (("firmware", "the firmware's (the servo packet awaited)"), ("bridge", "the bridge's")):
+            turns = [(t, s) for t, who, s in self.slow_turns if who == whose]
+            if turns:
+                t, s = max(turns, key=lambda ts: ts[1])
+                parts.append(f"{len(turns)} of {what}, longest {s:.3f} s at sim time {t:.2f} s")
+        first = [(round(t, 2), who, round(s, 3)) for t, who, s in self.slow_turns[:8]]
+        return (f"lockstep turns over {SLOW_FRAME_S:g} s of wall time: " + "; ".join(parts)
+                + f"; the first (sim time s, whose, wall s): {first}")
 
     def handle(self, data: bytes) -> bytes | None:
         """One servo packet -> the JSON reply (None for a packet that is not one)."""
@@ -261,6 +286,8 @@ def _bridge_main(profile, port, start_pos_enu_m, start_yaw_rad, pose, pose_url, 
         if master is not None:
             master.close()
         bridge.stop()
+        if bridge.slow_turns:
+            log.warning("%s", bridge.slow_turns_text())
 
 
 def _accepts(url: str) -> bool:

@@ -110,6 +110,31 @@ def test_bridge_answers_a_servo_packet_with_the_state_in_ardupilots_frames(free_
     assert (rate, count, len(pwm)) == (400, 7, 32)
 
 
+def test_bridge_records_whose_lockstep_turn_was_slow(free_udp_port):
+    """Each turn is timed on the wall clock: a servo packet 80 ms after the reply is the firmware's
+    slow turn (a stalled SITL), named with its sim time. (Fast turns are not asserted: on a loaded
+    machine this test's own thread may be late.)"""
+    from sim.profiles import load_profile
+    import socket
+    import struct
+    port = free_udp_port()
+    bridge = JsonBridge(load_profile("camera15"), port)
+    bridge.start()
+    firmware = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    firmware.settimeout(2.0)
+    try:
+        for count, pause_s in ((0, 0.0), (1, 0.0), (2, 0.08), (3, 0.0)):
+            time.sleep(pause_s)
+            firmware.sendto(struct.pack("<HHI16H", 18458, 1000, count, *([1000] * 16)), ("127.0.0.1", port))
+            firmware.recvfrom(4096)
+    finally:
+        firmware.close()
+        bridge.stop()
+    slow = {(who, round(t, 3)): s for t, who, s in bridge.slow_turns}
+    assert 0.08 <= slow[("firmware", 0.002)] < 1.0
+    assert "of the firmware's (the servo packet awaited), longest" in bridge.slow_turns_text()
+
+
 def test_course_origin_rule_refuses_naming_both_positions_or_places_the_course():
     hall = load_course("hall")
     with pytest.raises(CourseOriginError) as err:
