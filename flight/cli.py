@@ -117,6 +117,7 @@ def fly(args) -> Flown | int:
     from flight.connection import parse_connection
     from flight.course import load_course
     from flight.link import MavLink
+    from flight.realtime import raised_priority
     from flight.runner import StatusLine, fly_course
     from flight.sitl.vehicle import ARDUPILOT_ARMING_DELAY_S
     from policy_export import load_policy
@@ -149,8 +150,10 @@ def fly(args) -> Flown | int:
     rate_max = policy.metadata.get("action_scaling", {}).get("rate_max_rad_s", profile.params["rate_max_rad_s"])
 
     course_frame = args.course_frame or "local"
-    _raise_priority()                                 # before the vehicle process starts: it inherits it
     with contextlib.ExitStack() as stack:
+        # real time where allowed (flight/realtime.py), before the vehicle's process starts (it inherits it),
+        # and back as it was once everything has stopped
+        log.info("CPU priority: %s", stack.enter_context(raised_priority()))
         if args.sitl is not None:
             connection, course_frame = _ardupilot_sitl(args, stack, profile, course)
         elif connection is None and args.autopilot != "betaflight":
@@ -221,22 +224,6 @@ def run(args) -> int:
     """`fly` without its picture (the CLI's fly verb, skyloop/verbs/fly.py, draws it)."""
     flown = fly(args)
     return flown if isinstance(flown, int) else report(args, flown)
-
-
-#: how much `fly` raises its own CPU priority (the control loop must not wait behind a busy laptop)
-PRIORITY_BOOST = 10
-
-
-def _raise_priority() -> None:
-    """Sets this process's nice value to -PRIORITY_BOOST where allowed (root, CAP_SYS_NICE, or an
-    rlimit for it); elsewhere it says how, and flies at the normal priority."""
-    try:
-        now = os.nice(0)
-        if now > -PRIORITY_BOOST:                     # once per process, to nice -PRIORITY_BOOST
-            os.nice(-PRIORITY_BOOST - now)
-    except OSError as exc:
-        log.info("running at normal CPU priority (%s); on a busy computer start fly with "
-                 "`sudo nice -n -%d` or give it a core of its own (taskset)", exc, PRIORITY_BOOST)
 
 
 @contextlib.contextmanager

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 
 import numpy as np
 
 from flight.course import Course, CourseProgress
+from flight.realtime import lower_priority
 from flight.service import Service
 from sim.core import ACTION_SIZE, OBS_GATES, observe
 from sim.env import DroneEnv
@@ -97,10 +97,7 @@ class Ghost:
 
 def _serve(conn, config: dict) -> None:
     """The ghost process: answers each request with a prediction until it gets None (or the pipe closes)."""
-    try:
-        os.nice(10)                               # the control loop, not the ghost, gets the CPU when both want it
-    except OSError:
-        pass
+    lower_priority(10)                            # the control loop, not the ghost, gets the CPU when both want it
     from policy_export import load_policy
     policy = load_policy(config["policy_path"], action_modes=(config["action_mode"],), threads=1)
     ghost = Ghost(policy, config["profile"], config["course"], lookahead_m=config["lookahead_m"],

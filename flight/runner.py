@@ -25,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 
+from flight import realtime
 from flight.command import hold_action
 from flight.course import Course, CourseProgress
 from flight.linkbase import call_quietly
@@ -206,7 +207,7 @@ def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *,
     loop.view = view
     meta = {**(meta or {}), "course": course.to_json(), "course_frame": course_frame,
             "course_offset_enu_m": offset.tolist(), "profile": profile.name, "policy_mode": mode,
-            "control_hz": policy.control_hz, "link": link.describe()}
+            "control_hz": policy.control_hz, "link": link.describe(), "cpu_priority": realtime.describe()}
     failsafe = failsafe_at = None
     with RowLogWriter(log_path, FLIGHT_COLUMNS, FLIGHT_LOG_FORMAT, meta) as flight_log:
         link.start_offboard(lambda: link.send_action(hold_action(mode, shadow.hover_action, True), shadow))

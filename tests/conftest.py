@@ -62,14 +62,17 @@ def _vehicle_and_link(course, profile="crazyflie21", autopilot="ardupilot", mode
     from flight.cli import default_policy
     from flight.connection import parse_connection
     from flight.link import MavLink
+    from flight.realtime import raised_priority
     from flight.sitl import SitlVehicle
     from policy_export import load_policy
     from sim.profiles import load_profile
     port = _free_udp_port()
     prof = load_profile(profile)
     policy = load_policy(default_policy(mode), action_modes=(mode,))
-    with SitlVehicle(prof, f"udpout:127.0.0.1:{port}", autopilot, course.start_pos_enu_m, course.start_yaw_rad,
-                     **sitl) as vehicle:
+    # the vehicle steps in real time in this process: its threads, the link's and the test's (the control
+    # loop) run real time where allowed, as fly does, so a busy machine does not starve them (flight/realtime.py)
+    with raised_priority(), SitlVehicle(prof, f"udpout:127.0.0.1:{port}", autopilot, course.start_pos_enu_m,
+                                        course.start_yaw_rad, **sitl) as vehicle:
         rate_max = policy.metadata["action_scaling"].get("rate_max_rad_s", prof.params["rate_max_rad_s"])
         with MavLink(parse_connection(f"udpin:127.0.0.1:{port}"), autopilot, mode, rate_max) as link:
             yield vehicle, link, policy, prof

@@ -1,5 +1,6 @@
 """The safety supervisor on its own: every failsafe fires with its reason, a good state flies on."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -63,3 +64,46 @@ def test_preflight_refuses_what_must_not_take_off():
     assert "moving" in preflight(HALL, state(pos=(0, 0, 1), vel=(1, 0, 0)), None, None)[0]
     assert any("charge it" in p for p in preflight(HALL, start, battery_v=13.5, cells=4))
     assert any("widen bounds_m" in p for p in preflight(HALL, start, None, None, Limits(geofence_margin_m=5.0)))
+
+
+# ---------------------------------------------------------------- CPU priority (flight/realtime.py)
+def test_priority_falls_back_to_nice_then_to_normal_and_says_so(monkeypatch):
+    import os
+
+    from flight import realtime
+
+    def refused(*_):
+        raise PermissionError(1, "Operation not permitted")
+    niced = []
+    monkeypatch.setattr(os, "sched_setscheduler", refused)
+    monkeypatch.setattr(os, "nice", lambda inc: niced.append(inc) or 0)
+    assert realtime.raise_priority() == "nice -10 (real-time refused: Operation not permitted)"
+    assert niced == [0, -10]
+    monkeypatch.setattr(os, "nice", refused)
+    assert realtime.raise_priority().startswith("normal")
+
+
+def test_a_real_time_flight_process_starts_its_helpers_at_normal_priority(tmp_path):
+    """The control loop is real time where allowed; the ghost and the page server (spawned from it)
+    are not: they drop to normal scheduling and never compete with it."""
+    import subprocess
+    import sys
+    script = ("import multiprocessing as mp, os\n"
+              "from flight import realtime\n"
+              "def child(q):\n"
+              "    realtime.lower_priority(3)\n"
+              "    q.put((os.sched_getscheduler(0), os.nice(0)))\n"
+              "if __name__ == '__main__':\n"
+              "    got = realtime.raise_priority()\n"
+              "    ctx = mp.get_context('spawn'); q = ctx.Queue(); p = ctx.Process(target=child, args=(q,)); p.start()\n"
+              "    print(got, os.sched_getscheduler(0) == os.SCHED_FIFO, q.get(timeout=60) == (os.SCHED_OTHER, 3))\n"
+              "    p.join()\n")
+    (tmp_path / "priorities.py").write_text(script)
+    out = subprocess.run([sys.executable, str(tmp_path / "priorities.py")], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(
+                             os.path.abspath(__file__)))})
+    assert out.returncode == 0, out.stderr
+    words, is_fifo, child_normal = out.stdout.rsplit(" ", 2)
+    if not words.startswith("real-time"):
+        pytest.skip(f"this machine does not allow real-time priority here ({words})")
+    assert is_fifo == "True" and child_normal.strip() == "True"
