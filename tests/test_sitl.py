@@ -21,6 +21,8 @@ from skyloop import frames  # noqa: E402
 from flight.connection import ConnectionStringError  # noqa: E402
 from flight.sitl import SitlVehicle, SitlError, parse_speed  # noqa: E402
 from flight.sitl.models import Realism, RealismError  # noqa: E402
+from flight.sitl.vehicle import Vehicle  # noqa: E402
+from skyloop.course import load_course  # noqa: E402
 from sim.core import GRAVITY_M_S2  # noqa: E402
 from skyloop.cli import main as skyloop  # noqa: E402
 
@@ -389,6 +391,38 @@ def test_parameters_read_set_and_drive_the_vehicle():
         assert vehicle.state()["vel_enu_m_s"][2] == pytest.approx(1.25, abs=0.1)
         client.fly(150, 0.5)
         assert vehicle.state()["vel_enu_m_s"][2] == pytest.approx(0.0, abs=0.1)
+
+
+def test_origin_at_the_start_reports_the_start_as_zero_as_ardupilot_with_gps_does():
+    """origin="start": LOCAL_POSITION_NED and ODOMETRY are relative to where the vehicle started
+    (ArduPilot's and PX4's EKF origin with GPS), so the hall, whose start is (-14, -8), is refused
+    as it is and placed at the vehicle with the "start" rule; the default reports the course's frame."""
+    from flight.origin import CourseOriginError, place_course
+    hall = load_course("hall")
+    for origin, expect_ned in (("start", (0.0, 0.0, 0.0)), ("course", (-8.0, -14.0, 0.0))):
+        with connected(start_pos_enu_m=hall.start_pos_enu_m, origin=origin) as (vehicle, client):
+            client.rate("LOCAL_POSITION_NED", 50)
+            client.rate("ODOMETRY", 50)
+            client.tick(0.2, vehicle)
+            lpn, odo = client.seen["LOCAL_POSITION_NED"], client.seen["ODOMETRY"]
+            assert (lpn.x, lpn.y, lpn.z) == pytest.approx(expect_ned, abs=1e-5)
+            assert (odo.x, odo.y, odo.z) == pytest.approx(expect_ned, abs=1e-5)
+            reported_enu = frames.ned_to_enu([lpn.x, lpn.y, lpn.z])
+            if origin == "start":
+                with pytest.raises(CourseOriginError):
+                    place_course(hall, reported_enu, "local")
+                placed, offset = place_course(hall, reported_enu, "start")
+                assert offset.tolist() == pytest.approx([14.0, 8.0, 0.0])
+                take_off(vehicle, client, 1.0)
+                client.tick(0.1, vehicle)
+                lpn = client.seen["LOCAL_POSITION_NED"]
+                assert -lpn.z == pytest.approx(vehicle.state()["pos_enu_m"][2], abs=0.05)   # up is -z, from the start
+                assert (lpn.x, lpn.y) == pytest.approx(tuple(np.asarray(vehicle.state()["pos_enu_m"])[[1, 0]]
+                                                             - [-8.0, -14.0]), abs=1e-3)
+            else:
+                assert place_course(hall, reported_enu, "local")[1].tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(SitlError):
+        Vehicle(origin="home")
 
 
 def test_streams_at_requested_rates_in_ned_frd_with_sag_rpm_and_pwm():

@@ -49,7 +49,8 @@ def resend_latest(v) -> None:
 
 
 def sensed(v) -> dict:
-    """What the estimator reports: the true state plus the realism noise, NED / FRD."""
+    """What the estimator reports: the true state plus the realism noise, NED / FRD, the position
+    relative to the vehicle's origin (v.origin_enu_m)."""
     r, rng = v.realism, v._noise_rng
     s = v.env.state(0)
     q = np.asarray(s["quat_wxyz"], float)
@@ -59,7 +60,8 @@ def sensed(v) -> dict:
     gyro_flu = np.asarray(s["omega_flu_rad_s"], float) + frames.frd_to_flu(v._gyro_bias)
     if r.gyro_noise_rad_s > 0:
         gyro_flu = gyro_flu + rng.normal(size=3) * r.gyro_noise_rad_s
-    pos = np.asarray(s["pos_enu_m"], float) + (rng.normal(size=3) * r.pos_noise_m if r.pos_noise_m > 0 else 0)
+    pos = np.asarray(s["pos_enu_m"], float) - v.origin_enu_m
+    pos = pos + (rng.normal(size=3) * r.pos_noise_m if r.pos_noise_m > 0 else 0)
     vel = np.asarray(s["vel_enu_m_s"], float) + (rng.normal(size=3) * r.vel_noise_m_s if r.vel_noise_m_s > 0 else 0)
     return {"pos_ned": frames.enu_to_ned(pos), "vel_ned": frames.enu_to_ned(vel),
             "q_ned_frd": frames.quat_enu_flu_to_ned_frd(q), "gyro_frd": frames.flu_to_frd(gyro_flu),

@@ -52,6 +52,7 @@ PARAM_RANGES = {
     "MPC_LAND_SPEED": (0.2, 3.0), "COM_DISARM_LAND": (-1.0, 20.0), "BAT1_CAPACITY": (-1.0, 1e6),
     "BAT_CRIT_THR": (0.05, 0.5)}
 SETPOINT_TIMEOUT_RANGE_S = (0.05, 5.0)
+ORIGINS = ("course", "start")          # where the reported local position has its (0, 0, 0)
 
 
 def param_problem(name: str, value: float) -> str | None:
@@ -81,7 +82,14 @@ class Vehicle:
                  start_pos_enu_m=(0.0, 0.0, 0.0), start_yaw_rad: float = 0.0,
                  speed: float = 1.0, setpoint_timeout_s: float = 0.5, seed: int = 0, *, lockstep: bool = False,
                  realism: Realism | str | None = None, loss_action: str = "land", battery_soc: float = 1.0,
-                 randomize: bool = False, arming_delay_s: float = 0.0):
+                 randomize: bool = False, arming_delay_s: float = 0.0, origin: str = "course"):
+        if origin not in ORIGINS:
+            raise SitlError(f"origin must be one of {', '.join(ORIGINS)}, got {origin!r}")
+        # LOCAL_POSITION_NED / ODOMETRY are reported relative to this point (ENU): "start", where the
+        # vehicle starts (ArduPilot's and PX4's EKF origin with GPS), or "course", the course's own
+        # frame (motion capture indoors)
+        self.origin = origin
+        self.origin_enu_m = np.asarray(start_pos_enu_m, float).copy() if origin == "start" else np.zeros(3)
         if not (math.isfinite(arming_delay_s) and 0.0 <= arming_delay_s <= 10.0):
             raise SitlError(f"arming_delay_s must be a number of seconds in 0..10, got {arming_delay_s!r}")
         self.arming_delay_s = float(arming_delay_s)
