@@ -418,6 +418,19 @@ def identify_flight(traj: Trajectory, base: Profile, mass_kg: float | None = Non
         if not (f.ci95 < MAX_REL_CI * f.value or (name == "motor_delay_s" and f.ci95 <= MAX_DELAY_CI_S)):
             not_fitted[name] = f"the flight does not pin it down: {f.value:.3g} +- {f.ci95:.3g} s"
             del fits[name]
+    if traj.has("rotor_rad_s"):    # rotor speeds and commands logged: the motor's timing measured directly
+        lag = rotor_lag_from_rpm(traj, p, use)
+        x[3] = x[4] = lag["motor_tau_s"]
+        delay = lag["motor_delay_s"]
+        for name, value in (("motor_tau_up_s", x[3]), ("motor_tau_down_s", x[4]), ("motor_delay_s", delay)):
+            not_fitted.pop(name, None)
+            spread = abs(lag["motor_tau_s"] - lag["motor_tau_s_other_half"])   # the two halves' difference
+            fits[name] = Fit(name, float(value), ROTOR_LAG_DELAYS_S[1] / 2 if name == "motor_delay_s" else
+                             float(spread if math.isfinite(spread) else value),
+                             r2=lag["r2_fit"], rows_used=lag["rows_fit"], rows_rejected=sum(rejected.values()),
+                             rejected=rejected, files=files, method=lag["method"],
+                             extra={"r2_held_out": lag["r2_test"], "rows_held_out": lag["rows_test"],
+                                    "accelerometer_fit": how})
 
     # inertia, CoM offset and the yaw coefficient from the angular accelerations
     p.update(throttle_to_omega_rad_s=[float(v) for v in x[:3]], motor_tau_up_s=float(x[3]),
@@ -475,6 +488,57 @@ def identify_flight(traj: Trajectory, base: Profile, mass_kg: float | None = Non
                                       "field: reported, not in the profile)")
     return FlightIdentification(fits=fits, not_fitted=not_fitted, skipped=skipped, used_rows=n_use,
                                 stretches=stretches, figures=rounded(figures))
+
+
+ROTOR_LAG_DELAYS_S = np.arange(0.0, 0.031, 0.002)
+
+
+def rotor_lag_from_rpm(traj: Trajectory, params: dict, use: np.ndarray, split_s: float | None = None) -> dict:
+    """Motor delay and time constant from logged rotor speeds against logged commands (a log with
+    both, e.g. an RPM deck): the sim's motor model driven by the commands, each motor's logged speed
+    regressed on it (gain and offset per motor absorb the curve's level, so only the timing is
+    fitted), delay on a 2 ms grid, one time constant. Fitted on the `use` rows before `split_s`
+    (default: the first half of them) and scored (R^2) on the rows after it. A lag of the speed
+    sensor itself adds to both figures: they bound the motor's from above."""
+    rows = np.flatnonzero(use & np.all(np.isfinite(traj.rotor_rad_s), axis=1))
+    if len(rows) < 500:
+        raise CalibrationError(f"{traj.source}: {len(rows)} flying rows with rotor speeds; a rotor lag fit needs 500")
+    split_s = float(traj.t_s[rows[len(rows) // 2]]) if split_s is None else float(split_s)
+    fit_rows, test_rows = rows[traj.t_s[rows] < split_s], rows[traj.t_s[rows] >= split_s]
+
+    # a row logs the command just sent and the speed measured before it acts: the model's speed after
+    # the step of row k-1 is what row k measured (so a delay of 0 is a motor that answers within the step)
+    same = np.r_[False, traj.segment[1:] == traj.segment[:-1]]
+    fit_rows, test_rows = fit_rows[same[fit_rows]], test_rows[same[test_rows]]
+
+    def ssr(tau: float, delay: float, where: np.ndarray) -> tuple[float, float]:
+        w = rotor_model(traj, {**params, "motor_tau_up_s": tau, "motor_tau_down_s": tau, "motor_delay_s": delay})
+        w = np.roll(w, 1, axis=0)
+        res = tot = 0.0
+        for m in range(4):
+            x, y = w[where, m], traj.rotor_rad_s[where, m]
+            coef = np.linalg.lstsq(np.column_stack([x, np.ones(len(x))]), y, rcond=None)[0]
+            res += float(np.sum((y - coef[0] * x - coef[1]) ** 2))
+            tot += float(np.sum((y - y.mean()) ** 2))
+        return res, 1.0 - res / tot
+
+    best = None
+    for delay in ROTOR_LAG_DELAYS_S:
+        opt = optimize.minimize_scalar(lambda tau: ssr(tau, delay, fit_rows)[0], bounds=(0.003, 0.3), method="bounded",
+                                       options={"xatol": 5e-4})
+        if best is None or opt.fun < best[0]:
+            best = (float(opt.fun), float(delay), float(opt.x))
+    _, delay, tau = best
+    other = optimize.minimize_scalar(lambda t: ssr(t, delay, test_rows)[0], bounds=(0.003, 0.3), method="bounded",
+                                     options={"xatol": 5e-4}).x if len(test_rows) >= 100 else math.nan
+    return {"motor_delay_s": delay, "motor_tau_s": tau, "motor_tau_s_other_half": float(other),
+            "fit_until_s": split_s, "rows_fit": int(len(fit_rows)),
+            "rows_test": int(len(test_rows)), "r2_fit": ssr(tau, delay, fit_rows)[1],
+            "r2_test": ssr(tau, delay, test_rows)[1] if len(test_rows) >= 100 else None,
+            "method": "logged rotor speeds regressed per motor (gain, offset) on the sim's motor model driven by the "
+                      f"logged commands; delay on a {ROTOR_LAG_DELAYS_S[1] * 1e3:.0f} ms grid, one time constant; "
+                      f"fitted on the flying rows before {split_s:.2f} s, R^2 on those after; ci95: the grid's half step for the "
+                      "delay, for tau the difference from a fit on the rows after"}
 
 
 def hover_seconds(traj: Trajectory, use: np.ndarray) -> np.ndarray:

@@ -389,4 +389,9 @@ def test_the_crazyflie_profile_says_its_motor_dynamics_were_measured():
     p = load_profile("crazyflie21")
     for name in ("motor_tau_up_s", "motor_tau_down_s"):
         assert p.source[name]["file"].startswith("arpl_cf21_sysid_log10") and p.source[name]["ci95"] > 0
-    assert "radio period" not in p.source["motor_delay_s"].split("(It was")[0]
+    delay = p.source["motor_delay_s"]        # measured: the jana00 flight's rotor speeds against its commands
+    assert delay["file"] == "cf21_brushed_jana00_fixedFrequency.csv" and "rotor_lag_from_rpm" in delay["method"]
+    assert p.params["motor_delay_s"] <= 0.002 and "radio period" not in json.dumps(delay)
+    b = load_profile("crazyflie21_brushless")
+    for name in ("motor_tau_up_s", "motor_tau_down_s", "motor_delay_s"):
+        assert b.source[name]["file"] == "cf21_brushless_eckart01_fixedFrequency.csv"   # no longer the brushed one's
