@@ -39,6 +39,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--hover-window-s", type=float, nargs=2, default=None, metavar=("START", "LENGTH"),
                         help="hover closure over this stretch (s from the log's start); unset: the calmest second")
     parser.add_argument("--no-closed-loop", action="store_true", help="skip re-flying our own flights in the sim")
+    parser.add_argument("--controller", choices=("imrclab", "bitcraze"), default=None,
+                        help="also replay with the Crazyflie's Lee controller in the loop (its firmware's default "
+                             "gains: the IMRCLab fork's or upstream Bitcraze's), flying the logged path: attitude "
+                             "error at 0.1 / 0.5 / 1 / 2 s and the motor commands it needs vs the logged ones")
 
 
 def _text(summary: dict) -> str:
@@ -59,6 +63,11 @@ def _text(summary: dict) -> str:
             if rp:
                 errs = ", ".join(f"{h} s: {v:.3f} m" for h, v in rp["error_m"].items() if v is not None)
                 lines.append(f"  open-loop replay ({rp['command_source']}): median error {errs}")
+        lr = m.get("replay_controller")
+        if lr:
+            att = ", ".join(f"{h} s: {v:.1f}°" for h, v in lr["attitude_error_deg"].items() if v is not None)
+            lines.append(f"  replay with the Lee controller ({lr['gains']} gains): median attitude error {att}; "
+                         f"command vs logged {100 * (lr['command_bias'].get('0.5') or 0):+.1f} %")
         if cl:
             lines.append(f"  closed loop: real {cl['real']['gates_passed']}/{cl['real']['gates_total']} gates, lap "
                          f"{cl['real']['lap_time_s']}; sim {cl['sim']['gates_passed']}/{cl['sim']['gates_total']}, lap "
@@ -92,7 +101,7 @@ def run(args) -> int:
     results, summary = compare_flight(traj, profiles, mass_kg=args.mass_kg, policy_path=args.policy,
                                       every_s=args.every_s, smooth_s=args.smooth_s,
                                       hover_window_s=tuple(args.hover_window_s) if args.hover_window_s else None,
-                                      closed=not args.no_closed_loop, status=status)
+                                      closed=not args.no_closed_loop, controller=args.controller, status=status)
     summary["log"]["broken"] = broken
     if args.mcap:
         from calibration.mcap_export import write_mcap

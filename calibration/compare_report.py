@@ -204,6 +204,35 @@ STYLE = ("body{font-family:sans-serif;max-width:1300px;margin:2em auto;color:#22
          "img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}.note{color:#555;font-size:0.92em}")
 
 
+def plot_controller_replay(results: dict, traj: Trajectory, path: str) -> str:
+    """Attitude error against time for each replayed window: open loop (logged commands) and with the
+    Lee controller in the loop; and the controller's collective command against the logged one."""
+    plt = _plt()
+    fig, (att, cmd) = plt.subplots(1, 2, figsize=(14, 5.5))
+    for c, (name, res) in zip(COLORS, results.items()):
+        s, m = res["series"]["replay_controller"], res["metrics"]["replay_controller"]
+        t = np.arange(s["attitude_error_deg"].shape[0]) * s["step_s"]
+        for w in range(s["attitude_error_deg"].shape[1]):
+            att.plot(t, s["attitude_error_deg"][:, w], "-", color=c, lw=0.7, alpha=0.6,
+                     label=f"{name}: Lee controller in the loop ({m['gains']} gains), each window" if w == 0 else None)
+        free = (res["metrics"].get("replay") or {}).get("attitude_error_deg") or {}
+        att.plot([float(h) for h in free], [np.nan if v is None else v for v in free.values()], "o--", color=c,
+                 label=f"{name}: open loop (logged commands), median")
+        u_sim = (np.mean(s["command_sim"], axis=2) + 1) / 2          # [steps, windows]
+        for w, t0 in enumerate(s["t_start_s"]):
+            cmd.plot(t0 + t[:-1], u_sim[:, w], "-", color=c, lw=0.8,
+                     label=f"{name}: the controller in the sim, each window" if w == 0 else None)
+    cmd.plot(traj.t_s, np.nanmean(traj.motor_throttle, axis=1), "k-", lw=0.8, label="logged (real controller)")
+    att.axhline(10, color="gray", ls=":", lw=1, label="goal at 0.5 s: 10°")
+    att.set(xlabel="time into the window [s]", ylabel="attitude error [deg]", yscale="symlog", ylim=(0, 200),
+            title="free replay: attitude error vs the log\n(the controller flies the sim along the logged path)")
+    att.legend(fontsize=8)
+    cmd.set(xlabel="flight time [s]", ylabel="mean motor throttle 0..1",
+            title="the command the sim's controller needs vs the logged one\n(a wrong thrust per command shows here)")
+    cmd.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def write_html(metrics: dict, images: list[str], path: str) -> str:
     log_info = metrics["log"]
     issues = "".join(f"<li>{html.escape(i)}</li>" for i in log_info.get("issues", [])) or "<li>none</li>"
@@ -248,6 +277,8 @@ def write_report(traj: Trajectory, results: dict, metrics: dict, out_dir: str) -
         images.append(plot_model_check(results, os.path.join(out_dir, "model_check.png")))
     if all("replay" in r["series"] for r in results.values()):
         images.append(plot_replay(results, traj, os.path.join(out_dir, "replay.png")))
+    if all("replay_controller" in r["series"] for r in results.values()):
+        images.append(plot_controller_replay(results, traj, os.path.join(out_dir, "replay_controller.png")))
     if any("closed_loop" in r["series"] for r in results.values()):
         images.append(plot_closed_loop(results, os.path.join(out_dir, "closed_loop.png")))
     metrics_path = os.path.join(out_dir, "metrics.json")
