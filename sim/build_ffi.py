@@ -79,6 +79,7 @@ void sl_observe_state(const float pos_enu_m[3], const float vel_enu_m_s[3], cons
                       float hover_action, const float target_vel_enu_m_s[3], const float *gates, int n_gates,
                       const float *obstacles, int n_obstacles, float *out);
 int sl_env_set_course(SlEnv *e, int n, const float *gates, char *err, int errlen);
+int sl_env_set_task(SlEnv *e, const SlTaskConfig *t, char *err, int errlen);
 int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, int use_grid, uint8_t *collided,
                  int *nearest, float *nearest_dist);
 const char *sl_task_name(int k);

@@ -201,6 +201,13 @@ class CoreEnv:
         if lib.sl_env_set_course(self._env, len(g), ffi.from_buffer("float[]", g), err, 512):
             raise SimError(ffi.string(err).decode())
 
+    def set_task(self, task: dict) -> None:
+        """The task for episodes drawn from now on (the time step, control rate and drones per space
+        are fixed for the env's life). Raises SimError naming the field on a refusal."""
+        err = ffi.new("char[512]")
+        if lib.sl_env_set_task(self._env, make_struct("task", task), err, 512):
+            raise SimError(ffi.string(err).decode())
+
     def _check(self, bad: int) -> None:
         if bad:
             drone, component = divmod(bad - 1, ACTION_SIZE)

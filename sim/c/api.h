@@ -215,7 +215,7 @@ static void sl_after_physics_task(SlEnv *e, int i0, int i1) {
     sl_task(e, i0, i1);
     for (int i = i0; i < i1; i++)
         if (e->terminals[i] | e->truncations[i]) {
-            sl_observe_drone(&e->rnd, e->f, e->n_pad, i, &e->rng[i], e->final_obs + (size_t)i * SL_OBS_SIZE, 1);
+            sl_observe_drone(&e->rnd, e->f, e->n_pad, i, &e->rng[i], e->final_obs + (size_t)i * SL_OBS_SIZE, 1, 1);
             sl_record_episode(e, i);
             sl_reset_drone(e, i);
             sl_sense_one(e, i);
@@ -230,7 +230,7 @@ static void sl_after_physics_only(SlEnv *e, int i0, int i1) {
     for (int i = i0; i < i1; i++) {
         for (int k = SL_ACTION_HISTORY - 1; k > 0; k--)
             for (int m = 0; m < 4; m++) SL_D(action_hist, k * 4 + m) = SL_D(action_hist, (k - 1) * 4 + m);
-        for (int m = 0; m < 4; m++) SL_D(action_hist, m) = e->actions[i * 4 + m];
+        for (int m = 0; m < 4; m++) SL_D(action_hist, m) = SL_D(action_now, m); /* the action just stepped, as a row */
     }
     sl_observe_range(e, i0, i1);
 }
@@ -283,6 +283,21 @@ long sl_env_step_physics(SlEnv *e) {
     return 0;
 }
 
+/* Changes the task of a live env for the episodes drawn from now on (the curriculum). The time step,
+ * control rate and drones per space size the env and cannot change. Returns 0, or -1 with the reason in err. */
+int sl_env_set_task(SlEnv *e, const SlTaskConfig *t, char *err, int errlen) {
+    if (sl_check_config(&e->nominal, &e->rnd, t, e->action_mode, err, errlen)) return -1;
+    if (t->physics_dt_s != e->task.physics_dt_s || t->control_hz != e->task.control_hz || t->drones_per_space != e->task.drones_per_space) {
+        snprintf(err, (size_t)errlen, "task.physics_dt_s, control_hz and drones_per_space cannot change in a live env (make a new one)");
+        return -1;
+    }
+    e->task = *t;
+    float cdf = 0.f, prob_sum = 0.f;
+    for (int k = 0; k < SL_N_TASKS; k++) prob_sum += t->task_prob[k];
+    for (int k = 0; k < SL_N_TASKS; k++) e->task_cdf[k] = (cdf += t->task_prob[k] / prob_sum);
+    return 0;
+}
+
 /* After Python wrote a drone's state or parameters: renormalize the attitude, refresh what is
  * derived, and fill the command history as if the current rotor speeds had been commanded all
  * along (with `held` as the action that commanded them). */
@@ -318,7 +333,7 @@ void sl_observe_state(const float pos_enu_m[3], const float vel_enu_m_s[3], cons
     memcpy(in.target_enu_m, target_enu_m, sizeof in.target_enu_m);
     memcpy(in.last_actions, last_actions, sizeof in.last_actions);
     in.hover_action = hover_action;
-    sl_observe(&in, out, 1);
+    sl_observe(&in, out, 1, 1);
 }
 
 /* The tables, for the binding. */

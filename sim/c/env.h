@@ -590,8 +590,11 @@ typedef struct {
 /* world -> body FLU is R^T: column a of R */
 SL_INLINE float sl_to_body(const float R[9], const float v[3], int a) { return SL_FMA(R[6 + a], v[2], SL_FMA(R[3 + a], v[1], R[a] * v[0])); }
 
-/* Writes component k of the observation at out[k * st] (st = 1: one row; st = SL_BLOCK: a column of a block). */
-SL_INLINE void sl_observe(const SlObsInput *in, float *restrict out, const int st) {
+/* Writes component k of the observation at out[k * st] (st = 1: one row; st = SL_BLOCK: a column of a block).
+ * Absent gate and obstacle slots are +0 (selects, so a non-finite state leaves them 0 too). world = 0:
+ * the caller knows there are none (no gates, no obstacles) and holds zeros in those slots already, so
+ * they are not written. */
+SL_INLINE void sl_observe(const SlObsInput *in, float *restrict out, const int st, const int world) {
     float R[9];
     sl_quat_to_rot(in->quat_wxyz, R);
     float d[3];
@@ -606,28 +609,33 @@ SL_INLINE void sl_observe(const SlObsInput *in, float *restrict out, const int s
     for (int k = 0; k < 9; k++) out[(SL_OBS_rot_body_to_world + k) * st] = R[k];
     for (int k = 0; k < SL_ACTION_HISTORY * SL_ACTION_SIZE; k++) out[(SL_OBS_last_actions + k) * st] = in->last_actions[k];
     out[(SL_OBS_hover_action) * st] = in->hover_action;
+    if (!world) return;
     /* absent slots are all zeros, present flag 0 */
+    #pragma GCC unroll 16 /* unrolled whole, so the loop over drones vectorizes */
     for (int g = 0; g < SL_OBS_GATES; g++) {
         const float *gate = in->gates[g];
-        float present = (float)g < in->n_gates ? 1.f : 0.f, dg[3];
+        const int present = (float)g < in->n_gates;
+        float dg[3];
         for (int a = 0; a < 3; a++) dg[a] = gate[a] - in->pos_enu_m[a];
-        float sq = present / (1.f + sqrtf(dg[0] * dg[0] + dg[1] * dg[1] + dg[2] * dg[2]));
+        float sq = 1.f / (1.f + sqrtf(dg[0] * dg[0] + dg[1] * dg[1] + dg[2] * dg[2]));
         float *o = out + (SL_OBS_gates + g * SL_OBS_GATE_SIZE) * st;
         for (int a = 0; a < 3; a++) {
-            o[(a) * st] = sq * sl_to_body(R, dg, a);
-            o[(3 + a) * st] = present * sl_to_body(R, gate + 3, a);
+            o[(a) * st] = present ? sq * sl_to_body(R, dg, a) : 0.f;
+            o[(3 + a) * st] = present ? sl_to_body(R, gate + 3, a) : 0.f;
         }
-        o[(6) * st] = present * gate[SL_GATE_HALF_WIDTH];
-        o[(7) * st] = present * gate[SL_GATE_HALF_HEIGHT];
-        o[(8) * st] = present;
+        o[(6) * st] = present ? gate[SL_GATE_HALF_WIDTH] : 0.f;
+        o[(7) * st] = present ? gate[SL_GATE_HALF_HEIGHT] : 0.f;
+        o[(8) * st] = present ? 1.f : 0.f;
     }
+    #pragma GCC unroll 16 /* unrolled whole, so the loop over drones vectorizes */
     for (int k = 0; k < SL_OBS_OBSTACLES; k++) {
-        float present = (float)k < in->n_near ? 1.f : 0.f, dk[3];
-        for (int a = 0; a < 3; a++) dk[a] = present * (in->near[k][a] - in->pos_enu_m[a]);
+        const int present = (float)k < in->n_near;
+        float dk[3];
+        for (int a = 0; a < 3; a++) dk[a] = in->near[k][a] - in->pos_enu_m[a];
         float *o = out + (SL_OBS_obstacles + k * SL_OBS_OBSTACLE_SIZE) * st;
-        for (int a = 0; a < 3; a++) o[(a) * st] = sl_to_body(R, dk, a);
-        o[(3) * st] = present * in->near[k][3];
-        o[(4) * st] = present;
+        for (int a = 0; a < 3; a++) o[(a) * st] = present ? sl_to_body(R, dk, a) : 0.f;
+        o[(3) * st] = present ? in->near[k][3] : 0.f;
+        o[(4) * st] = present ? 1.f : 0.f;
     }
 }
 
@@ -635,7 +643,7 @@ SL_INLINE void sl_observe(const SlObsInput *in, float *restrict out, const int s
  * the next gates of its course (race) and what it senses. F / np: the environment's block and
  * row length, or a block's copy of the rows observed (sl_observe_range). */
 SL_INLINE void sl_observe_drone(const SlRandomization *r, const float *restrict F, const int np, const int i,
-                                uint32_t *rng, float *restrict out, const int st) {
+                                uint32_t *rng, float *restrict out, const int st, const int world) {
     SlObsInput in;
     for (int a = 0; a < 3; a++) {
         in.pos_enu_m[a] = SL_D(pos_enu_m, a) + r->obs_noise_pos_m * sl_normalish(rng);
@@ -653,21 +661,26 @@ SL_INLINE void sl_observe_drone(const SlRandomization *r, const float *restrict 
     for (int a = 0; a < 4; a++) in.quat_wxyz[a] *= qn;
     for (int k = 0; k < SL_ACTION_HISTORY * SL_ACTION_SIZE; k++) in.last_actions[k] = SL_D(action_hist, k);
     in.hover_action = SL_D(hover_action, 0);
-    in.n_gates = SL_D(next_gates_count, 0);
-    for (int g = 0; g < SL_OBS_GATES; g++)
-        for (int c = 0; c < SL_GATE_FLOATS; c++) in.gates[g][c] = SL_D(next_gates, g * SL_GATE_FLOATS + c);
-    in.n_near = SL_D(near_count, 0);
-    for (int k = 0; k < SL_OBS_OBSTACLES; k++)
-        for (int c = 0; c < 4; c++) in.near[k][c] = SL_D(near, k * 4 + c);
-    sl_observe(&in, out, st);
+    if (world) {
+        in.n_gates = SL_D(next_gates_count, 0);
+        #pragma GCC unroll 16 /* unrolled whole, so the loop over drones vectorizes */
+        for (int g = 0; g < SL_OBS_GATES; g++)
+            for (int c = 0; c < SL_GATE_FLOATS; c++) in.gates[g][c] = SL_D(next_gates, g * SL_GATE_FLOATS + c);
+        in.n_near = SL_D(near_count, 0);
+        #pragma GCC unroll 16 /* unrolled whole, so the loop over drones vectorizes */
+        for (int k = 0; k < SL_OBS_OBSTACLES; k++)
+            for (int c = 0; c < 4; c++) in.near[k][c] = SL_D(near, k * 4 + c);
+    }
+    sl_observe(&in, out, st, world);
 }
 
-/* The rows an observation reads, as (first row, count). */
+/* The rows an observation reads, as (first row, count): every drone's, and those of its gates and
+ * obstacles (read only for a block where some drone has any). */
 #define SL_OBSERVED_ROWS(X)                                                                          \
     X(pos_enu_m, 3) X(vel_enu_m_s, 3) X(omega_flu_rad_s, 3) X(quat_wxyz, 4) X(target_enu_m, 3)      \
-    X(target_vel_enu_m_s, 3) X(action_hist, SL_ACTION_HISTORY * SL_ACTION_SIZE) X(hover_action, 1) \
-    X(next_gates_count, 1) X(next_gates, SL_OBS_GATES * SL_GATE_FLOATS) X(near_count, 1)            \
-    X(near, SL_OBS_OBSTACLES * 4)
+    X(target_vel_enu_m_s, 3) X(action_hist, SL_ACTION_HISTORY * SL_ACTION_SIZE) X(hover_action, 1)
+#define SL_OBSERVED_WORLD_ROWS(X) \
+    X(next_gates_count, 1) X(next_gates, SL_OBS_GATES * SL_GATE_FLOATS) X(near_count, 1) X(near, SL_OBS_OBSTACLES * 4)
 
 /* One vector of the build's width, for the transposition below. */
 typedef float SlVec __attribute__((vector_size(SL_VECTOR_BYTES), may_alias));
@@ -706,9 +719,18 @@ SL_INLINE void sl_transpose(SlVec v[SL_LANES]) {
 #undef SL_SWAP_HI
 #undef SL_EACH_LANE
 
+/* The end of the tiles (SL_LANES slots each) that hold the slots every drone has: the gate and
+ * obstacle slots come after them, so a block without any world writes zeros from here on. */
+#define SL_OBS_OWN_END ((SL_OBS_gates + SL_LANES - 1) / SL_LANES * SL_LANES)
+_Static_assert(SL_OBS_obstacles == SL_OBS_gates_END + 1 && SL_OBS_obstacles_END == SL_OBS_SIZE - 1,
+               "the gate and obstacle slots must be the last of the observation");
+_Static_assert(SL_OBS_SIZE - SL_LANES >= SL_OBS_OWN_END, "the last, overlapping tile of zeros must hold only world slots");
+
 /* Observe drones i0..i1-1 into e->obs, block by block: the observed rows copied into a block
  * (fixed offsets, contiguous loads), the observations computed across drones into columns
- * (contiguous stores), then transposed SL_LANES x SL_LANES at a time into the rows the policy reads. */
+ * (contiguous stores), then transposed SL_LANES x SL_LANES at a time into the rows the policy reads.
+ * A block where no drone has a gate or an obstacle to observe (hover, own worlds) neither reads
+ * those rows nor computes their slots: they stay zeros in the columns. */
 static void sl_observe_range(SlEnv *e, const int i0, const int i1) {
     uint32_t *restrict rngs = e->rng;
     float *restrict obs = e->obs;
@@ -718,27 +740,49 @@ static void sl_observe_range(SlEnv *e, const int i0, const int i1) {
     float T[SL_OBS_SIZE * SL_BLOCK] __attribute__((aligned(64)));
     for (int b0 = i0; b0 < i1; b0 += SL_BLOCK) {
         const int nb = ((i1 - b0 < SL_BLOCK ? i1 - b0 : SL_BLOCK) + SL_LANES - 1) / SL_LANES * SL_LANES;
+        int world = 0;
+        for (int j = 0; j < nb; j++)
+            world |= (F[(ptrdiff_t)SL_ROW_next_gates_count * np + b0 + j] > 0.f) | (F[(ptrdiff_t)SL_ROW_near_count * np + b0 + j] > 0.f);
 #define SL_COPY_ROWS(name, w) \
         for (int c = 0; c < (w); c++) sl_copy(Xb + (SL_ROW_##name + c) * SL_BLOCK, F + (ptrdiff_t)(SL_ROW_##name + c) * np + b0, nb);
         SL_OBSERVED_ROWS(SL_COPY_ROWS)
-#undef SL_COPY_ROWS
+        if (world) {
+            SL_OBSERVED_WORLD_ROWS(SL_COPY_ROWS)
 #pragma GCC ivdep
-        for (int j = 0; j < nb; j++) {
-            uint32_t rng = rngs[b0 + j];
-            sl_observe_drone(&e->rnd, Xb, SL_BLOCK, j, &rng, T + j, SL_BLOCK);
-            rngs[b0 + j] = rng;
+            for (int j = 0; j < nb; j++) {
+                uint32_t rng = rngs[b0 + j];
+                sl_observe_drone(&e->rnd, Xb, SL_BLOCK, j, &rng, T + j, SL_BLOCK, 1);
+                rngs[b0 + j] = rng;
+            }
+        } else {
+            for (int k = SL_OBS_gates; k < SL_OBS_OWN_END; k++) /* world slots in the last tile of the own ones */
+                for (int j = 0; j < nb; j++) T[k * SL_BLOCK + j] = 0.f;
+#pragma GCC ivdep
+            for (int j = 0; j < nb; j++) {
+                uint32_t rng = rngs[b0 + j];
+                sl_observe_drone(&e->rnd, Xb, SL_BLOCK, j, &rng, T + j, SL_BLOCK, 0);
+                rngs[b0 + j] = rng;
+            }
         }
-        const int k_vec = SL_OBS_SIZE / SL_LANES * SL_LANES;
+#undef SL_COPY_ROWS
+        /* columns -> rows, a tile of SL_LANES slots at a time; the last tile overlaps the one before
+         * where the observation is not whole vectors. Without a world: the tiles of the own slots,
+         * then zero vectors for the rest of each row. */
+        const int k_end = world ? SL_OBS_SIZE : SL_OBS_OWN_END;
+        const SlVec zero = {0};
         for (int j0 = 0; j0 < nb; j0 += SL_LANES) {
             float *row = obs + (size_t)(b0 + j0) * SL_OBS_SIZE;
-            for (int k0 = 0; k0 < k_vec; k0 += SL_LANES) {
+            for (int k0 = 0; k0 < k_end; k0 += SL_LANES) {
+                const int k = k0 + SL_LANES <= SL_OBS_SIZE ? k0 : SL_OBS_SIZE - SL_LANES;
                 SlVec v[SL_LANES];
-                for (int r = 0; r < SL_LANES; r++) v[r] = *(const SlVec *)(T + (k0 + r) * SL_BLOCK + j0);
+                for (int r = 0; r < SL_LANES; r++) v[r] = *(const SlVec *)(T + (k + r) * SL_BLOCK + j0);
                 sl_transpose(v);
-                for (int c = 0; c < SL_LANES; c++) *(SlVecU *)(row + (size_t)c * SL_OBS_SIZE + k0) = v[c];
+                for (int c = 0; c < SL_LANES; c++) *(SlVecU *)(row + (size_t)c * SL_OBS_SIZE + k) = v[c];
             }
-            for (int c = 0; c < SL_LANES; c++)
-                for (int k = k_vec; k < SL_OBS_SIZE; k++) row[(size_t)c * SL_OBS_SIZE + k] = T[k * SL_BLOCK + j0 + c];
+            for (int k0 = k_end; k0 < SL_OBS_SIZE; k0 += SL_LANES) {
+                const int k = k0 + SL_LANES <= SL_OBS_SIZE ? k0 : SL_OBS_SIZE - SL_LANES; /* only world slots: see SL_OBS_OWN_END */
+                for (int c = 0; c < SL_LANES; c++) *(SlVecU *)(row + (size_t)c * SL_OBS_SIZE + k) = zero;
+            }
         }
     }
 }

@@ -335,13 +335,9 @@ static void sl_sense_finish(SlEnv *e, int i, float *dist, int *id, int count, in
 }
 
 /* Drone i's senses by itself (after its reset, or in a world of its own): all pairs in its space. */
-static void sl_sense_one(SlEnv *e, int i) {
+static void sl_sense_pairs(SlEnv *e, int i) {
     float *F = e->f;
     const int np = e->n_pad, first = i / e->space_size * e->space_size;
-    if (e->space_size == 1 && e->n_obstacles[first] == 0) { /* an empty world of its own: nothing to sense */
-        SL_D(near_count, 0) = SL_D(collided, 0) = 0.f;
-        return;
-    }
     float dist[SL_OBS_OBSTACLES], p[3] = {SL_D(pos_enu_m, 0), SL_D(pos_enu_m, 1), SL_D(pos_enu_m, 2)};
     int id[SL_OBS_OBSTACLES], count = 0, touch = 0;
     for (int j = 0; j < e->space_size; j++) {
@@ -354,6 +350,16 @@ static void sl_sense_one(SlEnv *e, int i) {
         if (d < e->task.sense_range_m) sl_keep_nearest(dist, id, &count, d, j);
     }
     sl_sense_finish(e, i, dist, id, count, touch);
+}
+/* ... inline for the common case, an empty world of its own (nothing to sense: no call, no division) */
+SL_INLINE void sl_sense_one(SlEnv *e, int i) {
+    if (e->space_size == 1 && e->n_obstacles[i] == 0) {
+        float *F = e->f;
+        const int np = e->n_pad;
+        SL_D(near_count, 0) = SL_D(collided, 0) = 0.f;
+        return;
+    }
+    sl_sense_pairs(e, i);
 }
 
 /* Every drone of every shared space senses, through the grid. Returns -1 when out of memory. */
