@@ -204,8 +204,10 @@ TRUTH_LAYOUT = (("t_s", 1), ("pos_enu_m", 3), ("vel_enu_m_s", 3), ("quat_wxyz", 
 class BridgeProcess:
     """The bridge (and the pose forwarder, if any) in a process of its own: at 1 kHz it must not
     wait for the runner's thread to let go of the GIL (a 5 ms switch interval would slow the
-    lockstep physics, and ArduPilot's clock, to a fifth of real time). `state()` reads the
-    sim's truth from shared memory."""
+    lockstep physics, and ArduPilot's clock, to a fifth of real time). It runs real time where
+    allowed (flight/realtime.py), as the firmware does: the pair waits on each other 1000 times a
+    second, and at normal priority on a busy machine one wait took 0.28 s (fly's runner then saw
+    no state for longer than its limit). `state()` reads the sim's truth from shared memory."""
 
     def __init__(self, profile: Profile, port: int, start_pos_enu_m, start_yaw_rad: float, pose=None,
                  pose_url: str | None = None):
@@ -252,6 +254,8 @@ def _bridge_main(profile, port, start_pos_enu_m, start_yaw_rad, pose, pose_url, 
     """The bridge process: JsonBridge, the truth into shared memory, the pose source forwarded."""
     os.dup2(2, 1)                  # pymavlink prints its reconnects: never onto the parent's stdout (fly --json)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    from flight.realtime import raise_priority
+    raise_priority()               # lockstep: each of its turns holds up the firmware (see BridgeProcess)
     try:
         bridge = JsonBridge(profile, port, start_pos_enu_m, start_yaw_rad)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it

@@ -24,6 +24,7 @@ import numpy as np
 
 from flight.ardupilot_bridge import (G_M_S2, PHYSICS_DT_S, BridgeError, BridgeProcess, JsonBridge,  # noqa: F401
                                      _accepts, pack_state, pwm_to_action, unpack_servos)
+from flight import realtime
 from flight.service import FirmwareSitl
 from sim.profiles import Profile, load_profile
 from skyloop import frames
@@ -231,8 +232,17 @@ class ArduPilotSitl(FirmwareSitl):
 
 
 def _child_setup() -> None:
-    """In the SITL's process: SIGTERM when the process that started it dies, even killed. (Its CPU
-    priority is the starting process's: `fly` raises its own before it starts the vehicle.)"""
+    """In the SITL's process, before it runs: SIGTERM when the process that started it dies, even
+    killed; real-time scheduling where allowed (as `fly` itself and the bridge: the lockstep pair
+    waits on each other 1000 times a second), else nice -NICE_BOOST, else as it is. No logging here
+    (a forked child)."""
     import ctypes
     import signal
     ctypes.CDLL(None).prctl(1, int(signal.SIGTERM), 0, 0, 0)    # PR_SET_PDEATHSIG
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(realtime.RT_PRIORITY))
+    except (OSError, AttributeError):
+        try:
+            os.nice(min(0, -realtime.NICE_BOOST - os.nice(0)))
+        except OSError:
+            pass

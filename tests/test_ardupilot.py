@@ -256,6 +256,11 @@ def test_stock_parameters_are_refused_with_the_fix_or_set_with_consent():
     _binary()
     with ArduPilotSitl("camera15", setup=False) as sitl:               # ArduPilot's defaults
         sitl.wait_ready()
+        # the lockstep pair runs real time wherever this machine allows it, whoever started it
+        allowed = subprocess.run([sys.executable, "-c", "from flight.realtime import raise_priority as r; print(r())"],
+                                 capture_output=True, text=True).stdout.startswith("real-time")
+        for pid in (sitl.process.pid, sitl.bridge.process.pid):
+            assert (os.sched_getscheduler(pid) == os.SCHED_FIFO) == allowed, pid
         with pytest.raises(LinkError) as err:
             MavLink(parse_connection(sitl.mavlink_url), "ardupilot").open()
         text = str(err.value)
