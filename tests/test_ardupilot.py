@@ -165,7 +165,6 @@ def test_hall_through_real_ardupilot_with_our_sim_as_its_physics(capsys, tmp_pat
     assert arms == 1 and disarms <= 1                   # once each (it was 10 and 14 in 0.8 s)
 
 
-@pytest.mark.timing   # a real-time flight that 4 of 8 loaded runs lost to 0.3-0.4 s lockstep stalls (see README)
 def test_hall_without_gps_on_simulated_mocap_only(capsys, tmp_path):
     """GPS off; position, velocity and yaw only from our pose stream (VISION_POSITION_ESTIMATE +
     VISION_SPEED_ESTIMATE, 40 Hz, 3 mm noise, 20 ms latency) as ExternalNav. The mocap frame is the
