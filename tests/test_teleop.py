@@ -20,6 +20,7 @@ from flight.connection import parse_connection
 from flight.link import MavLink
 from flight.sitl import SitlVehicle
 from flight.page_server import PageServer
+from flight.realtime import raised_priority
 from flight.teleop import TeleopTargets, default_box_course, run_teleop, vehicle_status
 from policy_export import load_policy
 from sim.profiles import load_profile
@@ -326,16 +327,58 @@ def test_connections_are_capped_and_the_server_work_does_not_grow_with_them():
             assert json.loads(ws.recv(timeout=5))["type"] == "state"
 
 
+def test_the_pages_are_served_by_another_process_and_the_flight_process_work_does_not_grow_with_them():
+    """200 idle WebSockets once took the control loop's interpreter (each had threads in the flight
+    process). Now the handshakes, the checks, the connections' threads and a command flood live in
+    the server's own process; the flight process keeps its two threads, and answers at most
+    COMMANDS_PER_S commands a second per page, however fast they are sent."""
+    import socket
+
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from flight.page_server import COMMANDS_PER_S
+    targets = TeleopTargets(default_box_course())
+    answered = []
+    command = targets.command
+    targets.command = lambda *a, **k: answered.append(time.monotonic()) or command(*a, **k)
+
+    def server_threads() -> int:                # in this process, less the test's clients' own readers
+        return sum(not t.name.endswith("(recv_events)") for t in threading.enumerate())
+    before = server_threads()
+    with PageServer(targets, still_status(), port=0, max_connections=4) as server, contextlib.ExitStack() as stack:
+        assert server._proc.pid != os.getpid() and server._proc.is_alive()
+        started = server_threads()
+        assert started == before + 2, "the flight process keeps two threads (state feed, commands)"
+        url = f"ws://127.0.0.1:{server.port}/ws"
+        pages = [stack.enter_context(connect(url, open_timeout=10, ping_interval=None, close_timeout=0.2))
+                 for _ in range(4)]                                  # they never read: no waiting to close
+        idle = [stack.enter_context(contextlib.closing(socket.create_connection(("127.0.0.1", server.port))))
+                for _ in range(200)]                                      # never finish a handshake
+        with pytest.raises(InvalidStatus, match="503"):
+            connect(url, open_timeout=10)
+        assert server_threads() == started and server.connections == 4 and len(idle) == 200
+        t0 = time.monotonic()
+        flood = json.dumps({"cmd": "goto", "pos_enu_m": [1, 1, 1]})
+        while time.monotonic() - t0 < 1.0:
+            for ws in pages:
+                ws.send(flood)
+        elapsed = time.monotonic() - t0
+        assert elapsed < 1.5 and 0 < len(answered) <= len(pages) * COMMANDS_PER_S * 2, len(answered)   # 2 windows
+        assert server_threads() == started
+
+
 @contextlib.contextmanager
-def inprocess_teleop(browser, tmp_path, free_udp_port, land_after_s=10.0):
+def inprocess_teleop(browser, tmp_path, free_udp_port, land_after_s=10.0, speed_m_s=1.0):
     """The simulated vehicle, the link, the page and run_teleop in a thread, all in this process."""
     course = default_box_course()
     profile, port = load_profile("crazyflie21"), free_udp_port()
     policy = load_policy(default_policy("ctbr"), action_modes=("ctbr",))
     rate_max = policy.metadata["action_scaling"].get("rate_max_rad_s", profile.params["rate_max_rad_s"])
-    with SitlVehicle(profile, f"udpout:127.0.0.1:{port}", "ardupilot", course.start_pos_enu_m) as vehicle, \
+    with raised_priority(), \
+            SitlVehicle(profile, f"udpout:127.0.0.1:{port}", "ardupilot", course.start_pos_enu_m) as vehicle, \
             MavLink(parse_connection(f"udpin:127.0.0.1:{port}"), "ardupilot", "ctbr", rate_max) as link:
-        targets = TeleopTargets(course, land_after_s=land_after_s)
+        targets = TeleopTargets(course, land_after_s=land_after_s, speed_m_s=speed_m_s)
         with PageServer(targets, lambda: vehicle_status(link, course), port=0) as server:
             out = {}
             log_path = str(tmp_path / "teleop.csv")
@@ -386,7 +429,8 @@ def test_kill_asks_first_then_disarms_in_the_air(browser, tmp_path, free_udp_por
 
 
 def test_hold_and_land_buttons(browser, tmp_path, free_udp_port):
-    with inprocess_teleop(browser, tmp_path, free_udp_port) as (vehicle, page, thread, out, log_path):
+    # a slow target (7 s to the goal): the hold arrives on the way even when a busy machine slows the browser
+    with inprocess_teleop(browser, tmp_path, free_udp_port, speed_m_s=0.5) as (vehicle, page, thread, out, log_path):
         drag(page, "top", [3.5, 0.0, 0.0])
         wait_for("the target to move east", lambda: page_state(page)["target_enu_m"][0] > 0.3, 5.0)
         page.click("#hold")                                # the target stops where it is, short of the goal
