@@ -4,7 +4,7 @@
     fly --teleop --connect udpin:0.0.0.0:14550 --profile my_quad.json --course lab.json
 
 The runner serves the page and one WebSocket on http://127.0.0.1:8765 (flight/page_server.py,
-from its own threads, so the control loop never waits for it; the same server shows the flight
+in a process of its own, so the control loop never waits for it; the same server shows the flight
 view, flight/view.py). Bound to any other address, the state and every command need the token
 printed at start (the URL holds it). The page gets the vehicle's state 25 times a second.
 
