@@ -428,8 +428,8 @@ class Progress:
 
 def _rollout_buffers(T: int, N: int, hidden: int, recurrent: bool, device) -> dict:
     z = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
-    return {"obs": z(T, N, OBS_SIZE), "x": z(T, N, OBS_SIZE), "hover": z(T, N), "act": z(T, N, ACTION_SIZE),
-            "logp": z(T, N), "rew": z(T, N), "done": z(T, N), "val": z(T, N),
+    return {"obs": z(T, N, OBS_SIZE), "x": z(T, N, OBS_SIZE), "act": z(T, N, ACTION_SIZE),
+            "rew": z(T, N), "done": z(T, N), "val": z(T, N),
             "state": z(T, N, hidden) if recurrent else None}
 
 
@@ -483,15 +483,17 @@ class Distributed:
             torch.distributed.destroy_process_group()
 
 
-def _update_normalization(policy: Policy, obs: torch.Tensor, dist: Distributed) -> None:
-    """Merges a rollout's observations [B, OBS] (of every rank) into the running mean / variance."""
-    flat = obs.reshape(-1, obs.shape[-1]).double()
-    moments = dist.all_reduce(torch.stack([flat.sum(0), flat.pow(2).sum(0),
-                                           torch.full_like(flat[0], flat.shape[0])]))
+def _update_normalization(policy: Policy, obs: torch.Tensor, dist: Distributed, scratch=None) -> None:
+    """Merges a rollout's observations [..., OBS] (of every rank) into the running mean / variance;
+    `scratch`: a free tensor of obs's size to work in (a fresh one of 10 MB costs more than the sums)."""
+    flat = obs.reshape(-1, obs.shape[-1])
+    # float32 sums of what is left after the running mean: no cancellation
+    shifted = torch.sub(flat, policy.obs_mean, out=None if scratch is None else scratch.view_as(flat))
+    moments = dist.all_reduce(torch.stack([shifted.sum(0).double(), shifted.mul_(shifted).sum(0).double(),
+                                           torch.full_like(policy.obs_mean, flat.shape[0], dtype=torch.float64)]))
     n = moments[2, 0]
-    mean, var = moments[0] / n, (moments[1] / n - (moments[0] / n) ** 2).clamp_min(0.0)
+    delta, var = moments[0] / n, (moments[1] / n - (moments[0] / n) ** 2).clamp_min(0.0)
     total = policy.obs_count + n
-    delta = mean - policy.obs_mean.double()
     m2 = policy.obs_var.double() * policy.obs_count + var * n + delta.pow(2) * policy.obs_count * n / total
     policy.obs_mean.add_((delta * n / total).float())
     policy.obs_var.copy_((m2 / total).float())
@@ -547,6 +549,7 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
     recent = {"success": [], "crash": [], "return": [], "task": []}
     metrics = {}
     losses = torch.zeros(3)
+    shuffled = {}   # the update's shuffled samples, reused
     while True:
         elapsed = time.monotonic() - start
         frac_done = torch.tensor([max(elapsed / config.time_budget_s, steps * dist.world / config.total_steps)],
@@ -561,22 +564,19 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
         with torch.no_grad():
             inv_std, obs_mean = 1.0 / policy.obs_std(), policy.obs_mean.clone()
             std = policy.log_std.exp()
-            logp_const = -(policy.log_std.sum() + ACTION_SIZE * LOG_SQRT_2PI)
+            noise = torch.randn(T, N, ACTION_SIZE, device=device)   # the rollout's exploration, drawn at once
             for t in range(T):
                 obs = buf["obs"][t]
                 obs.copy_(torch.from_numpy(obs_np))
-                x = torch.clamp((obs - obs_mean) * inv_std, -10.0, 10.0, out=buf["x"][t])
-                hover = buf["hover"][t]
-                hover.copy_(obs[:, hover_index])
+                x = torch.clamp((obs - obs_mean).mul_(inv_std), -10.0, 10.0, out=buf["x"][t])
+                hover = obs[:, hover_index]
                 if config.recurrent:
                     buf["state"][t] = state
                 if fused:
                     mean, buf["val"][t] = fused.forward(x, hover)
                 else:
                     mean, buf["val"][t], state = actor_critic(policy, x, hover, state)
-                noise = torch.randn_like(mean)
-                action = torch.addcmul(mean, noise, std, out=buf["act"][t])
-                buf["logp"][t] = noise.pow(2).sum(-1).mul(-0.5).add(logp_const)
+                action = torch.addcmul(mean, noise[t], std, out=buf["act"][t])
                 if device.type == "cpu":
                     torch.clamp(action, -1.0, 1.0, out=actions_cpu)
                 else:
@@ -596,6 +596,8 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
                     if config.recurrent:
                         state[torch.as_tensor(info["done_index"], device=device)] = 0.0
             steps += N * T
+            buf["logp"] = noise.pow_(2).sum(-1).mul_(-0.5).sub_(policy.log_std.sum() + ACTION_SIZE * LOG_SQRT_2PI)
+            buf["hover"] = buf["obs"][..., hover_index]
             if finals:   # all the rollout's bootstrap values in one forward pass
                 ts = torch.cat([torch.full((len(i),), t) for t, i, _ in finals]).to(device)
                 idx = torch.cat([i for _, i, _ in finals]).to(device)
@@ -632,7 +634,7 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
             if fused:   # shuffled once a pass, then contiguous minibatches
                 if j % config.minibatches == 0:
                     perm = torch.randperm(T * N, device=device)
-                    shuffled = {k: v[perm] for k, v in flat_buf.items()}
+                    shuffled = {k: torch.index_select(v, 0, perm, out=shuffled.get(k)) for k, v in flat_buf.items()}
                 size = T * N // config.minibatches
                 mb = {k: v[(j % config.minibatches) * size:(j % config.minibatches + 1) * size]
                       for k, v in shuffled.items()}
@@ -663,7 +665,7 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
                 optimizer.step()
         entropy = log_std.detach().sum() + ACTION_SIZE * (0.5 + LOG_SQRT_2PI)   # of the Gaussian, per sample
         losses = torch.stack([policy_loss.detach(), value_loss.detach(), entropy.detach()]).cpu()
-        _update_normalization(policy, buf["obs"], dist)
+        _update_normalization(policy, buf["obs"], dist, scratch=buf["x"])   # x is free until the next rollout
         updates += 1
         timing["update_s"] += time.perf_counter() - t_update
         elapsed = time.monotonic() - start
