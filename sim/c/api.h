@@ -121,7 +121,7 @@ SlEnv *sl_env_new(int n, const SlParams *p, const SlRandomization *r, const SlTa
     uint32_t slots = SL_DELAY_SLOTS;   /* enough for the longest randomized delay, in whole physics steps */
     while ((float)(slots - 1) - 0.5f <= p->motor_delay_s * (1.f + r->motor_delay_frac) / t->physics_dt_s) slots *= 2;
     e->delay_mask = slots - 1;
-    SL_ALLOC(e->ring, float, (size_t)slots * 4 * np);
+    SL_ALLOC(e->ring, float, (size_t)slots * 4 * ((np + SL_BLOCK - 1) / SL_BLOCK * SL_BLOCK)); /* SL_RING_INDEX */
     SL_ALLOC(e->block, float, (size_t)SL_N_ROWS * SL_BLOCK);
     SL_ALLOC(e->gates, float, ns * SL_MAX_GATES * SL_GATE_FLOATS);
     SL_ALLOC(e->n_gates, int, ns);

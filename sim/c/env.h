@@ -285,7 +285,7 @@ typedef struct {
     float *final_obs;   /* [n][SL_OBS_SIZE]: last observation of a finished episode (valid where done) */
     float *f;           /* [SL_N_ROWS][n_pad]: every per-drone field */
     uint32_t *rng;      /* [n_pad] one random stream per drone */
-    float *ring;        /* [delay_mask + 1][4][n_pad] rotor-speed commands */
+    float *ring;        /* [blocks][delay_mask + 1][4][SL_BLOCK] rotor-speed commands (SL_RING_INDEX) */
     float *block;       /* [SL_N_ROWS][SL_BLOCK] working copy of one block's rows (observations) */
     /* the shared spaces: drones i * space_size .. (i + 1) * space_size - 1 fly in space i */
     int space_size, n_spaces;
@@ -299,6 +299,16 @@ typedef struct {
     float course[SL_MAX_GATES * SL_GATE_FLOATS];
     float task_cdf[SL_N_TASKS];
 } SlEnv;
+
+/* The motor-command ring: each block of SL_BLOCK drones (drone i is in block i / SL_BLOCK) has its own
+ * [slots][4][SL_BLOCK] floats, so the slots a control step reads lie side by side in memory. */
+#define SL_RING_INDEX(e, slot, m, i) \
+    ((((size_t)((i) / SL_BLOCK) * ((e)->delay_mask + 1) + (size_t)(slot)) * 4 + (size_t)(m)) * SL_BLOCK + (size_t)((i) % SL_BLOCK))
+
+/* One vector of the build's width (the delay ring's selects, the observation's transposition). */
+typedef float SlVec __attribute__((vector_size(SL_VECTOR_BYTES), may_alias));
+typedef float SlVecU __attribute__((vector_size(SL_VECTOR_BYTES), aligned(4), may_alias)); /* unaligned */
+typedef int32_t SlVecI __attribute__((vector_size(SL_VECTOR_BYTES)));
 
 /* Each per-drone field's name, width and first row, for Python's views. */
 typedef struct {
@@ -376,8 +386,8 @@ static void sl_physics_reference(SlEnv *e, const int i0, const int i1) {
             if (MODE == SL_ACTION_MOTOR) sl_motor_command(a, &nm, cmd);
             else sl_ctbr_command(a, &nm, &p, s.w, w_prev, integ, dt, cmd);
             const int r_slot = (w_slot - (int)SL_D(delay_steps, 0)) & (int)e->delay_mask;
-            for (int m = 0; m < 4; m++) ring[(w_slot * 4 + m) * np + i] = cmd[m];
-            for (int m = 0; m < 4; m++) target[m] = sl_clamp(ring[(r_slot * 4 + m) * np + i] * SL_D(omega_scale, 0), 0.f, cap);
+            for (int m = 0; m < 4; m++) ring[SL_RING_INDEX(e, w_slot, m, i)] = cmd[m];
+            for (int m = 0; m < 4; m++) target[m] = sl_clamp(ring[SL_RING_INDEX(e, r_slot, m, i)] * SL_D(omega_scale, 0), 0.f, cap);
             sl_rk4(&s, &b, target, dt);
             float crashed = SL_D(crashed, 0);
             float airborne = 1.f - sl_ground(&s, SL_D(crash_speed_m_s, 0), &crashed);
@@ -493,13 +503,13 @@ SL_INLINE void sl_block_store(SlEnv *e, const SlBlockState *restrict B, const in
  * commands passing through the delay ring, ground contact. The inner loop runs over the drones
  * of the block and vectorizes at the build's width; MODE is a compile-time constant at each call,
  * so each action mode gets its own loop. The delay ring is read without gathers: for each delay
- * the block's drones have (a few), one contiguous load and a select. The caller advances the
- * ring's head once all blocks are done. */
+ * the block's drones have (a few), one contiguous load and a select, in registers. The caller
+ * advances the ring's head once all blocks are done. i0 is a multiple of SL_BLOCK. */
 SL_INLINE void sl_physics(SlEnv *e, const int MODE, const int i0, const int i1) {
     SlBlockState B __attribute__((aligned(64)));
     const int nb = (i1 - i0 + SL_LANES - 1) / SL_LANES * SL_LANES; /* whole vectors; padding lanes are resting drones */
-    float *restrict ring = e->ring;
-    const int np = e->n_pad, S = e->substeps;
+    float *restrict ring = e->ring + SL_RING_INDEX(e, 0, 0, i0); /* this block's [slots][4][SL_BLOCK] */
+    const int S = e->substeps;
     const float dt = e->dt_s;
     const SlParams p = e->nominal;
     const uint32_t head = e->head;
@@ -515,7 +525,7 @@ SL_INLINE void sl_physics(SlEnv *e, const int MODE, const int i0, const int i1) 
     const int gather = d_hi - d_lo >= SL_DELAY_SELECT_MAX;
     for (int k = 0; k < S; k++) {
         const int w_slot = (int)((head + (uint32_t)k) & e->delay_mask);
-        float *restrict ring_w = ring + (ptrdiff_t)w_slot * 4 * np + i0;
+        float *restrict ring_w = ring + (ptrdiff_t)w_slot * 4 * SL_BLOCK;
 #pragma GCC ivdep
         for (int j = 0; j < nb; j++) {
             SlNominal nm;
@@ -528,23 +538,29 @@ SL_INLINE void sl_physics(SlEnv *e, const int MODE, const int i0, const int i1) 
             if (MODE == SL_ACTION_MOTOR) sl_motor_command(a, &nm, cmd);
             else sl_ctbr_command(a, &nm, &p, w, w_prev, integ, dt, cmd);
             for (int c = 0; c < 3; c++) { B.integ[c][j] = integ[c]; B.w_prev[c][j] = w_prev[c]; }
-            for (int m = 0; m < 4; m++) ring_w[(ptrdiff_t)m * np + j] = cmd[m];
+            for (int m = 0; m < 4; m++) ring_w[m * SL_BLOCK + j] = cmd[m];
         }
         /* pure delay: each drone reads the command of delay_steps ago (in its own lane): for the
-         * few delays a block has, one contiguous load and a select each; for a wide spread of
-         * delays (long randomized ones), a gather */
+         * few delays a block has, a vector of each motor's commands, one load and a select per
+         * delay held in registers; for a wide spread of delays (long randomized ones), a gather */
         float past[4][SL_BLOCK] __attribute__((aligned(64)));
         if (gather)
             for (int m = 0; m < 4; m++)
 #pragma GCC ivdep
                 for (int j = 0; j < nb; j++)
-                    past[m][j] = ring[(ptrdiff_t)((w_slot - (int)B.delay[j]) & mask) * 4 * np + (ptrdiff_t)m * np + i0 + j];
-        for (int d = d_lo; d <= d_hi && !gather; d++) {
-            const float *restrict slot = ring + (ptrdiff_t)((w_slot - d) & mask) * 4 * np + i0;
-            const float fd = (float)d;
-            for (int m = 0; m < 4; m++)
-#pragma GCC ivdep
-                for (int j = 0; j < nb; j++) past[m][j] = d == d_lo || B.delay[j] == fd ? slot[(ptrdiff_t)m * np + j] : past[m][j];
+                    past[m][j] = ring[(((w_slot - (int)B.delay[j]) & mask) * 4 + m) * SL_BLOCK + j];
+        for (int j = 0; j < nb && !gather; j += SL_LANES) {
+            const SlVec delay = *(const SlVec *)(B.delay + j);
+            const float *slot = ring + ((w_slot - d_lo) & mask) * 4 * SL_BLOCK + j;
+            SlVec acc[4];
+            for (int m = 0; m < 4; m++) acc[m] = *(const SlVec *)(slot + m * SL_BLOCK);
+            for (int d = d_lo + 1; d <= d_hi; d++) {
+                const SlVecI take = delay == (SlVec){0} + (float)d;
+                slot = ring + ((w_slot - d) & mask) * 4 * SL_BLOCK + j;
+                for (int m = 0; m < 4; m++)
+                    acc[m] = (SlVec)(((SlVecI) * (const SlVec *)(slot + m * SL_BLOCK) & take) | ((SlVecI)acc[m] & ~take));
+            }
+            for (int m = 0; m < 4; m++) *(SlVec *)(past[m] + j) = acc[m];
         }
 #pragma GCC ivdep
         for (int j = 0; j < nb; j++) {
@@ -682,10 +698,6 @@ SL_INLINE void sl_observe_drone(const SlRandomization *r, const float *restrict 
 #define SL_OBSERVED_WORLD_ROWS(X) \
     X(next_gates_count, 1) X(next_gates, SL_OBS_GATES * SL_GATE_FLOATS) X(near_count, 1) X(near, SL_OBS_OBSTACLES * 4)
 
-/* One vector of the build's width, for the transposition below. */
-typedef float SlVec __attribute__((vector_size(SL_VECTOR_BYTES), may_alias));
-typedef float SlVecU __attribute__((vector_size(SL_VECTOR_BYTES), aligned(4), may_alias)); /* unaligned */
-typedef int32_t SlVecI __attribute__((vector_size(SL_VECTOR_BYTES)));
 
 /* Transposes SL_LANES vectors in place (row r, lane c -> row c, lane r): log2(lanes) rounds of
  * two-source shuffles with constant masks, round b swapping the off-diagonal b x b blocks. */
@@ -885,7 +897,7 @@ static void sl_settle_commands(SlEnv *e, int i, const float held[4]) {
         SL_D(action_prev, m) = SL_D(action_now, m) = held[m];
         for (int k = 0; k < SL_ACTION_HISTORY; k++) SL_D(action_hist, k * 4 + m) = held[m];
         for (int slot = 0; slot <= (int)e->delay_mask; slot++)
-            e->ring[(slot * 4 + m) * np + i] = SL_D(rotor_rad_s, m) / SL_D(omega_scale, 0);
+            e->ring[SL_RING_INDEX(e, slot, m, i)] = SL_D(rotor_rad_s, m) / SL_D(omega_scale, 0);
     }
     for (int c = 0; c < 3; c++) { SL_D(rate_integral, c) = 0.f; SL_D(rate_prev, c) = SL_D(omega_flu_rad_s, c); }
     SL_D(crashed, 0) = 0.f;
