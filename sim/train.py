@@ -614,14 +614,12 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
             next_hover = next_obs[:, hover_index]
             next_value = (fused.forward(next_x, next_hover) if fused else
                           actor_critic(policy, next_x, next_hover, state))[1]
-            adv = torch.zeros_like(buf["rew"])
-            last = torch.zeros(N, device=device)
             notdone = 1.0 - buf["done"]
-            for t in reversed(range(T)):
-                nv = next_value if t == T - 1 else buf["val"][t + 1]
-                delta = buf["rew"][t] + config.gamma * nv * notdone[t] - buf["val"][t]
-                last = delta + config.gamma * config.gae_lambda * notdone[t] * last
-                adv[t] = last
+            next_val = torch.cat([buf["val"][1:], next_value.unsqueeze(0)])
+            adv = buf["rew"] + config.gamma * next_val * notdone - buf["val"]    # the TD errors, then summed back
+            decay = config.gamma * config.gae_lambda * notdone
+            for t in reversed(range(T - 1)):
+                adv[t].addcmul_(decay[t], adv[t + 1])
             returns = adv + buf["val"]
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)   # once over the whole batch
         timing["rollout_s"] += time.perf_counter() - t_rollout
