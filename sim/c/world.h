@@ -145,15 +145,22 @@ static void sl_formation(const SlTaskConfig *t, uint32_t *rng, int n, const floa
 }
 
 /* Keeps the M nearest (distance, id) pairs, sorted; ties broken by id, so the order in which
- * candidates are visited does not matter. */
+ * candidates are visited does not matter. d is not NaN (callers keep only d < sense range). The new
+ * pair passes down the M slots, each keeping the lesser (selects, no branches to mispredict); the
+ * slots from count on are empty (but initialized: callers zero the arrays) and take it. */
 SL_INLINE void sl_keep_nearest(float *dist, int *id, int *count, float d, int j) {
-    int k = *count < SL_OBS_OBSTACLES ? (*count)++ : SL_OBS_OBSTACLES;
-    if (k == SL_OBS_OBSTACLES && !(d < dist[k - 1] || (d == dist[k - 1] && j < id[k - 1]))) return;
-    if (k == SL_OBS_OBSTACLES) k--;
-    while (k > 0 && (d < dist[k - 1] || (d == dist[k - 1] && j < id[k - 1]))) {
-        dist[k] = dist[k - 1]; id[k] = id[k - 1]; k--;
+    const int n = *count;
+#pragma GCC unroll 8
+    for (int k = 0; k < SL_OBS_OBSTACLES; k++) {
+        const float dk = dist[k];
+        const int ik = id[k];
+        const int less = (k >= n) | (d < dk) | ((d == dk) & (j < ik)); /* bitwise: no short-circuit branches */
+        dist[k] = less ? d : dk;
+        id[k] = less ? j : ik;
+        d = less ? dk : d;
+        j = less ? ik : j;
     }
-    dist[k] = d; id[k] = j;
+    *count = n + (n < SL_OBS_OBSTACLES);
 }
 
 /* The bits of a vector's lanes that are set (-1), as an integer: lane c is bit c. */
@@ -178,9 +185,10 @@ typedef int32_t SlVecIU __attribute__((vector_size(SL_VECTOR_BYTES), aligned(4),
 /* Drone i (at p, radius r) against the candidates k .. k + SL_LANES - 1 of the sorted arrays
  * (positions xs, ys, zs, radii rs, ids; padded by SL_LANES), those from k1 on left out, SL_LANES
  * at a time: the surface distances into d (the same operations as sl_dist3, so the same numbers),
- * *touch set if any is below zero; returns the bits of the candidates closer than sense_m. */
+ * *touch set if any is below zero; returns the bits of the candidates closer than sense_m and no
+ * farther than bound (the M-th nearest so far, once there are M: farther ones cannot enter). */
 SL_INLINE uint32_t sl_sense_lanes(const float *xs, const float *ys, const float *zs, const float *rs, const int *ids,
-                                  int k, int k1, int i, const float p[3], float r, float sense_m, int *touch, float *d) {
+                                  int k, int k1, int i, const float p[3], float r, float sense_m, float bound, int *touch, float *d) {
     SlVecI lane;
     for (int c = 0; c < SL_LANES; c++) lane[c] = c;
     const SlVec dx = p[0] - *(const SlVecU *)(xs + k), dy = p[1] - *(const SlVecU *)(ys + k), dz = p[2] - *(const SlVecU *)(zs + k);
@@ -190,7 +198,7 @@ SL_INLINE uint32_t sl_sense_lanes(const float *xs, const float *ys, const float 
     const SlVecI other = (lane < k1 - k) & (*(const SlVecIU *)(ids + k) != i);
     *touch |= sl_lane_bits((dist < 0.f) & other) != 0;
     *(SlVecU *)d = dist;
-    return sl_lane_bits((dist < sense_m) & other);
+    return sl_lane_bits((dist < sense_m) & (dist <= bound) & other);
 }
 
 /* Drone-drone neighbours of n drones (positions [n][3], radii [n]): for each drone, whether it
@@ -256,8 +264,8 @@ int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, in
         for (int k = n; k < (int)padded; k++) order[k] = -1;
     }
     for (int i = 0; i < n; i++) {
-        float dist[SL_OBS_OBSTACLES], d[SL_LANES] __attribute__((aligned(64)));
-        int id[SL_OBS_OBSTACLES], count = 0, touch = 0;
+        float dist[SL_OBS_OBSTACLES] = {0}, d[SL_LANES] __attribute__((aligned(64)));
+        int id[SL_OBS_OBSTACLES] = {0}, count = 0, touch = 0;
         const float *p = pos + 3 * i;
         if (start) {
             const int cx = cell_of[4 * i + 1], cy = cell_of[4 * i + 2], cz = cell_of[4 * i + 3];
@@ -280,7 +288,8 @@ int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, in
                 }
                 for (int g = 0; g < n_ranges; g++)
                     for (int k0 = ranges[g][0]; k0 < ranges[g][1]; k0 += SL_LANES)
-                        for (uint32_t bits = sl_sense_lanes(xs, ys, zs, rs, order, k0, ranges[g][1], i, p, radius[i], sense_m, &touch, d);
+                        for (uint32_t bits = sl_sense_lanes(xs, ys, zs, rs, order, k0, ranges[g][1], i, p, radius[i], sense_m,
+                                                            count == SL_OBS_OBSTACLES ? dist[SL_OBS_OBSTACLES - 1] : sense_m, &touch, d);
                              bits; bits &= bits - 1) {
                             const int c = __builtin_ctz(bits);
                             sl_keep_nearest(dist, id, &count, d[c], order[k0 + c]);
@@ -338,8 +347,8 @@ static void sl_sense_finish(SlEnv *e, int i, float *dist, int *id, int count, in
 static void sl_sense_pairs(SlEnv *e, int i) {
     float *F = e->f;
     const int np = e->n_pad, first = i / e->space_size * e->space_size;
-    float dist[SL_OBS_OBSTACLES], p[3] = {SL_D(pos_enu_m, 0), SL_D(pos_enu_m, 1), SL_D(pos_enu_m, 2)};
-    int id[SL_OBS_OBSTACLES], count = 0, touch = 0;
+    float dist[SL_OBS_OBSTACLES] = {0}, p[3] = {SL_D(pos_enu_m, 0), SL_D(pos_enu_m, 1), SL_D(pos_enu_m, 2)};
+    int id[SL_OBS_OBSTACLES] = {0}, count = 0, touch = 0;
     for (int j = 0; j < e->space_size; j++) {
         const int o = first + j;
         if (o == i || o >= e->n) continue;
