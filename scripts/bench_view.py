@@ -7,6 +7,7 @@ side by side (so a busy machine loads all three alike):
   none  — no view, no server;
   view  — the flight view (server, ghost process) with 2 pages reading the state;
   flood — the view and 200 idle WebSocket connection attempts (the cap lets 8 in, refuses the rest).
+The clients run in a process of their own (as a browser does); the flight at fly's priority.
 Prints each case's tick p99 / mean and missed ticks, and the p99 ratios to `none` (goal: within 10 %).
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import sys
 import threading
 
@@ -26,6 +28,7 @@ from flight.link import MavLink
 from flight.runner import fly_course
 from flight.sitl import SitlVehicle
 from flight.page_server import PageServer
+from flight.realtime import raised_priority
 from flight.teleop import vehicle_status
 from flight.view import FlightView
 from policy_export import load_policy
@@ -47,29 +50,26 @@ class Quiet:
         pass
 
 
-def _readers(url: str, count: int, stop: threading.Event) -> list:
-    """`count` clients that read every state (like open pages)."""
+def _clients(url: str, readers: int, idle: int, stop) -> None:
+    """A process of their own (as a browser is): `readers` clients that read every state (like open
+    pages), then `idle` connection attempts that never read (the cap refuses those beyond it)."""
     from websockets.sync.client import connect
+
+    from flight.realtime import lower_priority
+    lower_priority(0)                                    # started by the real-time flight: normal, as a browser
 
     def read():
         with contextlib.suppress(Exception), connect(url) as ws:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     ws.recv(timeout=0.2)
-    threads = [threading.Thread(target=read, daemon=True) for _ in range(count)]
-    for t in threads:
-        t.start()
-    return threads
-
-
-def _idle(url: str, count: int) -> list:
-    """`count` connection attempts that never read (the cap refuses those beyond it)."""
-    from websockets.sync.client import connect
+    for _ in range(readers):
+        threading.Thread(target=read, daemon=True).start()
     held = []
-    for _ in range(count):
+    for _ in range(idle):
         with contextlib.suppress(Exception):
             held.append(connect(url, open_timeout=2))
-    return held
+    stop.wait()
 
 
 def fly_once(case: str, tmp: str) -> dict:
@@ -79,19 +79,20 @@ def fly_once(case: str, tmp: str) -> dict:
     policy = load_policy(policy_path, action_modes=("ctbr",))
     rate_max = policy.metadata["action_scaling"].get("rate_max_rad_s", profile.params["rate_max_rad_s"])
     with contextlib.ExitStack() as stack:
+        stack.enter_context(raised_priority())           # as fly does (flight/realtime.py)
         stack.enter_context(SitlVehicle(profile, f"udpout:127.0.0.1:{port}", "ardupilot", course.start_pos_enu_m))
         link = stack.enter_context(MavLink(parse_connection(f"udpin:127.0.0.1:{port}"), "ardupilot", "ctbr", rate_max))
         view = None
         if case != "none":
             view = stack.enter_context(FlightView.for_flight(policy_path, policy, profile, course))
             server = stack.enter_context(PageServer(None, lambda: vehicle_status(link, course), port=0, view=view))
-            url = f"ws://127.0.0.1:{server.port}/ws"
-            stop = threading.Event()
+            ctx = multiprocessing.get_context("spawn")
+            stop = ctx.Event()
+            clients = ctx.Process(target=_clients, daemon=True,
+                                  args=(f"ws://127.0.0.1:{server.port}/ws", 2, 200 if case == "flood" else 0, stop))
+            clients.start()
+            stack.callback(clients.join, 5.0)
             stack.callback(stop.set)
-            _readers(url, 2, stop)
-            if case == "flood":
-                for ws in _idle(url, 200):
-                    stack.callback(ws.close)
         result = fly_course(link, policy, course, profile, f"{tmp}/{case}.csv", status=Quiet(), max_time_s=30,
                             view=view)
         ms = np.array([float(r) for r in _tick_ms(f"{tmp}/{case}.csv")])

@@ -33,10 +33,13 @@ def sitl_build_dir(request, tmp_path_factory):
 @pytest.fixture
 def flying(sitl_build_dir):
     from flight.betaflight_sitl import BetaflightSitl
+    from flight.realtime import raised_priority
     from flight.runner import Shadow
     from sim.profiles import load_profile
     profile = load_profile("fpv5")
-    with BetaflightSitl(profile, start_pos_enu_m=(0.0, 0.0, 0.0), build_dir=sitl_build_dir) as sitl:
+    # the firmware, its bridge, the link and the test's loop at fly's priority (flight/realtime.py): real time
+    # where allowed, so a busy machine does not starve the firmware's 8 kHz loop or the bridge
+    with raised_priority(), BetaflightSitl(profile, start_pos_enu_m=(0.0, 0.0, 0.0), build_dir=sitl_build_dir) as sitl:
         with MspLink(parse_connection("tcp:127.0.0.1:5761"), profile, pose=PoseReceiver(sitl.pose_port),
                      rate_max_rad_s=profile.params["rate_max_rad_s"]) as link:
             yield sitl, link, Shadow(profile, "ctbr")
