@@ -41,6 +41,9 @@ TYPE_MASK_RATES_THRUST = 128                     # SET_ATTITUDE_TARGET: ignore t
 STREAMS_HZ = {"LOCAL_POSITION_NED": 100, "ATTITUDE_QUATERNION": 100, "SYS_STATUS": 5, "BATTERY_STATUS": 5,
               "ESC_TELEMETRY_1_TO_4": 20, "HEARTBEAT": 10, "SERVO_OUTPUT_RAW": 20}
 ARM_TRIES, ARM_RETRY_S = 3, 1.0                  # arm at most this often, this far apart
+# a state older than this when asked for: first give the reader thread up to CATCH_UP_WAIT_S to read
+# what may wait in the socket (our own process stalled: the vehicle was not silent)
+CATCH_UP_AFTER_S, CATCH_UP_WAIT_S = 0.1, 0.03
 DISARM_RETRY_S = 2.0
 
 
@@ -71,6 +74,7 @@ class MavLink(LinkBase):
         self._params: dict[str, float] = {}
         self._acks: dict[int, int] = {}
         self._lock = threading.Lock()
+        self._news = threading.Condition(self._lock)   # notified on every new position or attitude
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._t0_s = time.monotonic()
@@ -188,13 +192,15 @@ class MavLink(LinkBase):
         elif kind == "LOCAL_POSITION_NED":
             pos = frames.ned_to_enu([msg.x, msg.y, msg.z])
             vel = frames.ned_to_enu([msg.vx, msg.vy, msg.vz])
-            with self._lock:
+            with self._news:
                 self._pos = (now, pos, vel)
+                self._news.notify_all()
         elif kind == "ATTITUDE_QUATERNION":
             q = frames.quat_ned_frd_to_enu_flu([msg.q1, msg.q2, msg.q3, msg.q4])
             w = frames.frd_to_flu([msg.rollspeed, msg.pitchspeed, msg.yawspeed])
-            with self._lock:
+            with self._news:
                 self._att = (now, q, w)
+                self._news.notify_all()
         elif kind == "SYS_STATUS" and msg.voltage_battery not in (0, 65535):
             self.battery_v = msg.voltage_battery / 1000.0
         elif kind == "BATTERY_STATUS":
@@ -241,7 +247,16 @@ class MavLink(LinkBase):
 
     # ---------------------------------------------------------------- state
     def latest_state(self) -> dict | None:
-        with self._lock:
+        """The newest state. One older than CATCH_UP_AFTER_S waits (up to CATCH_UP_WAIT_S) for the
+        reader thread first: after a stall of this process (a busy machine, a debugger) what the
+        vehicle sent meanwhile is still in the socket, and the control loop, resumed first, would
+        judge its own silence as the vehicle's ("stale telemetry"; measured on real ArduPilot)."""
+        with self._news:
+            if (self._pos is not None and self._att is not None and self._threads and self._threads[0].is_alive()  # the reader
+                    and time.monotonic() - min(self._pos[0], self._att[0]) > CATCH_UP_AFTER_S):
+                before = (self._pos[0], self._att[0])
+                self._news.wait_for(lambda: self._pos[0] > before[0] and self._att[0] > before[1],
+                                    timeout=CATCH_UP_WAIT_S)
             pos, att = self._pos, self._att
         if pos is None or att is None:
             return None

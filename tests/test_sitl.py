@@ -2,6 +2,7 @@
 MAVProxy in between for the handshake). Most tests run in lockstep: every setpoint advances the
 sim one control step and a TIMESYNC request after it is the barrier that says the step is done."""
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -391,6 +392,49 @@ def test_parameters_read_set_and_drive_the_vehicle():
         assert vehicle.state()["vel_enu_m_s"][2] == pytest.approx(1.25, abs=0.1)
         client.fly(150, 0.5)
         assert vehicle.state()["vel_enu_m_s"][2] == pytest.approx(0.0, abs=0.1)
+
+
+LINK_AGES_SCRIPT = """
+import json, sys, time
+from flight.connection import parse_connection
+from flight.link import MavLink
+with MavLink(parse_connection(sys.argv[1]), "ardupilot") as link:
+    link.wait_for_state(timeout_s=10.0)
+    print("ready", flush=True)
+    rows, last, end = [], time.monotonic(), time.monotonic() + 2.5
+    while time.monotonic() < end:
+        state = link.latest_state()
+        now = time.monotonic()
+        rows.append((now - last, now - state["t_s"]))      # (gap since the last tick, age of the state)
+        last = now
+        time.sleep(0.02)
+print(json.dumps(rows))
+"""
+
+
+def test_a_stall_of_our_own_process_is_not_the_vehicles_silence():
+    """The control loop's process stopped 0.3 s (SIGSTOP): on resuming, the state it reads first is
+    not 0.3 s old (which the supervisor would call stale telemetry, the vehicle's fault): the link
+    lets its reader catch up with what the vehicle sent meanwhile. Measured on real ArduPilot: a
+    0.3 s stall of fly ended the flight "stale telemetry: the newest state arrived 0.32 s ago"."""
+    port = free_udp_port()
+    with SitlVehicle("crazyflie21", f"udpout:127.0.0.1:{port}", "ardupilot"):
+        child = subprocess.Popen([sys.executable, "-c", LINK_AGES_SCRIPT, f"udpin:127.0.0.1:{port}"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout.readline().strip() == "ready", child.stderr.read()[-2000:]
+            time.sleep(0.5)
+            child.send_signal(signal.SIGSTOP)
+            time.sleep(0.3)
+            child.send_signal(signal.SIGCONT)
+            out, err = child.communicate(timeout=30)
+        finally:
+            child.kill()
+    rows = json.loads(out.strip().splitlines()[-1])
+    after = [age for gap, age in rows if gap > 0.25]
+    assert after, "the child did not stall"
+    assert after[0] < 0.25, rows                          # Limits.stale_telemetry_s
+    assert max(age for _, age in rows) < 0.25
 
 
 def test_origin_at_the_start_reports_the_start_as_zero_as_ardupilot_with_gps_does():
