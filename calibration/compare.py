@@ -576,7 +576,7 @@ def _label(profile: Profile, taken: set) -> str:
 def compare_flight(traj: Trajectory, profiles: list[Profile], *, mass_kg: float | None = None,
                    policy_path: str | None = None, every_s: float = 0.5, smooth_s: float = 0.02,
                    hover_window_s: tuple[float, float] | None = None, closed: bool = True,
-                   controller: str | None = None, status=lambda text: None) -> tuple[dict, dict]:
+                   controller_replay=None, status=lambda text: None) -> tuple[dict, dict]:
     """Every comparison the log allows, for each profile. Returns (results per profile label with
     their metrics and series, the JSON metrics: the first profile's figures at the top level and
     every profile's under by_profile). What a log cannot give is listed under `skipped`, with why."""
@@ -597,10 +597,9 @@ def compare_flight(traj: Trajectory, profiles: list[Profile], *, mass_kg: float 
                                                          translational=True))]
         if closed and own:
             steps.append(("closed_loop", lambda: closed_loop(traj, profile, policy_path)))
-        if controller:              # the Crazyflie's Lee controller flies the sim (calibration.lee_replay)
-            from calibration.lee_replay import lee_replay
-            steps.append(("replay_controller", lambda: lee_replay(traj, profile, mass_kg if not own else None,
-                                                                  controller, every_s)))
+        if controller_replay:       # fn(traj, profile, mass_kg, every_s), e.g. calibration.lee_replay's
+            steps.append(("replay_controller", lambda: controller_replay(traj, profile, mass_kg if not own else None,
+                                                                         every_s)))
         for name, fn in steps:
             status(f"{name.replace('_', ' ')} with {label}")
             try:
@@ -615,7 +614,7 @@ def compare_flight(traj: Trajectory, profiles: list[Profile], *, mass_kg: float 
     first = next(iter(results.values()))["metrics"]
     summary = {"log": traj.summary(), "profiles": list(results), "mass_kg": mass_kg, "mass_source": mass_source,
                **{k: first.get(k) for k in ("model_check", "hover_closure", "replay", "replay_translational")},
-               **({"replay_controller": first.get("replay_controller")} if controller else {}),
+               **({"replay_controller": first.get("replay_controller")} if controller_replay else {}),
                **({"closed_loop": first.get("closed_loop")} if own else {}),
                "skipped": first.get("skipped", {}),
                "by_profile": {label: r["metrics"] for label, r in results.items()}}

@@ -77,6 +77,14 @@ def _text(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _controller_replay(gains: str | None):
+    """--controller GAINS: the Crazyflie's Lee controller with those gains flies the sim along the log."""
+    if not gains:
+        return None
+    from calibration.lee_replay import lee_replay
+    return lambda traj, profile, mass_kg, every_s: lee_replay(traj, profile, mass_kg, gains, every_s)
+
+
 def run(args) -> int:
     from sim.profiles import load_profile
 
@@ -101,7 +109,8 @@ def run(args) -> int:
     results, summary = compare_flight(traj, profiles, mass_kg=args.mass_kg, policy_path=args.policy,
                                       every_s=args.every_s, smooth_s=args.smooth_s,
                                       hover_window_s=tuple(args.hover_window_s) if args.hover_window_s else None,
-                                      closed=not args.no_closed_loop, controller=args.controller, status=status)
+                                      closed=not args.no_closed_loop, controller_replay=_controller_replay(args.controller),
+                                      status=status)
     summary["log"]["broken"] = broken
     if args.mcap:
         from calibration.mcap_export import write_mcap
