@@ -67,3 +67,17 @@ def test_cli_eval_race7_three_laps_json(capsys):
 def test_cli_eval_refuses_bad_course_arguments(argv, message, capsys):
     assert skyloop(["eval", DEFAULT, "--tasks", "race", "--episodes", "2"] + argv) == 1
     assert message in capsys.readouterr().err
+
+
+def test_the_shipped_generalist_tracks_moving_targets_that_the_hover_policy_cannot():
+    """flight/policies/generalist.pt (one network, all six tasks, size_family): it orbits and follows
+    (about half the episodes), where the hover-only default scores 0; default stays for hover."""
+    results = {}
+    for name in ("generalist", "default"):
+        policy, ckpt = load_checkpoint(os.path.join(ROOT, "flight", "policies", f"{name}.pt"))
+        task = dict(ckpt["task"], task_prob=parse_tasks("orbit,follow"))
+        results[name] = evaluate(policy, "size_family", ckpt["action_mode"], episodes=300, task=task)["per_task"]
+    for t in ("orbit", "follow"):
+        assert results["generalist"][t]["success_rate"] > 0.3, (t, results["generalist"][t])
+        assert results["default"][t]["success_rate"] < 0.05, (t, results["default"][t])
+        assert results["generalist"][t]["crash_rate"] < 0.15, (t, results["generalist"][t])

@@ -190,7 +190,7 @@ def test_a_crafted_checkpoint_with_a_pickle_payload_is_refused_and_does_not_run(
     assert os.path.exists(marker)
 
 
-@pytest.mark.parametrize("name", ["default.pt", "default_motor.pt"])
+@pytest.mark.parametrize("name", ["default.pt", "default_motor.pt", "generalist.pt"])
 def test_the_shipped_checkpoints_are_plain_data(name):
     path = os.path.join(os.path.dirname(__file__), "..", "flight", "policies", name)
     ckpt = torch.load(path, weights_only=True)
