@@ -304,13 +304,12 @@ static float sl_shaping(const SlTaskConfig *t, const float *F, int np, int i, fl
 static void sl_task(SlEnv *e, const int i0, const int i1) {
     const SlTaskConfig t = e->task;
     float *restrict F = e->f;
-    const float *restrict actions = e->actions;
     float *restrict rewards = e->rewards;
     uint8_t *restrict terminals = e->terminals, *restrict truncations = e->truncations;
     const int np = e->n_pad;
     const float dt = e->control_dt_s;
     for (int i = i0; i < i1; i++) {
-        const int goal = (int)SL_D(goal, 0), space = i / e->space_size;
+        const int goal = (int)SL_D(goal, 0), space = e->space_size == 1 ? i : i / e->space_size; /* no division in own worlds */
         if (goal == SL_GOAL_TRACK) sl_target_at(F, np, i, SL_D(time_s, 0) + dt);
         /* gates: any frame is solid; the next gate of a race is passed forwards only */
         float event = 0.f;
@@ -341,7 +340,7 @@ static void sl_task(SlEnv *e, const int i0, const int i1) {
             w2 += SL_D(omega_flu_rad_s, a) * SL_D(omega_flu_rad_s, a);
         }
         for (int m = 0; m < 4; m++) {
-            float diff = actions[i * 4 + m] - SL_D(action_hist, m);
+            float diff = SL_D(action_now, m) - SL_D(action_hist, m); /* the action just stepped (rows: no gather) */
             da2 += diff * diff;
         }
         float dist = sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
@@ -385,7 +384,7 @@ static void sl_task(SlEnv *e, const int i0, const int i1) {
         /* action history: newest first */
         for (int k = SL_ACTION_HISTORY - 1; k > 0; k--)
             for (int m = 0; m < 4; m++) SL_D(action_hist, k * 4 + m) = SL_D(action_hist, (k - 1) * 4 + m);
-        for (int m = 0; m < 4; m++) SL_D(action_hist, m) = actions[i * 4 + m];
+        for (int m = 0; m < 4; m++) SL_D(action_hist, m) = SL_D(action_now, m);
     }
     for (int i = i0; i < i1; i++) {
         if (!(SL_D(gate_event, 0) > 0.f) || terminals[i]) continue;
