@@ -704,7 +704,8 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
         return metrics
     evaluation = None
     if config.eval_episodes:
-        evaluation = evaluate(policy, env.profile, config.action_mode, config.eval_episodes, env.task)
+        eval_task = curriculum.full_task(env.task) if curriculum else env.task   # the task asked for, not the stage reached
+        evaluation = evaluate(policy, env.profile, config.action_mode, config.eval_episodes, eval_task)
         metrics["eval_success_rate"], metrics["eval_crash_rate"] = evaluation["success_rate"], evaluation["crash_rate"]
     save_checkpoint(config.output, policy, config, env, steps * dist.world, metrics, evaluation)
     return metrics

@@ -93,3 +93,23 @@ def test_set_task_refuses_what_cannot_change_in_a_live_env():
         env.set_task(control_hz=50.0)
     with pytest.raises(SimError, match="unknown task fields"):
         env.set_task(obstacle_cuont=1.0)
+
+
+def test_a_curriculum_run_is_evaluated_on_the_full_task_not_the_stage_it_reached(tmp_path, monkeypatch):
+    import io
+
+    import sim.train as train_module
+    flown = []
+    real_evaluate = train_module.evaluate
+
+    def spy(policy, profile, action_mode, episodes, task, **kw):
+        flown.append(dict(task))
+        return real_evaluate(policy, profile, action_mode, episodes, task, **kw)
+    monkeypatch.setattr(train_module, "evaluate", spy)
+    config = train_module.TrainConfig(num_drones=64, total_steps=20_000, threads=1, tasks="race", curriculum="success",
+                                      eval_episodes=8, output=str(tmp_path / "c.pt"), time_budget_s=120.0)
+    train_module.train(config, progress_stream=io.StringIO())
+    configured, easiest = task_config(), STAGES["race"][0]
+    assert flown and easiest["gate_count_range"] != configured["gate_count_range"]
+    assert flown[-1]["gate_count_range"] == configured["gate_count_range"]
+    assert flown[-1]["gate_size_m"] == configured["gate_size_m"]
