@@ -79,8 +79,10 @@ def test_attitude_arm_and_a_rate_step_with_the_right_sign(flying):
 
 
 def test_link_loss_engages_betaflight_rx_failsafe_and_the_runner_reports_it(flying, tmp_path):
-    """The runner flies towards a gate; 2 s in our RC stream stops (telemetry goes on): Betaflight's
-    own RX failsafe engages, the runner stops with it as the reason, and the quad ends disarmed."""
+    """The runner flies towards a gate; 2 s after it armed our RC stream stops (telemetry goes on):
+    Betaflight's own RX failsafe engages, the runner stops with it as the reason, and the quad ends
+    disarmed. (Counted from arming, not from the start: on a busy machine arming alone can take 2 s,
+    and a stream cut before arming is a refusal to arm, not a failsafe.)"""
     from flight.course import parse_course
     from flight.runner import StatusLine, fly_course
     from flight.cli import default_policy
@@ -95,6 +97,8 @@ def test_link_loss_engages_betaflight_rx_failsafe_and_the_runner_reports_it(flyi
     lost_at = []
 
     def cut_the_rc_stream():
+        while not link.armed:
+            time.sleep(0.01)
         time.sleep(2.0)
         lost_at.append(time.monotonic())
         link.uplink = False
