@@ -146,8 +146,9 @@ static void sl_formation(const SlTaskConfig *t, uint32_t *rng, int n, const floa
 
 /* Keeps the M nearest (distance, id) pairs, sorted; ties broken by id, so the order in which
  * candidates are visited does not matter. d is not NaN (callers keep only d < sense range). The new
- * pair passes down the M slots, each keeping the lesser (selects, no branches to mispredict); the
- * slots from count on are empty (but initialized: callers zero the arrays) and take it. */
+ * pair passes down the M slots, each keeping the lesser; the slots from count on are empty (but
+ * initialized: callers zero the arrays) and take it. The all-pairs reference of sl_neighbors keeps
+ * its neighbours with this; the sim uses the packed keys below, which give the same M. */
 SL_INLINE void sl_keep_nearest(float *dist, int *id, int *count, float d, int j) {
     const int n = *count;
 #pragma GCC unroll 8
@@ -161,6 +162,42 @@ SL_INLINE void sl_keep_nearest(float *dist, int *id, int *count, float d, int j)
         j = less ? ik : j;
     }
     *count = n + (n < SL_OBS_OBSTACLES);
+}
+
+/* The M nearest as packed keys: a (distance, id) pair as one unsigned 64-bit number that orders as
+ * the pair does (distance first, ties by id), the distance's bits made monotone in the high half
+ * (a float's bits flipped so that unsigned order is numeric order), the id in the low half. One
+ * insertion is M unsigned min / max pairs, no branches, and a short dependency chain (the float
+ * comparison with its id tiebreak compiled to branches that mispredicted). Empty slots hold
+ * SL_NEAR_EMPTY, above every key of a distance that is not NaN. -0 becomes +0 first, so it ties
+ * with +0 as the float comparison does. */
+typedef uint64_t SlNearKey;
+#define SL_NEAR_EMPTY UINT64_MAX
+SL_INLINE uint32_t sl_monotone_bits(float d) {
+    uint32_t b;
+    d += 0.f;
+    memcpy(&b, &d, sizeof b);
+    return b ^ ((uint32_t)((int32_t)b >> 31) | 0x80000000u);
+}
+SL_INLINE float sl_float_of_monotone(uint32_t m) {
+    const uint32_t b = m ^ (m >> 31 ? 0x80000000u : 0xFFFFFFFFu);
+    float d;
+    memcpy(&d, &b, sizeof d);
+    return d;
+}
+SL_INLINE SlNearKey sl_near_key(uint32_t monotone, int id) { return (SlNearKey)monotone << 32 | (uint32_t)id; }
+SL_INLINE float sl_near_dist(SlNearKey key) { return sl_float_of_monotone((uint32_t)(key >> 32)); }
+SL_INLINE int sl_near_id(SlNearKey key) { return (int)(uint32_t)key; }
+SL_INLINE void sl_near_clear(SlNearKey top[SL_OBS_OBSTACLES]) {
+    for (int k = 0; k < SL_OBS_OBSTACLES; k++) top[k] = SL_NEAR_EMPTY;
+}
+SL_INLINE void sl_near_insert(SlNearKey top[SL_OBS_OBSTACLES], SlNearKey key) {
+#pragma GCC unroll 8
+    for (int k = 0; k < SL_OBS_OBSTACLES; k++) {
+        const SlNearKey t = top[k];
+        top[k] = t < key ? t : key;
+        key = t < key ? key : t;
+    }
 }
 
 /* The bits of a vector's lanes that are set (-1), as an integer: lane c is bit c. */
@@ -182,33 +219,62 @@ SL_INLINE uint32_t sl_lane_bits(SlVecI m) {
 #endif
 typedef int32_t SlVecIU __attribute__((vector_size(SL_VECTOR_BYTES), aligned(4), may_alias)); /* unaligned */
 
+/* Appends the lanes of a and b whose bits are set to out_a and out_b (in lane order); returns how
+ * many. The outputs have room for a whole vector past the last lane appended. */
+#if defined(__AVX512F__)
+SL_INLINE int sl_append_lanes(uint32_t bits, SlVecI a, SlVecI b, int32_t *out_a, int32_t *out_b) {
+    /* compress in a register, then one plain store (a compressing store is slow on some CPUs) */
+    _mm512_storeu_si512(out_a, _mm512_maskz_compress_epi32((__mmask16)bits, (__m512i)a));
+    _mm512_storeu_si512(out_b, _mm512_maskz_compress_epi32((__mmask16)bits, (__m512i)b));
+    return __builtin_popcount(bits);
+}
+#else
+SL_INLINE int sl_append_lanes(uint32_t bits, SlVecI a, SlVecI b, int32_t *out_a, int32_t *out_b) {
+    int h = 0;
+    for (int c = 0; c < SL_LANES; c++) { /* every lane stored, the count advanced by its bit: no branches */
+        out_a[h] = a[c];
+        out_b[h] = b[c];
+        h += (int)(bits >> c & 1u);
+    }
+    return h;
+}
+#endif
+
 /* Drone i (at p, radius r) against the candidates k .. k + SL_LANES - 1 of the sorted arrays
  * (positions xs, ys, zs, radii rs, ids; padded by SL_LANES), those from k1 on left out, SL_LANES
- * at a time: the surface distances into d (the same operations as sl_dist3, so the same numbers),
- * *touch set if any is below zero; returns the bits of the candidates closer than sense_m and no
- * farther than bound (the M-th nearest so far, once there are M: farther ones cannot enter). */
-SL_INLINE uint32_t sl_sense_lanes(const float *xs, const float *ys, const float *zs, const float *rs, const int *ids,
-                                  int k, int k1, int i, const float p[3], float r, float sense_m, float bound, int *touch, float *d) {
+ * at a time: the surface distances (the same operations as sl_dist3, so the same numbers), *touch
+ * set if any is below zero, and the candidates closer than sense_m appended to hit_bits (their
+ * distances' monotone bits, as sl_monotone_bits makes them) and hit_ids. Returns how many. */
+SL_INLINE int sl_sense_lanes(const float *xs, const float *ys, const float *zs, const float *rs, const int *ids,
+                             int k, int k1, int i, const float p[3], float r, float sense_m, int *touch,
+                             int32_t *hit_bits, int32_t *hit_ids) {
     SlVecI lane;
     for (int c = 0; c < SL_LANES; c++) lane[c] = c;
     const SlVec dx = p[0] - *(const SlVecU *)(xs + k), dy = p[1] - *(const SlVecU *)(ys + k), dz = p[2] - *(const SlVecU *)(zs + k);
     SlVec dist = dx * dx + dy * dy + dz * dz;
     for (int c = 0; c < SL_LANES; c++) dist[c] = sqrtf(dist[c]); /* one vector square root */
     dist = dist - r - *(const SlVecU *)(rs + k);
-    const SlVecI other = (lane < k1 - k) & (*(const SlVecIU *)(ids + k) != i);
+    const SlVecI id = *(const SlVecIU *)(ids + k);
+    const SlVecI other = (lane < k1 - k) & (id != i);
     *touch |= sl_lane_bits((dist < 0.f) & other) != 0;
-    *(SlVecU *)d = dist;
-    return sl_lane_bits((dist < sense_m) & (dist <= bound) & other);
+    const SlVecI b = (SlVecI)(dist + 0.f);                /* sl_monotone_bits, a vector at a time */
+    const SlVecI monotone = b ^ ((b >> 31) | INT32_MIN);
+    return sl_append_lanes(sl_lane_bits((dist < sense_m) & other), monotone, id, hit_bits, hit_ids);
 }
 
 /* Drone-drone neighbours of n drones (positions [n][3], radii [n]): for each drone, whether it
  * touches another (surface distance below zero) and its nearest M others closer than sense_m
- * (surface to surface): nearest [n][M] ids (-1: none) and their distances. A uniform grid of
- * cells no smaller than the query reach keeps this O(n): the drones sorted by cell, so the
- * candidates in a row of 3 cells lie side by side and are measured a vector at a time. use_grid = 0
- * checks all pairs (the reference the tests compare with). Returns 0, or -1 when out of memory. */
-int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, int use_grid, uint8_t *collided,
-                 int *nearest, float *nearest_dist) {
+ * (surface to surface) as sorted keys [n][M] (SL_NEAR_EMPTY: none). A uniform grid of cells no
+ * smaller than the query reach keeps this O(n): the drones sorted by cell, so the candidates in a
+ * row of 3 cells lie side by side and are measured a vector at a time. The candidates in range are
+ * gathered first (distances of all the cells about a drone computed without waiting on each
+ * other), then kept. Returns 0, or -1 when out of memory. */
+static int sl_neighbor_keys(int n, const float *pos, const float *radius, float sense_m, uint8_t *collided, SlNearKey *keys) {
+    for (int i = 0; i < n; i++) {
+        collided[i] = 0;
+        sl_near_clear(keys + (size_t)i * SL_OBS_OBSTACLES);
+    }
+    if (n < 2) return 0;
     float r_max = 0.f, lo[3] = {1e30f, 1e30f, 1e30f}, hi[3] = {-1e30f, -1e30f, -1e30f};
     for (int i = 0; i < n; i++) {
         r_max = sl_max(r_max, radius[i]);
@@ -217,91 +283,110 @@ int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, in
             lo[a] = sl_min(lo[a], x); hi[a] = sl_max(hi[a], x);
         }
     }
-    float cell = sl_max(sense_m + 2.f * r_max, 1e-3f);
-    int dim[3] = {1, 1, 1}, cells = 1, *start = NULL, *order = NULL, *cell_of = NULL, *fill = NULL;
-    float *xs = NULL, *ys = NULL, *zs = NULL, *rs = NULL; /* [n + SL_LANES]: positions and radii, in cell order */
-    void *memory = NULL;
-    if (use_grid && n > 1) {
-        /* sized in double: the extent of finite floats can overflow a float, the cell count an int;
-         * the cell grows until the grid is small, which it is once the cell exceeds the extent */
-        double cell_d = sl_finite(cell) ? (double)cell : 1e39;
-        for (;;) {
-            double count = 1.0;
-            for (int a = 0; a < 3; a++) {
-                double d = floor(((double)hi[a] - (double)lo[a]) / cell_d) + 1.0;
-                dim[a] = (int)(d < 1e6 ? d : 1e6);
-                count *= (double)dim[a];
+    /* sized in double: the extent of finite floats can overflow a float, the cell count an int;
+     * the cell grows until the grid is small, which it is once the cell exceeds the extent */
+    const float reach = sl_max(sense_m + 2.f * r_max, 1e-3f);
+    double cell_d = sl_finite(reach) ? (double)reach : 1e39;
+    int dim[3] = {1, 1, 1};
+    for (;;) {
+        double count = 1.0;
+        for (int a = 0; a < 3; a++) {
+            double d = floor(((double)hi[a] - (double)lo[a]) / cell_d) + 1.0;
+            dim[a] = (int)(d < 1e6 ? d : 1e6);
+            count *= (double)dim[a];
+        }
+        if (count <= 8.0 * n + 64.0) break;
+        cell_d *= 1.5;
+    }
+    const float cell = (float)cell_d;
+    /* an axis of at most 3 cells is one: the 3 x 3 x 3 cells about any drone span it anyway, and
+     * the candidates in fewer, longer ranges take fewer vectors (a flat box: 3 ranges, not 9) */
+    for (int a = 1; a < 3; a++) dim[a] = dim[a] <= 3 ? 1 : dim[a];
+    const int cells = dim[0] * dim[1] * dim[2];
+    const size_t padded = (size_t)n + SL_LANES;
+    void *memory = calloc(4 * padded * sizeof(float) + (2 * (size_t)cells + 1 + 3 * padded + 4 * (size_t)n) * sizeof(int), 1);
+    if (!memory) return -1;
+    float *xs = (float *)memory, *ys = xs + padded, *zs = ys + padded, *rs = zs + padded; /* in cell order */
+    int *order = (int *)(rs + padded), *start = order + padded, *fill = start + cells + 1;
+    int *cell_of = fill + cells;                                      /* [n][4]: cell, x, y, z */
+    int32_t *hit_bits = cell_of + 4 * n, *hit_ids = hit_bits + padded; /* one drone's candidates in range */
+    for (int i = 0; i < n; i++) { /* counting sort of the drones by cell */
+        int *c = cell_of + 4 * i;
+        for (int a = 0; a < 3; a++) {
+            float x = sl_finite(pos[3 * i + a]) ? pos[3 * i + a] : 0.f;
+            c[1 + a] = (int)sl_clamp((x - lo[a]) / cell, 0.f, (float)(dim[a] - 1));
+        }
+        c[0] = (c[3] * dim[1] + c[2]) * dim[0] + c[1];
+        start[c[0] + 1]++;
+    }
+    for (int c = 0; c < cells; c++) start[c + 1] += start[c];
+    memcpy(fill, start, (size_t)cells * sizeof(int));
+    for (int i = 0; i < n; i++) order[fill[cell_of[4 * i]]++] = i;
+    for (int k = 0; k < n; k++) {
+        xs[k] = pos[3 * order[k]]; ys[k] = pos[3 * order[k] + 1]; zs[k] = pos[3 * order[k] + 2];
+        rs[k] = radius[order[k]];
+    }
+    for (int k = n; k < (int)padded; k++) order[k] = -1;
+    for (int i = 0; i < n; i++) {
+        const float *p = pos + 3 * i;
+        int touch = 0, hits = 0;
+        const int cx = cell_of[4 * i + 1], cy = cell_of[4 * i + 2], cz = cell_of[4 * i + 3];
+        const int x0 = cx > 0 ? cx - 1 : 0, x1 = cx + 1 < dim[0] ? cx + 1 : dim[0] - 1;
+        const int y0 = cy > 0 ? cy - 1 : 0, y1 = cy + 1 < dim[1] ? cy + 1 : dim[1] - 1;
+        for (int z = cz > 0 ? cz - 1 : 0; z <= cz + 1 && z < dim[2]; z++) {
+            /* the cells x0..x1 of the rows y0..y1 in this plane: three ranges of the sorted
+             * drones, or the one range from the first to the last (with the drones between)
+             * where that takes no more vectors */
+            int ranges[3][2] = {{0, 0}}, n_ranges = 0, vectors = 0;
+            for (int y = y0; y <= y1; y++, n_ranges++) {
+                const int row = (z * dim[1] + y) * dim[0];
+                ranges[n_ranges][0] = start[row + x0];
+                ranges[n_ranges][1] = start[row + x1 + 1];
+                vectors += (ranges[n_ranges][1] - ranges[n_ranges][0] + SL_LANES - 1) / SL_LANES;
             }
-            if (count <= 8.0 * n + 64.0) break;
-            cell_d *= 1.5;
-        }
-        cell = (float)cell_d;
-        /* an axis of at most 3 cells is one: the 3 x 3 x 3 cells about any drone span it anyway, and
-         * the candidates in fewer, longer ranges take fewer vectors (a flat box: 3 ranges, not 9) */
-        for (int a = 1; a < 3; a++) dim[a] = dim[a] <= 3 ? 1 : dim[a];
-        cells = dim[0] * dim[1] * dim[2];
-        const size_t padded = (size_t)n + SL_LANES;
-        memory = calloc(4 * padded * sizeof(float) + (2 * (size_t)cells + 1 + padded + 4 * (size_t)n) * sizeof(int), 1);
-        if (!memory) return -1;
-        xs = (float *)memory; ys = xs + padded; zs = ys + padded; rs = zs + padded;
-        order = (int *)(rs + padded); start = order + padded; fill = start + cells + 1; cell_of = fill + cells; /* [n][4]: cell, x, y, z */
-        for (int i = 0; i < n; i++) { /* counting sort of the drones by cell */
-            int *c = cell_of + 4 * i;
-            for (int a = 0; a < 3; a++) {
-                float x = sl_finite(pos[3 * i + a]) ? pos[3 * i + a] : 0.f;
-                c[1 + a] = (int)sl_clamp((x - lo[a]) / cell, 0.f, (float)(dim[a] - 1));
+            if ((ranges[n_ranges - 1][1] - ranges[0][0] + SL_LANES - 1) / SL_LANES <= vectors) {
+                ranges[0][1] = ranges[n_ranges - 1][1];
+                n_ranges = 1;
             }
-            c[0] = (c[3] * dim[1] + c[2]) * dim[0] + c[1];
-            start[c[0] + 1]++;
+            for (int g = 0; g < n_ranges; g++)
+                for (int k0 = ranges[g][0]; k0 < ranges[g][1]; k0 += SL_LANES)
+                    hits += sl_sense_lanes(xs, ys, zs, rs, order, k0, ranges[g][1], i, p, radius[i], sense_m, &touch,
+                                           hit_bits + hits, hit_ids + hits);
         }
-        for (int c = 0; c < cells; c++) start[c + 1] += start[c];
-        memcpy(fill, start, (size_t)cells * sizeof(int));
-        for (int i = 0; i < n; i++) order[fill[cell_of[4 * i]]++] = i;
-        for (int k = 0; k < n; k++) {
-            xs[k] = pos[3 * order[k]]; ys[k] = pos[3 * order[k] + 1]; zs[k] = pos[3 * order[k] + 2];
-            rs[k] = radius[order[k]];
+        SlNearKey *top = keys + (size_t)i * SL_OBS_OBSTACLES;
+        for (int h = 0; h < hits; h++) sl_near_insert(top, sl_near_key((uint32_t)hit_bits[h], hit_ids[h]));
+        collided[i] = (uint8_t)touch;
+    }
+    free(memory);
+    return 0;
+}
+
+/* Drone-drone neighbours of n drones (positions [n][3], radii [n]): for each drone, whether it
+ * touches another and its nearest M others closer than sense_m (surface to surface): nearest
+ * [n][M] ids (-1: none) and their distances. use_grid = 0 checks all pairs, with the float
+ * comparisons of sl_keep_nearest (the reference the tests compare the grid and its keys with).
+ * Returns 0, or -1 when out of memory. */
+int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, int use_grid, uint8_t *collided,
+                 int *nearest, float *nearest_dist) {
+    if (use_grid) {
+        SlNearKey *keys = (SlNearKey *)malloc(((size_t)n + 1) * SL_OBS_OBSTACLES * sizeof(SlNearKey));
+        const int status = keys ? sl_neighbor_keys(n, pos, radius, sense_m, collided, keys) : -1;
+        for (int k = 0; k < n * SL_OBS_OBSTACLES && status == 0; k++) {
+            nearest[k] = keys[k] == SL_NEAR_EMPTY ? -1 : sl_near_id(keys[k]);
+            nearest_dist[k] = keys[k] == SL_NEAR_EMPTY ? 0.f : sl_near_dist(keys[k]);
         }
-        for (int k = n; k < (int)padded; k++) order[k] = -1;
+        free(keys);
+        return status;
     }
     for (int i = 0; i < n; i++) {
-        float dist[SL_OBS_OBSTACLES] = {0}, d[SL_LANES] __attribute__((aligned(64)));
+        float dist[SL_OBS_OBSTACLES] = {0};
         int id[SL_OBS_OBSTACLES] = {0}, count = 0, touch = 0;
         const float *p = pos + 3 * i;
-        if (start) {
-            const int cx = cell_of[4 * i + 1], cy = cell_of[4 * i + 2], cz = cell_of[4 * i + 3];
-            const int x0 = cx > 0 ? cx - 1 : 0, x1 = cx + 1 < dim[0] ? cx + 1 : dim[0] - 1;
-            const int y0 = cy > 0 ? cy - 1 : 0, y1 = cy + 1 < dim[1] ? cy + 1 : dim[1] - 1;
-            for (int z = cz > 0 ? cz - 1 : 0; z <= cz + 1 && z < dim[2]; z++) {
-                /* the cells x0..x1 of the rows y0..y1 in this plane: three ranges of the sorted
-                 * drones, or the one range from the first to the last (with the drones between)
-                 * where that takes no more vectors */
-                int ranges[3][2] = {{0, 0}}, n_ranges = 0, vectors = 0;
-                for (int y = y0; y <= y1; y++, n_ranges++) {
-                    const int row = (z * dim[1] + y) * dim[0];
-                    ranges[n_ranges][0] = start[row + x0];
-                    ranges[n_ranges][1] = start[row + x1 + 1];
-                    vectors += (ranges[n_ranges][1] - ranges[n_ranges][0] + SL_LANES - 1) / SL_LANES;
-                }
-                if ((ranges[n_ranges - 1][1] - ranges[0][0] + SL_LANES - 1) / SL_LANES <= vectors) {
-                    ranges[0][1] = ranges[n_ranges - 1][1];
-                    n_ranges = 1;
-                }
-                for (int g = 0; g < n_ranges; g++)
-                    for (int k0 = ranges[g][0]; k0 < ranges[g][1]; k0 += SL_LANES)
-                        for (uint32_t bits = sl_sense_lanes(xs, ys, zs, rs, order, k0, ranges[g][1], i, p, radius[i], sense_m,
-                                                            count == SL_OBS_OBSTACLES ? dist[SL_OBS_OBSTACLES - 1] : sense_m, &touch, d);
-                             bits; bits &= bits - 1) {
-                            const int c = __builtin_ctz(bits);
-                            sl_keep_nearest(dist, id, &count, d[c], order[k0 + c]);
-                        }
-            }
-        } else {
-            for (int j = 0; j < n; j++) {
-                if (j == i) continue;
-                float dd = sl_dist3(p, pos + 3 * j) - radius[i] - radius[j];
-                touch |= dd < 0.f;
-                if (dd < sense_m) sl_keep_nearest(dist, id, &count, dd, j);
-            }
+        for (int j = 0; j < n; j++) {
+            if (j == i) continue;
+            float dd = sl_dist3(p, pos + 3 * j) - radius[i] - radius[j];
+            touch |= dd < 0.f;
+            if (dd < sense_m) sl_keep_nearest(dist, id, &count, dd, j);
         }
         collided[i] = (uint8_t)touch;
         for (int k = 0; k < SL_OBS_OBSTACLES; k++) {
@@ -309,31 +394,34 @@ int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, in
             nearest_dist[i * SL_OBS_OBSTACLES + k] = k < count ? dist[k] : 0.f;
         }
     }
-    free(memory);
     return 0;
 }
 
-/* Drone i's senses, given its nearest other drones (ids within its space, from sl_neighbors;
- * count may be 0): adds the space's spheres, keeps the M nearest (drones and spheres alike) and
- * sets `collided` on touching any of them. */
-static void sl_sense_finish(SlEnv *e, int i, float *dist, int *id, int count, int touch) {
+/* Drone i's senses, given its nearest other drones (keys of ids within its space, from
+ * sl_neighbor_keys; any may be empty): adds the space's spheres, keeps the M nearest (drones and
+ * spheres alike) and sets `collided` on touching any of them. */
+static void sl_sense_finish(SlEnv *e, int i, SlNearKey top[SL_OBS_OBSTACLES], int touch) {
     float *F = e->f;
     const int np = e->n_pad, space = i / e->space_size, first = space * e->space_size;
     const float p[3] = {SL_D(pos_enu_m, 0), SL_D(pos_enu_m, 1), SL_D(pos_enu_m, 2)}, r = SL_D(radius_m, 0);
     const float *obs = e->obstacles + (size_t)space * SL_MAX_OBSTACLES * 4;
     for (int k = 0; k < e->n_obstacles[space]; k++) {
-        float d = sl_dist3(p, obs + 4 * k) - obs[4 * k + 3] - r;
+        const float d = sl_dist3(p, obs + 4 * k) - obs[4 * k + 3] - r;
         touch |= d < 0.f;
-        if (d < e->task.sense_range_m) sl_keep_nearest(dist, id, &count, d, e->space_size + k);
+        /* no branch (it mispredicted, each sphere waiting on the square root before it): a sphere out of
+         * range inserts the empty key, which changes nothing */
+        sl_near_insert(top, d < e->task.sense_range_m ? sl_near_key(sl_monotone_bits(d), e->space_size + k) : SL_NEAR_EMPTY);
     }
+    int count = 0;
     for (int k = 0; k < SL_OBS_OBSTACLES; k++) {
-        const int j = k < count ? id[k] : 0;
+        const int present = top[k] != SL_NEAR_EMPTY, j = present ? sl_near_id(top[k]) : 0;
+        count += present;
         for (int a = 0; a < 4; a++) {
             float v = 0.f;
-            if (k < count && j < e->space_size) { /* another drone */
+            if (present && j < e->space_size) { /* another drone */
                 const int i_other = first + j;
                 v = a < 3 ? F[(ptrdiff_t)(SL_ROW_pos_enu_m + a) * np + i_other] : F[(ptrdiff_t)SL_ROW_radius_m * np + i_other];
-            } else if (k < count) {
+            } else if (present) {
                 v = obs[4 * (j - e->space_size) + a];
             }
             SL_D(near, 4 * k + a) = v;
@@ -347,8 +435,10 @@ static void sl_sense_finish(SlEnv *e, int i, float *dist, int *id, int count, in
 static void sl_sense_pairs(SlEnv *e, int i) {
     float *F = e->f;
     const int np = e->n_pad, first = i / e->space_size * e->space_size;
-    float dist[SL_OBS_OBSTACLES] = {0}, p[3] = {SL_D(pos_enu_m, 0), SL_D(pos_enu_m, 1), SL_D(pos_enu_m, 2)};
-    int id[SL_OBS_OBSTACLES] = {0}, count = 0, touch = 0;
+    const float p[3] = {SL_D(pos_enu_m, 0), SL_D(pos_enu_m, 1), SL_D(pos_enu_m, 2)};
+    SlNearKey top[SL_OBS_OBSTACLES];
+    int touch = 0;
+    sl_near_clear(top);
     for (int j = 0; j < e->space_size; j++) {
         const int o = first + j;
         if (o == i || o >= e->n) continue;
@@ -356,9 +446,9 @@ static void sl_sense_pairs(SlEnv *e, int i) {
                       F[(ptrdiff_t)(SL_ROW_pos_enu_m + 2) * np + o]};
         float d = sl_dist3(p, q) - SL_D(radius_m, 0) - F[(ptrdiff_t)SL_ROW_radius_m * np + o];
         touch |= d < 0.f;
-        if (d < e->task.sense_range_m) sl_keep_nearest(dist, id, &count, d, j);
+        if (d < e->task.sense_range_m) sl_near_insert(top, sl_near_key(sl_monotone_bits(d), j));
     }
-    sl_sense_finish(e, i, dist, id, count, touch);
+    sl_sense_finish(e, i, top, touch);
 }
 /* ... inline for the common case, an empty world of its own (nothing to sense: no call, no division) */
 SL_INLINE void sl_sense_one(SlEnv *e, int i) {
@@ -375,24 +465,19 @@ SL_INLINE void sl_sense_one(SlEnv *e, int i) {
 static int sl_sense_spaces(SlEnv *e) {
     const int S = e->space_size, np = e->n_pad;
     float *pos = (float *)malloc((size_t)S * 4 * sizeof(float)), *radius = pos + 3 * S;
-    float *nd = (float *)malloc((size_t)S * SL_OBS_OBSTACLES * sizeof(float));
-    int *ni = (int *)malloc((size_t)S * SL_OBS_OBSTACLES * sizeof(int));
+    SlNearKey *keys = (SlNearKey *)malloc((size_t)S * SL_OBS_OBSTACLES * sizeof(SlNearKey));
     uint8_t *hit = (uint8_t *)malloc((size_t)S);
-    int status = pos && nd && ni && hit ? 0 : -1;
+    int status = pos && keys && hit ? 0 : -1;
     for (int space = 0; space < e->n_spaces && status == 0; space++) {
         const int first = space * S, n = e->n - first < S ? e->n - first : S;
         for (int j = 0; j < n; j++) {
             for (int a = 0; a < 3; a++) pos[3 * j + a] = e->f[(ptrdiff_t)(SL_ROW_pos_enu_m + a) * np + first + j];
             radius[j] = e->f[(ptrdiff_t)SL_ROW_radius_m * np + first + j];
         }
-        status = sl_neighbors(n, pos, radius, e->task.sense_range_m, 1, hit, ni, nd);
-        for (int j = 0; j < n && status == 0; j++) {
-            int count = 0;
-            while (count < SL_OBS_OBSTACLES && ni[j * SL_OBS_OBSTACLES + count] >= 0) count++;
-            sl_sense_finish(e, first + j, nd + j * SL_OBS_OBSTACLES, ni + j * SL_OBS_OBSTACLES, count, hit[j]);
-        }
+        status = sl_neighbor_keys(n, pos, radius, e->task.sense_range_m, hit, keys);
+        for (int j = 0; j < n && status == 0; j++) sl_sense_finish(e, first + j, keys + (size_t)j * SL_OBS_OBSTACLES, hit[j]);
     }
-    free(pos); free(nd); free(ni); free(hit);
+    free(pos); free(keys); free(hit);
     return status;
 }
 
