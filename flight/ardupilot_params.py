@@ -12,7 +12,6 @@ log = logging.getLogger(__name__)
 
 #: ArduPilot: a stalled companion computer's last rates + thrust keep flying for GUID_TIMEOUT (default 3 s)
 GUID_TIMEOUT_S, GUID_TIMEOUT_MAX_S = 0.2, 1.0       # (a runner stall over 0.5 s ends the flight)
-PARAM_TYPE_REAL32 = 9                               # MAV_PARAM_TYPE_REAL32
 
 
 def read(link, name: str, timeout_s: float = 2.0) -> float | None:
@@ -29,10 +28,11 @@ def read(link, name: str, timeout_s: float = 2.0) -> float | None:
 
 def write(link, name: str, value: float) -> None:
     """PARAM_SET, confirmed by the vehicle's PARAM_VALUE echo; LinkError if it never takes it."""
+    from pymavlink.mavutil import mavlink     # here: flight/link.py has chosen MAVLink 2 before the import
     for _ in range(3):
         link._params.pop(name, None)
         link.master.mav.param_set_send(link.target[0], link.target[1], name.encode(), float(value),
-                                       PARAM_TYPE_REAL32)
+                                       mavlink.MAV_PARAM_TYPE_REAL32)
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
             if name in link._params and abs(link._params[name] - value) < 1e-4:

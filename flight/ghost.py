@@ -26,7 +26,7 @@ import numpy as np
 
 from flight.course import Course, CourseProgress
 from flight.realtime import lower_priority
-from flight.service import Service
+from flight.service import Service, stop_child
 from sim.core import ACTION_SIZE, OBS_GATES, observe
 from sim.env import DroneEnv
 from sim.profiles import Profile
@@ -162,12 +162,5 @@ class GhostProcess(Service):
         return message
 
     def stop(self) -> None:
-        try:
-            self._conn.send(None)
-        except (OSError, ValueError):
-            pass
-        self._proc.join(timeout=2.0)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(timeout=2.0)
+        stop_child(self._proc, lambda: self._conn.send(None), timeout_s=2.0)
         self._conn.close()

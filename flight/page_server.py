@@ -25,7 +25,7 @@ import time
 from urllib.parse import parse_qs, urlparse
 
 from flight.realtime import lower_priority
-from flight.service import Service, Worker
+from flight.service import Service, Worker, stop_child
 
 log = logging.getLogger(__name__)
 PAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "teleop_page")
@@ -145,14 +145,7 @@ class PageServer(Service):
         self._stop_process()
 
     def _stop_process(self) -> None:
-        try:
-            self._state_out.send_bytes(b"")                 # the server process's signal to stop
-        except (OSError, ValueError):
-            pass
-        self._proc.join(timeout=5.0)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(timeout=2.0)
+        stop_child(self._proc, lambda: self._state_out.send_bytes(b""), timeout_s=5.0)   # b"": the server's stop
         self._state_out.close()
         self._requests.close()
         self._proc = None

@@ -86,6 +86,19 @@ class FirmwareSitl(Service):
                 and (self.bridge is None or self.bridge.alive()))
 
 
+def stop_child(process, send_stop, timeout_s: float) -> None:
+    """A multiprocessing child: send_stop() (its stop message on its pipe; a closed pipe is fine),
+    up to timeout_s for it to exit, then SIGTERM and 2 s more."""
+    try:
+        send_stop()
+    except (OSError, ValueError):
+        pass
+    process.join(timeout=timeout_s)
+    if process.is_alive():
+        process.terminate()
+        process.join(timeout=2.0)
+
+
 def stop_process(process: subprocess.Popen | None, timeout_s: float = 3.0) -> None:
     """SIGTERM, then SIGKILL if the process has not exited within timeout_s; waits for it."""
     if process is None or process.poll() is not None:
