@@ -12,6 +12,11 @@ frames (pos/vel ENU, attitude body FLU -> world ENU, body rates FLU), stamped wi
 time it arrived. We announce ourselves as an onboard controller (1 Hz heartbeat) and measure the
 link's round trip with TIMESYNC. Leaving the `with` block always ends with the vehicle disarmed
 (after LAND if it was flying).
+
+`lockstep=True` (the built-in simulated vehicle in lockstep, `skyloop sitl --speed lockstep`):
+the link's clock (LockstepClock) is the vehicle's sim time, which passes only when the link
+advances it; every message is stamped with that time instead of the monotonic clock, so the
+runner's checks (stale telemetry, link loss, the landing's waits) are judged in sim time.
 """
 from __future__ import annotations
 
@@ -45,12 +50,48 @@ ARM_TRIES, ARM_RETRY_S = 3, 1.0                  # arm at most this often, this 
 # what may wait in the socket (our own process stalled: the vehicle was not silent)
 CATCH_UP_AFTER_S, CATCH_UP_WAIT_S = 0.1, 0.03
 DISARM_RETRY_S = 2.0
+# lockstep: the vehicle answers a clock advance at once; none within LOCKSTEP_ANSWER_S (wall time, the request
+# sent again every LOCKSTEP_RETRY_S for a lossy link) and the clock goes on without it (LockstepClock)
+LOCKSTEP_ANSWER_S, LOCKSTEP_RETRY_S = 1.0, 0.05
+
+
+class LockstepClock:
+    """The simulated vehicle's time, for a vehicle in lockstep: it passes only when the link says.
+    sleep_until(t) sends SYSTEM_TIME t (the vehicle steps up to t, sending the telemetry that falls
+    due) and a TIMESYNC behind it, and waits for its answer: then everything the vehicle sent up
+    to t has arrived. No sleeps: as fast as the CPU allows, and the same flight on a busy machine.
+
+    A lost link: a vehicle that does not answer within LOCKSTEP_ANSWER_S (wall time) is silent and
+    the time passes without it (the runner asked for it to pass; a vehicle that still hears us
+    steps on). While silent the clock waits only as long as the time it advances (real-time
+    pace) until an answer comes back, so a lost link is judged as in real time: no new telemetry
+    for Limits.stale_telemetry_s of the runner's time is stale telemetry; the vehicle, meanwhile,
+    sees time pass only as far as the link's clock messages reach it."""
+    lockstep = True
+
+    def __init__(self, link: "MavLink"):
+        self.link, self.now_s, self.silent = link, 0.0, False
+
+    def now(self) -> float:
+        return self.now_s
+
+    def sleep(self, seconds: float) -> None:
+        self.sleep_until(self.now_s + seconds)
+
+    def sleep_until(self, t_s: float) -> float:
+        """Advances the vehicle to t_s and waits for it; returns 0.0 (lockstep is never late)."""
+        t_s = max(t_s, self.now_s)
+        wait_s = t_s - self.now_s if self.silent else max(LOCKSTEP_ANSWER_S, t_s - self.now_s)
+        answer_s = self.link.advance_vehicle(t_s, wait_s)
+        self.silent = answer_s is None
+        self.now_s = max(t_s, answer_s or 0.0)
+        return 0.0
 
 
 class MavLink(LinkBase):
     def __init__(self, connection: Connection, autopilot: str = "auto", action_mode: str = "ctbr",
                  rate_max_rad_s=(10.0, 10.0, 5.0), heartbeat_timeout_s: float = 10.0, tlog_path: str | None = None,
-                 set_params: bool = False):
+                 set_params: bool = False, lockstep: bool = False):
         self.connection, self.autopilot_wanted, self.action_mode = connection, autopilot, action_mode
         self.set_params = set_params               # the user's consent to change the vehicle's parameters
         self.status_texts: list[tuple[float, str]] = []   # the vehicle's STATUSTEXT (time, text), newest last
@@ -78,6 +119,10 @@ class MavLink(LinkBase):
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._t0_s = time.monotonic()
+        self.lockstep = lockstep
+        self.clock = LockstepClock(self) if lockstep else self.clock
+        self._vehicle_time_s = 0.0                 # lockstep: the vehicle's sim time, from its newest TIMESYNC answer
+        self._synced_ns = 0                        # lockstep: ts1 of the newest TIMESYNC answered
         # every message both ways, as MAVProxy logs; a full disk never raises here (skyloop/rowlog.py LogFile)
         self._tlog = LogFile(tlog_path) if tlog_path else None
         self._tlog_lock = threading.Lock()
@@ -122,6 +167,13 @@ class MavLink(LinkBase):
             t = threading.Thread(target=fn, daemon=True, name=fn.__name__)
             t.start()
             self._threads.append(t)
+        if self.lockstep:
+            if self.advance_vehicle(0.0, self.heartbeat_timeout_s) is None:
+                self.close()
+                raise LinkError(f"lockstep: the vehicle on {c} did not answer a clock tick (SYSTEM_TIME + TIMESYNC) "
+                                f"in {self.heartbeat_timeout_s:g} s: lockstep needs the built-in simulated vehicle "
+                                "started with --speed lockstep (fly --lockstep starts one)")
+            self.clock.now_s = self._vehicle_time_s
         if self.autopilot == "ardupilot":
             try:
                 ardupilot_params.check(self)
@@ -147,7 +199,8 @@ class MavLink(LinkBase):
             self._tlog.write(int(time.time() * 1e6).to_bytes(8, "big") + msg.get_msgbuf())
 
     def describe(self) -> dict:
-        return {"connection": str(self.connection), "autopilot": self.autopilot, "action_mode": self.action_mode}
+        return {"connection": str(self.connection), "autopilot": self.autopilot, "action_mode": self.action_mode,
+                "clock": "lockstep" if self.lockstep else "real time"}
 
     def log_fault(self) -> str | None:
         """What went wrong writing the .tlog (a full disk), or None."""
@@ -178,7 +231,8 @@ class MavLink(LinkBase):
                 continue
             if self._tlog is not None and msg.get_type() != "BAD_DATA":
                 self._log_message(msg)
-            self._handle(msg, time.monotonic())
+            # the time it arrived: monotonic, or in lockstep the vehicle's sim time as it last told us
+            self._handle(msg, self._vehicle_time_s if self.lockstep else time.monotonic())
 
     def _handle(self, msg, now: float) -> None:
         kind = msg.get_type()
@@ -213,6 +267,11 @@ class MavLink(LinkBase):
             rtt = (time.monotonic_ns() - msg.ts1) / 1e9
             if 0 <= rtt < 5:
                 self._rtt_s = (self._rtt_s + [rtt])[-50:]
+            if self.lockstep:                      # the vehicle's sim time, once it handled all we sent before
+                with self._news:
+                    self._synced_ns = max(self._synced_ns, msg.ts1)
+                    self._vehicle_time_s = max(self._vehicle_time_s, msg.tc1 / 1e9)
+                    self._news.notify_all()
         elif kind == "COMMAND_ACK":
             self._acks[msg.command] = msg.result
         elif kind == "STATUSTEXT":
@@ -228,7 +287,7 @@ class MavLink(LinkBase):
                          msg.param_id.decode().rstrip("\x00")] = float(msg.param_value)
 
     def _on_heartbeat(self, msg, now: float | None = None) -> None:
-        self.last_heartbeat_s = now if now is not None else time.monotonic()
+        self.last_heartbeat_s = now if now is not None else self.clock.now()
         self.armed = bool(msg.base_mode & mav.MAV_MODE_FLAG_SAFETY_ARMED)
         self.custom_mode = msg.custom_mode
         if self._offboard_mode == ("wanted", msg.custom_mode):
@@ -252,7 +311,8 @@ class MavLink(LinkBase):
         vehicle sent meanwhile is still in the socket, and the control loop, resumed first, would
         judge its own silence as the vehicle's ("stale telemetry"; measured on real ArduPilot)."""
         with self._news:
-            if (self._pos is not None and self._att is not None and self._threads and self._threads[0].is_alive()  # the reader
+            if (not self.lockstep and self._pos is not None and self._att is not None and self._threads
+                    and self._threads[0].is_alive()   # the reader
                     and time.monotonic() - min(self._pos[0], self._att[0]) > CATCH_UP_AFTER_S):
                 before = (self._pos[0], self._att[0])
                 self._news.wait_for(lambda: self._pos[0] > before[0] and self._att[0] > before[1],
@@ -265,6 +325,22 @@ class MavLink(LinkBase):
 
     def mode_name(self) -> str:
         return mode_name(self.autopilot or "ardupilot", self.custom_mode)
+
+    def advance_vehicle(self, t_s: float, wait_s: float) -> float | None:
+        """Lockstep: SYSTEM_TIME t_s (the vehicle steps up to it), then a TIMESYNC behind it, both sent
+        again every LOCKSTEP_RETRY_S; returns the vehicle's time from the answer (everything it sent
+        before has arrived by then), or None when none came within wait_s (wall time)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            self.master.mav.system_time_send(0, int(round(t_s * 1000)) & 0xFFFFFFFF)
+            ts1 = time.monotonic_ns()              # after the SYSTEM_TIME: a TIMESYNC from ts1 on is answered after it
+            self.master.mav.timesync_send(0, ts1)
+            with self._news:
+                if self._news.wait_for(lambda: self._synced_ns >= ts1,
+                                       timeout=max(0.0, min(LOCKSTEP_RETRY_S, deadline - time.monotonic()))):
+                    return self._vehicle_time_s
+            if time.monotonic() >= deadline:
+                return None
 
     # ---------------------------------------------------------------- commands
     def _command(self, command: int, *params, wait: bool = True, timeout_s: float = 2.0,
@@ -311,24 +387,25 @@ class MavLink(LinkBase):
         """Streams the hold setpoint, enters GUIDED_NOGPS / OFFBOARD and arms; raises LinkError if refused."""
         offboard = MODES[self.autopilot][OFFBOARD[self.autopilot]]
         self._offboard_mode = ("wanted", offboard)
-        start = time.monotonic()
-        while time.monotonic() - start < 1.2:          # PX4 wants a setpoint stream before OFFBOARD
+        clock = self.clock
+        start = clock.now()
+        while clock.now() - start < 1.2:               # PX4 wants a setpoint stream before OFFBOARD
             send_hold()
-            time.sleep(0.02)
-        asked = time.monotonic()
+            clock.sleep(0.02)
+        asked = clock.now()
         if not self._set_mode(offboard):
             raise LinkError(f"the vehicle refused {self.mode_name_of(offboard)} (check its position estimate and RC "
                             f"failsafe settings){self._reasons(asked)}")
         result = None
         for attempt in range(ARM_TRIES):               # a refusal is answered at once: wait before asking again
-            tried = time.monotonic()
+            tried = clock.now()
             send_hold()
             result = self._command(mav.MAV_CMD_COMPONENT_ARM_DISARM, 1, timeout_s=min(timeout_s, ARM_RETRY_S))
             if result == mav.MAV_RESULT_ACCEPTED:
                 break
-            while attempt + 1 < ARM_TRIES and time.monotonic() < tried + ARM_RETRY_S:
+            while attempt + 1 < ARM_TRIES and clock.now() < tried + ARM_RETRY_S:
                 send_hold()
-                time.sleep(0.02)
+                clock.sleep(0.02)
         if result != mav.MAV_RESULT_ACCEPTED:
             raise LinkError(f"the vehicle refused to arm {ARM_TRIES} times{self._reasons(asked)}")
         self.armed = True
@@ -363,10 +440,12 @@ class MavLink(LinkBase):
         if self.master is None:
             return not self.armed
         land = MODES[self.autopilot][LANDING[self.autopilot]]
-        deadline = time.monotonic() + timeout_s
+        clock = self.clock                             # lockstep: the vehicle's time, advanced as it lands
+        clock.sleep(0.0)                               # lockstep: what the vehicle sent so far has arrived
+        deadline = clock.now() + timeout_s
         still_since, next_land, next_disarm = None, 0.0, 0.0
-        while self.armed and time.monotonic() < deadline:
-            now = time.monotonic()
+        while self.armed and clock.now() < deadline:
+            now = clock.now()
             if now >= next_land and self.custom_mode != land:   # repeat LAND until the vehicle reports it
                 self._set_mode(land, wait=False)
                 next_land = now + 1.0
@@ -385,7 +464,7 @@ class MavLink(LinkBase):
                         next_disarm = now + DISARM_RETRY_S
             else:
                 still_since = None
-            time.sleep(0.05)
+            clock.sleep(0.05)
         if self.armed:
             log.warning("the vehicle is still armed %.0f s after LAND: it keeps landing on its own; watch it", timeout_s)
         return not self.armed

@@ -1,7 +1,11 @@
 """What every flight-controller link shares (MAVLink in flight/link.py, MSP in flight/msp/):
 the context manager that leaves the vehicle landed and disarmed, waiting for a state estimate,
-and the link's round-trip time. A link sets `armed`, `ground_z_enu_m` and `_rtt_s` (recent round
-trips, seconds) and provides open(), close(), connected(), latest_state() and land_and_disarm()."""
+the link's round-trip time, and its clock. A link sets `armed`, `ground_z_enu_m` and `_rtt_s` (recent
+round trips, seconds) and provides open(), close(), connected(), latest_state() and land_and_disarm().
+
+The clock (`link.clock`) is what the runner and the link time the flight by: WallClock, the monotonic
+clock, by default; a lockstep link (flight/link.py, `MavLink(lockstep=True)`) has the simulated
+vehicle's own time instead, which passes only when the link advances it."""
 from __future__ import annotations
 
 import logging
@@ -26,7 +30,32 @@ def call_quietly(fn) -> None:
         log.exception("while landing")
 
 
+class WallClock:
+    """Real time: the monotonic clock, and sleeping on it."""
+    lockstep = False
+
+    @staticmethod
+    def now() -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        self.sleep_until(self.now() + seconds)
+
+    def sleep_until(self, t_s: float) -> float:
+        """Sleeps until t_s; returns how late it already was (0.0: on time)."""
+        pause = t_s - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+            return 0.0
+        return -pause
+
+
+WALL_CLOCK = WallClock()
+
+
 class LinkBase:
+    #: what the flight is timed by (WallClock; a lockstep link: the simulated vehicle's time)
+    clock = WALL_CLOCK
     #: the flight controller's own failsafe, as a reason for the runner to stop (None: none)
     fc_failsafe: str | None = None
     #: monotonic time of the newest message of any kind from the flight controller: the link is judged

@@ -1,7 +1,9 @@
 """The control loop: state -> the sim's own observation function -> ONNX policy -> command.
 
 `fly_course` runs one flight on a connected link (flight/link.py, MAVLink): pre-flight checks,
-arm and enter the offboard mode, then at the policy's control rate on a monotonic clock:
+arm and enter the offboard mode, then at the policy's control rate on the link's clock (the
+monotonic clock; with a lockstep link the simulated vehicle's time, advanced one tick at a time
+and waited for: the same flight, the same checks, as fast as the CPU allows, on any machine load):
 
     newest state (ENU / FLU, from telemetry through skyloop/frames.py)
       -> target: a point sliding along the course (flight/course.py)
@@ -28,7 +30,7 @@ import numpy as np
 from flight import realtime
 from flight.command import hold_action
 from flight.course import Course, CourseProgress
-from flight.linkbase import call_quietly
+from flight.linkbase import WALL_CLOCK, call_quietly
 from flight.origin import place_course
 from flight.safety import Limits, Supervisor, preflight
 from flight.takeoff import Takeoff
@@ -92,7 +94,7 @@ class FlightResult:
     ticks: int
     log: str
     link_latency_ms: float | None = None
-    failsafe_at_s: float | None = None           # monotonic time the failsafe fired
+    failsafe_at_s: float | None = None           # the link's clock when the failsafe fired (lockstep: sim time)
     path_enu_m: list = field(default_factory=list, repr=False)
     log_fault: str | None = None                 # the flight log or .tlog could not be written (a full disk)
 
@@ -166,15 +168,14 @@ class _Loop:
     tick_ms: list = field(default_factory=list)
     path: list = field(default_factory=list)
     view: object = None                   # flight/view.py's FlightView: told each tick (an append, never a wait)
+    clock: object = WALL_CLOCK            # the link's: monotonic, or the simulated vehicle's time in lockstep
 
     def sleep_to_next_tick(self) -> None:
         self.next_tick += self.dt_s
-        pause = self.next_tick - time.monotonic()
-        if pause > 0:
-            time.sleep(pause)
-        else:
-            self.missed += int(-pause // self.dt_s) + 1
-            self.next_tick = time.monotonic()
+        late_s = self.clock.sleep_until(self.next_tick)    # lockstep: advances the vehicle, never late
+        if late_s > 0:
+            self.missed += int(late_s // self.dt_s) + 1
+            self.next_tick = self.clock.now()
 
 
 def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *, limits: Limits = Limits(),
@@ -204,14 +205,14 @@ def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *,
     hold = hold_action(mode, shadow.hover_action, on_ground=True)
     loop = _Loop(1.0 / policy.control_hz, np.tile(hold, ACTION_HISTORY).astype(np.float32),
                  policy.initial_state(1), np.asarray(state["pos_enu_m"], float))
-    loop.view = view
+    loop.view, loop.clock = view, getattr(link, "clock", WALL_CLOCK)
     meta = {**(meta or {}), "course": course.to_json(), "course_frame": course_frame,
             "course_offset_enu_m": offset.tolist(), "profile": profile.name, "policy_mode": mode,
             "control_hz": policy.control_hz, "link": link.describe(), "cpu_priority": realtime.describe()}
     failsafe = failsafe_at = None
     with RowLogWriter(log_path, FLIGHT_COLUMNS, FLIGHT_LOG_FORMAT, meta) as flight_log:
         link.start_offboard(lambda: link.send_action(hold_action(mode, shadow.hover_action, True), shadow))
-        loop.t0 = loop.next_tick = loop.last_tick_s = time.monotonic()
+        loop.t0 = loop.next_tick = loop.last_tick_s = loop.clock.now()
         # the motors are not live at the arm acknowledgement: hold until they are and have spooled up
         loop.takeoff = Takeoff(link, mode, shadow.hover_action, loop.t0, spool_s=getattr(link, "spool_s", 1.2))
         interrupts = 0
@@ -225,7 +226,7 @@ def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *,
                 interrupts += 1
                 failsafe = "Ctrl-C: landing (press Ctrl-C again to disarm at once)"
             if failsafe is not None:
-                failsafe_at = time.monotonic()
+                failsafe_at = loop.clock.now()
                 log.warning("failsafe: %s", failsafe)
             status.done()
             progress.stopped(failsafe)
@@ -258,7 +259,7 @@ def _tick(link, policy, shadow: Shadow, progress: TargetSource, supervisor: Supe
           max_time_s: float, status: StatusLine) -> str | None:
     """One control tick: newest state -> target -> observation -> action -> safety -> command -> log
     row. Returns the failsafe's reason, or None."""
-    now = time.monotonic()
+    now = loop.clock.now()
     t = now - loop.t0
     gap, loop.last_tick_s = now - (loop.last_tick_s or now), now
     if gap > loop.stall_s:                  # before judging the link: its silence may be ours
@@ -285,6 +286,7 @@ def _tick(link, policy, shadow: Shadow, progress: TargetSource, supervisor: Supe
     failsafe = failsafe or progress.failsafe or link.fc_failsafe or (loop.takeoff and loop.takeoff.failsafe)
     if failsafe is not None:
         return failsafe
+    seen = _state_row(t, state, link)       # what this tick saw (a lockstep vehicle steps on the command)
     sent = link.send_action(action, shadow)
     seen_actions, loop.last_actions = loop.last_actions, np.concatenate([action, loop.last_actions[:-ACTION_SIZE]]
                                                                         ).astype(np.float32)
@@ -292,7 +294,7 @@ def _tick(link, policy, shadow: Shadow, progress: TargetSource, supervisor: Supe
     elapsed_ms = (time.perf_counter() - tick_start) * 1e3
     loop.tick_ms.append(elapsed_ms)
     loop.path.append(np.array(state["pos_enu_m"], float))
-    row = _row(t, elapsed_ms, state, target, action, sent, link, progress, shadow_pos, shadow_vel)
+    row = _row(seen, elapsed_ms, target, action, sent, progress, shadow_pos, shadow_vel)
     if hold is not None:
         row["phase"] = loop.takeoff.phase   # "arming" (motors stopped) or "spool"
     flight_log.write(**row, **progress.log_fields())
@@ -319,7 +321,7 @@ def _landing_logger(link, loop: _Loop, flight_log, reason: str | None, progress=
         if state is None or state["t_s"] == last[0]:
             return                                   # nothing new since the last row
         last[0] = state["t_s"]
-        row = _state_row(time.monotonic() - loop.t0, state, link)
+        row = _state_row(loop.clock.now() - loop.t0, state, link)
         extra = progress.log_fields() if progress is not None else {}
         flight_log.write(**row, failsafe=reason or "", phase="landing", **extra)
     return write
@@ -342,8 +344,8 @@ def _state_row(t, state, link) -> dict:
     return row
 
 
-def _row(t, tick_ms, state, target, action, sent, link, progress, shadow_pos, shadow_vel) -> dict:
-    row = {**_state_row(t, state, link), "tick_ms": tick_ms, "gate": progress.next_gate, "failsafe": "",
+def _row(seen, tick_ms, target, action, sent, progress, shadow_pos, shadow_vel) -> dict:
+    row = {**seen, "tick_ms": tick_ms, "gate": progress.next_gate, "failsafe": "",
            "phase": "flight"}
     for name, values in (("target_enu_m", target), ("shadow_pos_enu_m", shadow_pos),
                          ("shadow_vel_enu_m_s", shadow_vel)):

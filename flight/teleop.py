@@ -226,7 +226,7 @@ class TeleopTargets:
 def vehicle_status(link, course: Course) -> dict:
     """What the page shows about the vehicle, from the link's newest telemetry."""
     state = link.latest_state()
-    now = time.monotonic()
+    now = link.clock.now() if hasattr(link, "clock") else time.monotonic()   # the link's stamps' clock (lockstep: sim)
     out = {"bounds_min_enu_m": course.bounds_min_enu_m.tolist(), "bounds_max_enu_m": course.bounds_max_enu_m.tolist(),
            "mode": link.mode_name(), "armed": bool(link.armed), "battery_v": _finite(link.battery_v),
            "link_latency_ms": link.latency_ms(),
