@@ -22,7 +22,7 @@
 #define SL_MAX_DELAY_SLOTS 8192 /* ... and the most (longer delays at a finer physics_dt_s are refused) */
 #define SL_ACTION_HISTORY 2    /* K: the last K actions are part of the observation */
 #define SL_ACTION_SIZE 4
-#define SL_MAX_GATES 16        /* gates per course */
+#define SL_MAX_GATES 16        /* gates per course (at most 32: gate sets are bit masks) */
 #define SL_MAX_OBSTACLES 32    /* sphere obstacles per space */
 #define SL_OBS_GATES 2         /* K: the next K gates are observed */
 #define SL_OBS_OBSTACLES 4     /* M: the nearest M obstacles (spheres and other drones) are observed */

@@ -308,6 +308,8 @@ static void sl_task(SlEnv *e, const int i0, const int i1) {
     uint8_t *restrict terminals = e->terminals, *restrict truncations = e->truncations;
     const int np = e->n_pad;
     const float dt = e->control_dt_s;
+    SlGateColumns columns; /* a shared space's gates, for the crossings a vector at a time */
+    int columns_space = -1;
     for (int i = i0; i < i1; i++) {
         const int goal = (int)SL_D(goal, 0), space = e->space_size == 1 ? i : i / e->space_size; /* no division in own worlds */
         if (goal == SL_GOAL_TRACK) sl_target_at(F, np, i, SL_D(time_s, 0) + dt);
@@ -316,8 +318,16 @@ static void sl_task(SlEnv *e, const int i0, const int i1) {
         const float *gates = e->gates + (size_t)space * SL_MAX_GATES * SL_GATE_FLOATS;
         const float p0[3] = {SL_D(prev_pos_enu_m, 0), SL_D(prev_pos_enu_m, 1), SL_D(prev_pos_enu_m, 2)};
         const float p1[3] = {SL_D(pos_enu_m, 0), SL_D(pos_enu_m, 1), SL_D(pos_enu_m, 2)};
-        const int next = goal == SL_GOAL_GATES ? (int)SL_D(next_gate, 0) : -1;
-        for (int k = 0; k < e->n_gates[space]; k++) {
+        const int next = goal == SL_GOAL_GATES ? (int)SL_D(next_gate, 0) : -1, n_gates = e->n_gates[space];
+        /* in a shared space, only the gates whose plane the path crosses (rarely any) are checked in
+         * full; the others give 0, which changes nothing, so the event is the same */
+        uint32_t crossed = (1u << n_gates) - 1u; /* own world: every gate (n_gates <= SL_MAX_GATES = 16) */
+        if (e->space_size > 1 && n_gates > 0) {
+            if (space != columns_space) { sl_gate_columns(gates, n_gates, &columns); columns_space = space; }
+            crossed = sl_gate_crossings(&columns, p0, p1);
+        }
+        for (uint32_t bits = crossed; bits; bits &= bits - 1) {
+            const int k = __builtin_ctz(bits);
             int ev = sl_gate_event(gates + k * SL_GATE_FLOATS, p0, p1, SL_D(radius_m, 0), t.gate_frame_m);
             if (k == next && ev > 0) event = event < 0.f ? event : 1.f;
             else if (ev < 0 || (k == next && ev != 0)) event = -1.f;

@@ -397,20 +397,52 @@ int sl_neighbors(int n, const float *pos, const float *radius, float sense_m, in
     return 0;
 }
 
+/* A space's spheres as columns (centre x, y, z, radius), for measuring SL_LANES of them at a time;
+ * the lanes past the last sphere have NaN centres (never in range, never touching). */
+typedef struct {
+    float x[SL_MAX_OBSTACLES + SL_LANES], y[SL_MAX_OBSTACLES + SL_LANES], z[SL_MAX_OBSTACLES + SL_LANES], r[SL_MAX_OBSTACLES + SL_LANES];
+    int n;
+} SlSphereColumns;
+
+static void sl_sphere_columns(const SlEnv *e, int space, SlSphereColumns *c) {
+    const float *obs = e->obstacles + (size_t)space * SL_MAX_OBSTACLES * 4;
+    c->n = e->n_obstacles[space];
+    for (int k = 0; k < SL_MAX_OBSTACLES + SL_LANES; k++) {
+        const int in = k < c->n;
+        c->x[k] = in ? obs[4 * k] : NAN; c->y[k] = in ? obs[4 * k + 1] : NAN; c->z[k] = in ? obs[4 * k + 2] : NAN;
+        c->r[k] = in ? obs[4 * k + 3] : 0.f;
+    }
+}
+
 /* Drone i's senses, given its nearest other drones (keys of ids within its space, from
- * sl_neighbor_keys; any may be empty): adds the space's spheres, keeps the M nearest (drones and
- * spheres alike) and sets `collided` on touching any of them. */
-static void sl_sense_finish(SlEnv *e, int i, SlNearKey top[SL_OBS_OBSTACLES], int touch) {
+ * sl_neighbor_keys; any may be empty): adds the space's spheres (from their columns, a vector at a
+ * time, when given; else one by one), keeps the M nearest (drones and spheres alike) and sets
+ * `collided` on touching any of them. The sphere distances are sl_dist3's operations either way. */
+static void sl_sense_finish(SlEnv *e, int i, SlNearKey top[SL_OBS_OBSTACLES], int touch, const SlSphereColumns *cols) {
     float *F = e->f;
     const int np = e->n_pad, space = i / e->space_size, first = space * e->space_size;
     const float p[3] = {SL_D(pos_enu_m, 0), SL_D(pos_enu_m, 1), SL_D(pos_enu_m, 2)}, r = SL_D(radius_m, 0);
     const float *obs = e->obstacles + (size_t)space * SL_MAX_OBSTACLES * 4;
-    for (int k = 0; k < e->n_obstacles[space]; k++) {
-        const float d = sl_dist3(p, obs + 4 * k) - obs[4 * k + 3] - r;
-        touch |= d < 0.f;
-        /* no branch (it mispredicted, each sphere waiting on the square root before it): a sphere out of
-         * range inserts the empty key, which changes nothing */
-        sl_near_insert(top, d < e->task.sense_range_m ? sl_near_key(sl_monotone_bits(d), e->space_size + k) : SL_NEAR_EMPTY);
+    const float sense_m = e->task.sense_range_m;
+    if (cols) {
+        for (int k0 = 0; k0 < cols->n; k0 += SL_LANES) {
+            const SlVec dx = p[0] - *(const SlVecU *)(cols->x + k0), dy = p[1] - *(const SlVecU *)(cols->y + k0),
+                        dz = p[2] - *(const SlVecU *)(cols->z + k0);
+            SlVec d = dx * dx + dy * dy + dz * dz;
+            for (int c = 0; c < SL_LANES; c++) d[c] = sqrtf(d[c]);
+            d = d - *(const SlVecU *)(cols->r + k0) - r;
+            touch |= sl_lane_bits(d < 0.f) != 0;                 /* NaN lanes compare false */
+            for (uint32_t bits = sl_lane_bits(d < sense_m); bits; bits &= bits - 1) { /* rarely any */
+                const int c = __builtin_ctz(bits);
+                sl_near_insert(top, sl_near_key(sl_monotone_bits(d[c]), e->space_size + k0 + c));
+            }
+        }
+    } else {
+        for (int k = 0; k < e->n_obstacles[space]; k++) {
+            const float d = sl_dist3(p, obs + 4 * k) - obs[4 * k + 3] - r;
+            touch |= d < 0.f;
+            if (d < sense_m) sl_near_insert(top, sl_near_key(sl_monotone_bits(d), e->space_size + k));
+        }
     }
     int count = 0;
     for (int k = 0; k < SL_OBS_OBSTACLES; k++) {
@@ -448,7 +480,7 @@ static void sl_sense_pairs(SlEnv *e, int i) {
         touch |= d < 0.f;
         if (d < e->task.sense_range_m) sl_near_insert(top, sl_near_key(sl_monotone_bits(d), j));
     }
-    sl_sense_finish(e, i, top, touch);
+    sl_sense_finish(e, i, top, touch, NULL);
 }
 /* ... inline for the common case, an empty world of its own (nothing to sense: no call, no division) */
 SL_INLINE void sl_sense_one(SlEnv *e, int i) {
@@ -467,7 +499,8 @@ static int sl_sense_spaces(SlEnv *e) {
     float *pos = (float *)malloc((size_t)S * 4 * sizeof(float)), *radius = pos + 3 * S;
     SlNearKey *keys = (SlNearKey *)malloc((size_t)S * SL_OBS_OBSTACLES * sizeof(SlNearKey));
     uint8_t *hit = (uint8_t *)malloc((size_t)S);
-    int status = pos && keys && hit ? 0 : -1;
+    SlSphereColumns *cols = (SlSphereColumns *)malloc(sizeof *cols);
+    int status = pos && keys && hit && cols ? 0 : -1;
     for (int space = 0; space < e->n_spaces && status == 0; space++) {
         const int first = space * S, n = e->n - first < S ? e->n - first : S;
         for (int j = 0; j < n; j++) {
@@ -475,9 +508,10 @@ static int sl_sense_spaces(SlEnv *e) {
             radius[j] = e->f[(ptrdiff_t)SL_ROW_radius_m * np + first + j];
         }
         status = sl_neighbor_keys(n, pos, radius, e->task.sense_range_m, hit, keys);
-        for (int j = 0; j < n && status == 0; j++) sl_sense_finish(e, first + j, keys + (size_t)j * SL_OBS_OBSTACLES, hit[j]);
+        sl_sphere_columns(e, space, cols);
+        for (int j = 0; j < n && status == 0; j++) sl_sense_finish(e, first + j, keys + (size_t)j * SL_OBS_OBSTACLES, hit[j], cols);
     }
-    free(pos); free(keys); free(hit);
+    free(pos); free(keys); free(hit); free(cols);
     return status;
 }
 
@@ -515,6 +549,41 @@ SL_INLINE int sl_gate_event(const float *g, const float p0[3], const float p1[3]
     int in_frame = u <= g[SL_GATE_HALF_WIDTH] + frame_m + r && v <= g[SL_GATE_HALF_HEIGHT] + frame_m + r;
     if (!in_frame) return 0;
     return forward && in_opening ? 1 : -1;
+}
+
+/* A shared space's gates as columns (centre and normal, one row per axis), for finding which gates a
+ * path crosses the plane of SL_LANES gates at a time; lanes past the last gate have NaN centres
+ * (they never cross). */
+typedef struct {
+    float centre[3][SL_MAX_GATES + SL_LANES] __attribute__((aligned(64)));
+    float normal[3][SL_MAX_GATES + SL_LANES] __attribute__((aligned(64)));
+    int n;
+} SlGateColumns;
+
+static void sl_gate_columns(const float *gates, int n, SlGateColumns *c) {
+    c->n = n;
+    for (int k = 0; k < SL_MAX_GATES + SL_LANES; k++)
+        for (int a = 0; a < 3; a++) {
+            c->centre[a][k] = k < n ? gates[k * SL_GATE_FLOATS + SL_GATE_CENTRE + a] : NAN;
+            c->normal[a][k] = k < n ? gates[k * SL_GATE_FLOATS + SL_GATE_NORMAL + a] : 0.f;
+        }
+}
+
+/* The gates whose plane the path p0 -> p1 crosses (either way), as bits (gate k: bit k): the signed
+ * distances of sl_gate_event, the same operations, a vector of gates at a time. Only these gates
+ * can give sl_gate_event something other than 0. */
+SL_INLINE uint32_t sl_gate_crossings(const SlGateColumns *c, const float p0[3], const float p1[3]) {
+    uint32_t bits = 0;
+    for (int k0 = 0; k0 < c->n; k0 += SL_LANES) {
+        SlVec s0 = {0}, s1 = {0};
+        for (int a = 0; a < 3; a++) {
+            const SlVec g = *(const SlVec *)(c->centre[a] + k0), normal = *(const SlVec *)(c->normal[a] + k0);
+            s0 += (p0[a] - g) * normal;
+            s1 += (p1[a] - g) * normal;
+        }
+        bits |= sl_lane_bits(((s0 < 0.f) & (s1 >= 0.f)) | ((s0 >= 0.f) & (s1 < 0.f))) << k0;
+    }
+    return bits;
 }
 
 /* Copies the next gates a racing drone is to pass (wrapping around for the next lap) into its
