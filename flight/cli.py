@@ -69,7 +69,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--course-frame", default=None, choices=["local", "start"],
                         help="where the course lies in the vehicle's local frame: local (its coordinates; the vehicle "
                              "must stand within 1 m of the course's start) or start (placed at the vehicle: a GPS EKF "
-                             "origin is where it started). Default: start for --sitl ardupilot with GPS, else local")
+                             "origin is where it started). Default: start for the built-in simulated vehicle and for "
+                             "--sitl ardupilot with GPS (their origin is where they start); local with --pose, "
+                             "--connect and Betaflight")
     parser.add_argument("--mode", default=None, choices=["ctbr", "motor"],
                         help="action mode (default: the policy's); must match the policy")
     parser.add_argument("--profile", default=None,
@@ -149,7 +151,7 @@ def fly(args) -> Flown | int:
     connection = parse_connection(args.connect) if args.connect else None
     rate_max = policy.metadata.get("action_scaling", {}).get("rate_max_rad_s", profile.params["rate_max_rad_s"])
 
-    course_frame = args.course_frame or "local"
+    course_frame = args.course_frame or "local"       # a vehicle we did not start: its origin is the user's to say
     with contextlib.ExitStack() as stack:
         # real time where allowed (flight/realtime.py), before the vehicle's process starts (it inherits it),
         # and back as it was once everything has stopped
@@ -161,6 +163,7 @@ def fly(args) -> Flown | int:
             autopilot = "ardupilot" if args.autopilot == "auto" else args.autopilot
             stack.enter_context(_sitl_process(args.profile or "crazyflie21", port, autopilot, course,
                                               ARDUPILOT_ARMING_DELAY_S if autopilot == "ardupilot" else 0.0))
+            course_frame = args.course_frame or "start"   # it reports positions from where it started, as with GPS
             connection = parse_connection(f"udpin:127.0.0.1:{port}")
             print(f"fly: simulated {autopilot} vehicle ({profile.name}) on {connection}, in its own process",
                   file=sys.stderr)
@@ -174,9 +177,12 @@ def fly(args) -> Flown | int:
                                                tlog_path=tlog, set_params=args.set_params))
             if args.pose is not None and args.sitl is None:
                 _forward_pose(stack, args.pose, link)
+        # the course in the vehicle's frame (flight/origin.py), for the view, the teleop page and the picture;
+        # fly_course applies the same rule again before arming and logs the offset
+        from flight.origin import CourseOriginError, place_course
+        state = link.wait_for_state()
+        unplaced = course
         if args.dry_run:
-            state = link.wait_for_state()
-            from flight.origin import CourseOriginError, place_course
             from flight.safety import preflight
             problems = []
             try:
@@ -186,17 +192,19 @@ def fly(args) -> Flown | int:
             problems += preflight(course, state, link.battery_v, link.cells)
             print("dry run: " + ("ready to fly" if not problems else "NOT ready:\n  - " + "\n  - ".join(problems)))
             return 0 if not problems else 1
+        if state is not None:
+            course = place_course(course, state["pos_enu_m"], course_frame)[0]
         meta = {"policy": policy_path, "policy_sha256": policy.metadata.get("contract_sha256")}
         view = _view(args, stack, policy_path, policy, profile, course)
         if args.teleop:
-            result = _teleop(args, stack, link, policy, course, profile, log_path, meta, view)
+            result = _teleop(args, stack, link, policy, unplaced, course, course_frame, profile, log_path, meta, view)
             if result is None:
                 print("teleop: ended before take-off; nothing flew", file=sys.stderr)
                 return 0
         else:
             if view is not None:
                 _serve_view(args, stack, link, course, view)
-            result = fly_course(link, policy, course, profile, log_path, lookahead_m=args.lookahead,
+            result = fly_course(link, policy, unplaced, profile, log_path, lookahead_m=args.lookahead,
                                 max_time_s=args.max_time, status=StatusLine(), meta=meta, course_frame=course_frame,
                                 view=view)
     return Flown(result, log_path, course)
@@ -236,7 +244,7 @@ def _sitl_process(profile: str, port: int, autopilot: str, course, arming_delay_
     e, n, u = (f"{v:.6g}" for v in course.start_pos_enu_m)
     cmd = [sys.executable, "-m", "skyloop", "sitl", "--profile", profile, "--autopilot", autopilot,
            "--listen", f"udpout:127.0.0.1:{port}", "--start", e, n, u, f"{math.degrees(course.start_yaw_rad):.6g}",
-           "--arming-delay", f"{arming_delay_s:g}"]
+           "--arming-delay", f"{arming_delay_s:g}", "--origin", "start"]
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
         try:
@@ -322,13 +330,15 @@ def _serve_view(args, stack, link, course, view):
     return server
 
 
-def _teleop(args, stack, link, policy, course, profile, log_path, meta, view=None):
-    """Serves the teleop page, prints its URL on a line of its own, waits for Take off, flies."""
+def _teleop(args, stack, link, policy, course, placed, course_frame, profile, log_path, meta, view=None):
+    """Serves the teleop page, prints its URL on a line of its own, waits for Take off, flies.
+    `placed` is the course in the vehicle's frame (the page's box and targets); fly_course places
+    `course` itself by `course_frame`."""
     from flight.runner import StatusLine
     from flight.page_server import PageServer
     from flight.teleop import TeleopTargets, run_teleop, vehicle_status
-    targets = TeleopTargets(course, land_after_s=args.teleop_land_after)
-    server = stack.enter_context(PageServer(targets, lambda: vehicle_status(link, course), args.teleop_bind,
+    targets = TeleopTargets(placed, land_after_s=args.teleop_land_after)
+    server = stack.enter_context(PageServer(targets, lambda: vehicle_status(link, placed), args.teleop_bind,
                                             args.teleop_port, view=view))
     token_note = "; it carries the token that commands need" if server.token else ""
     if args.teleop_bind in ("0.0.0.0", "::"):
@@ -336,4 +346,5 @@ def _teleop(args, stack, link, policy, course, profile, log_path, meta, view=Non
     print(f"teleop: open this page, then press Take off (Ctrl-C quits){token_note}:", file=sys.stderr)
     print(server.url, flush=True)
     return run_teleop(link, policy, course, profile, log_path, targets, max_time_s=args.max_time, status=StatusLine(),
-                      meta={**meta, "teleop": {"bind": args.teleop_bind, "port": server.port}}, view=view)
+                      meta={**meta, "teleop": {"bind": args.teleop_bind, "port": server.port}}, view=view,
+                      course_frame=course_frame)

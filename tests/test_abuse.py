@@ -477,7 +477,7 @@ def _flight(tlog_path=None, loss=None, drop_heartbeats=range(0), **sitl):
     vehicle_port = proxy.port if proxy else link_port
     try:
         with SitlVehicle(prof, f"udpout:127.0.0.1:{vehicle_port}", "ardupilot", course.start_pos_enu_m,
-                         course.start_yaw_rad, lockstep=True, **sitl) as vehicle:
+                         course.start_yaw_rad, lockstep=True, origin="course", **sitl) as vehicle:
             with _idle_clock(vehicle):
                 with MavLink(parse_connection(f"udpin:127.0.0.1:{link_port}"), "ardupilot", "ctbr",
                              policy.metadata["action_scaling"]["rate_max_rad_s"], tlog_path=tlog_path) as link:

@@ -2,6 +2,7 @@
 with the real pymavlink link, the shipped ONNX policies and the safety supervisor."""
 import json
 import os
+import re
 import threading
 import time
 
@@ -36,7 +37,14 @@ def landed_and_disarmed(vehicle, timeout_s=15.0):
     return False
 
 
-def test_fly_completes_the_hall_course_on_the_simulated_vehicle(tmp_path, capsys):
+def test_fly_completes_the_hall_course_on_the_simulated_vehicle(tmp_path, capsys, monkeypatch):
+    import calibration.flight_plot as flight_plot
+    drawn, plot_flight = {}, flight_plot.plot_flight
+
+    def plot(log_path, png_path, course):
+        drawn["course"] = course
+        return plot_flight(log_path, png_path, course)
+    monkeypatch.setattr(flight_plot, "plot_flight", plot)
     rc = skyloop(["fly", "--course", "hall", "--json", "--log", str(tmp_path)])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 0, summary
@@ -44,6 +52,12 @@ def test_fly_completes_the_hall_course_on_the_simulated_vehicle(tmp_path, capsys
     # (missed deadlines and tick times are real-time figures: scripts/bench_fly_load.py measures them)
     assert os.path.getsize(summary["picture"]) > 20_000
     data, meta = read_row_log(summary["log"])
+    # the built-in vehicle reports positions from where it started (as with GPS): the hall, whose start is
+    # (-14, -8), is placed there, and the picture shows the course as flown
+    assert meta["course_frame"] == "start" and meta["course_offset_enu_m"] == pytest.approx([14.0, 8.0, 0.0], abs=0.05)
+    assert [data[f"pos_enu_m_{a}"][0] for a in "xyz"] == pytest.approx([0.0, 0.0, 0.0], abs=0.05)
+    assert drawn["course"].start_pos_enu_m == pytest.approx(meta["course"]["start"]["pos_enu_m"], abs=0.05)
+    assert drawn["course"].start_pos_enu_m == pytest.approx([0.0, 0.0, 0.0], abs=0.05)
     control = np.array(data["phase"]) != "landing"          # then the landing, logged until disarmed
     assert control.sum() == summary["ticks"] and meta["ended"] == "completed"
     assert data["phase"][-1] == "landing" and data["armed"][-1] == 0
@@ -153,6 +167,19 @@ def test_ctrl_c_lands(tmp_path, vehicle_and_link, quiet_status):
         signal.signal(signal.SIGINT, previous)
 
 
+def test_fly_on_the_built_in_vehicle_with_course_frame_local_is_refused_naming_both_positions(tmp_path, capsys):
+    """The built-in vehicle's origin is where it starts (as ArduPilot's and PX4's with GPS): by default the
+    course is placed there; --course-frame local asks the vehicle to stand on the hall's start (-14, -8),
+    which it does not report, so the dry run refuses, naming both positions."""
+    assert skyloop(["fly", "--course", "hall", "--dry-run", "--log", str(tmp_path)]) == 0
+    assert "ready to fly" in capsys.readouterr().out
+    assert skyloop(["fly", "--course", "hall", "--dry-run", "--course-frame", "local", "--log", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "NOT ready" in out and "--course-frame start" in out
+    assert re.search(r"the vehicle reports \[-?0\.0, -?0\.0, -?0\.0\] m", out), out
+    assert "starts at [-14.0, -8.0, 0.0] m: 16.12 m apart" in out, out
+
+
 def test_ardupilot_without_thrust_means_thrust_is_refused_with_the_fix(free_udp_port):
     course = parse_course(SHORT)
     port = free_udp_port()
@@ -192,7 +219,8 @@ def test_preflight_refuses_a_vehicle_outside_the_geofence(tmp_path, quiet_status
     course = parse_course({**SHORT, "start": {"pos_enu_m": [9.6, 2.0, 0.0], "yaw_deg": 0}})
     port = free_udp_port()
     prof = load_profile("crazyflie21")
-    with SitlVehicle(prof, f"udpout:127.0.0.1:{port}", "ardupilot", np.array([10.4, 2.0, 0.0])) as vehicle:
+    with SitlVehicle(prof, f"udpout:127.0.0.1:{port}", "ardupilot", np.array([10.4, 2.0, 0.0]),
+                     origin="course") as vehicle:
         with MavLink(parse_connection(f"udpin:127.0.0.1:{port}"), "ardupilot") as link:
             with pytest.raises(PreflightError, match="outside the course's geofence"):
                 fly_course(link, load_policy(default_policy("ctbr")), course, prof, str(tmp_path / "f.csv"),
@@ -217,7 +245,7 @@ def test_flies_through_mavproxy_and_its_tlog_reads_back(tmp_path, capsys, free_u
     p_vehicle, p_runner = free_udp_port(), free_udp_port()
     tlog = tmp_path / "session.tlog"
     with SitlVehicle("crazyflie21", f"udpout:127.0.0.1:{p_vehicle}", "ardupilot", SHORT["start"]["pos_enu_m"],
-                     np.radians(SHORT["start"]["yaw_deg"])) as vehicle:
+                     np.radians(SHORT["start"]["yaw_deg"]), origin="course") as vehicle:     # mocap-like: --connect is local
         proxy = subprocess.Popen([sys.executable, mavproxy, f"--master=udpin:127.0.0.1:{p_vehicle}",
                                   f"--out=udpout:127.0.0.1:{p_runner}", "--daemon", "--non-interactive",
                                   f"--logfile={tlog}", f"--state-basedir={tmp_path}"],

@@ -394,6 +394,22 @@ def test_parameters_read_set_and_drive_the_vehicle():
         assert vehicle.state()["vel_enu_m_s"][2] == pytest.approx(0.0, abs=0.1)
 
 
+def test_the_runners_ardupilot_checks_read_angle_boost_off_and_the_spool_time(caplog):
+    """The runner reads ATC_ANGLE_BOOST and MOT_SPOOL_TIME from ArduPilot (flight/ardupilot_params.py);
+    this vehicle answers them as what it is (no boost; a 0.5 s spool-up, fixed), so the link neither warns
+    "ATC_ANGLE_BOOST is on" nor waits out unanswered reads; a boost it does not have is refused."""
+    from flight.link import MavLink
+    from flight.connection import parse_connection
+    port = free_udp_port()
+    with SitlVehicle("crazyflie21", f"udpout:127.0.0.1:{port}", "ardupilot"):
+        with caplog.at_level("WARNING"), MavLink(parse_connection(f"udpin:127.0.0.1:{port}"), "ardupilot") as link:
+            assert link._params["ATC_ANGLE_BOOST"] == 0.0 and link._params["MOT_SPOOL_TIME"] == pytest.approx(0.5)
+            assert link.spool_s == pytest.approx(2 * 0.5 + 0.2)
+        assert "ATC_ANGLE_BOOST is on" not in caplog.text
+    from flight.sitl.vehicle import param_problem
+    assert "outside" in param_problem("ATC_ANGLE_BOOST", 1.0) and param_problem("ATC_ANGLE_BOOST", 0.0) is None
+
+
 LINK_AGES_SCRIPT = """
 import json, sys, time
 from flight.connection import parse_connection
@@ -437,14 +453,17 @@ def test_a_stall_of_our_own_process_is_not_the_vehicles_silence():
     assert max(age for _, age in rows) < 0.25
 
 
-def test_origin_at_the_start_reports_the_start_as_zero_as_ardupilot_with_gps_does():
-    """origin="start": LOCAL_POSITION_NED and ODOMETRY are relative to where the vehicle started
-    (ArduPilot's and PX4's EKF origin with GPS), so the hall, whose start is (-14, -8), is refused
-    as it is and placed at the vehicle with the "start" rule; the default reports the course's frame."""
+def test_by_default_the_start_reads_zero_as_on_ardupilot_with_gps():
+    """By default (origin "start") LOCAL_POSITION_NED and ODOMETRY are relative to where the vehicle
+    started (ArduPilot's and PX4's EKF origin with GPS), so the hall, whose start is (-14, -8), is
+    refused as it is and placed at the vehicle with the "start" rule; origin="course" reports the
+    course's frame (motion capture)."""
     from flight.origin import CourseOriginError, place_course
     hall = load_course("hall")
-    for origin, expect_ned in (("start", (0.0, 0.0, 0.0)), ("course", (-8.0, -14.0, 0.0))):
-        with connected(start_pos_enu_m=hall.start_pos_enu_m, origin=origin) as (vehicle, client):
+    for origin, expect_ned in ((None, (0.0, 0.0, 0.0)), ("course", (-8.0, -14.0, 0.0))):
+        kw = {} if origin is None else {"origin": origin}
+        with connected(start_pos_enu_m=hall.start_pos_enu_m, **kw) as (vehicle, client):
+            assert vehicle.origin == (origin or "start")
             client.rate("LOCAL_POSITION_NED", 50)
             client.rate("ODOMETRY", 50)
             client.tick(0.2, vehicle)
@@ -452,7 +471,7 @@ def test_origin_at_the_start_reports_the_start_as_zero_as_ardupilot_with_gps_doe
             assert (lpn.x, lpn.y, lpn.z) == pytest.approx(expect_ned, abs=1e-5)
             assert (odo.x, odo.y, odo.z) == pytest.approx(expect_ned, abs=1e-5)
             reported_enu = frames.ned_to_enu([lpn.x, lpn.y, lpn.z])
-            if origin == "start":
+            if origin is None:
                 with pytest.raises(CourseOriginError):
                     place_course(hall, reported_enu, "local")
                 placed, offset = place_course(hall, reported_enu, "start")
@@ -470,7 +489,8 @@ def test_origin_at_the_start_reports_the_start_as_zero_as_ardupilot_with_gps_doe
 
 
 def test_streams_at_requested_rates_in_ned_frd_with_sag_rpm_and_pwm():
-    with connected(start_pos_enu_m=(3.0, 2.0, 0.0), start_yaw_rad=math.radians(30)) as (vehicle, client):
+    # the course's frame (origin "course"), so that the start's (3, 2) shows which axis is which
+    with connected(start_pos_enu_m=(3.0, 2.0, 0.0), start_yaw_rad=math.radians(30), origin="course") as (vehicle, client):
         client.rate("ODOMETRY", 50)
         client.rate("HIGHRES_IMU", 100)
         client.rate("BATTERY_STATUS", 10)

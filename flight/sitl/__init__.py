@@ -31,8 +31,10 @@ It behaves like the flight controllers users own, as far as a companion computer
   MAVLink standard group 0 is roll/pitch/yaw/throttle, PX4 since 1.14 (control allocation) no
   longer passes it to the motors, and ArduPilot never accepted it. Real vehicles fly `ctbr`.
 - Streams, NED / FRD through skyloop/frames.py (defaults in DEFAULT_RATES_HZ): ATTITUDE,
-  ATTITUDE_QUATERNION, LOCAL_POSITION_NED (origin = the sim's world origin), ODOMETRY (off unless
-  requested), HIGHRES_IMU, SYS_STATUS, BATTERY_STATUS (sag under load, see models.Battery),
+  ATTITUDE_QUATERNION, LOCAL_POSITION_NED and ODOMETRY (off unless requested; both relative to
+  where the vehicle started, as ArduPilot's and PX4's EKF origin with GPS; origin="course": the
+  sim's world frame, as under motion capture), HIGHRES_IMU, SYS_STATUS, BATTERY_STATUS (sag under
+  load, see models.Battery),
   ESC_TELEMETRY_1_TO_4 (RPM), SERVO_OUTPUT_RAW; STATUSTEXT on failsafes.
 - Failsafes: armed in the offboard mode with no valid setpoint for `setpoint_timeout_s` (default
   0.5 s; the GUID_TIMEOUT / COM_OF_LOSS_T parameter) -> `loss_action` "land" (default: LAND /

@@ -32,10 +32,11 @@ def add_arguments(parser) -> None:
                              "'gyro_noise_rad_s=0.01,latency_s=0.02,gust_m_s=1' (see flight/sitl/models.py)")
     parser.add_argument("--arming-delay", type=finite_arg(0.0, 10.0), default=0.0, metavar="S",
                         help="motors stay stopped this long after arming, then spool up over 0.5 s (ArduCopter: 2)")
-    parser.add_argument("--origin", default="course", choices=["course", "start"],
-                        help="where the reported local position (LOCAL_POSITION_NED, ODOMETRY) has its origin: course "
-                             "(the course's frame, as under motion capture) or start (where the vehicle starts, as "
-                             "ArduPilot and PX4 with GPS: their EKF origin; fly it with --course-frame start)")
+    parser.add_argument("--origin", default="start", choices=["course", "start"],
+                        help="where the reported local position (LOCAL_POSITION_NED, ODOMETRY) has its origin: start "
+                             "(default: where the vehicle starts, as ArduPilot and PX4 with GPS, their EKF origin; fly "
+                             "it with --course-frame start) or course (the course's frame, as under motion capture; "
+                             "fly it with --course-frame local)")
     parser.add_argument("--randomize", action="store_true", help="fly a drone drawn from the profile's randomization")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     parser.add_argument("--battery", type=finite_arg(0.0, 1.0), default=1.0, metavar="FRACTION",

@@ -50,7 +50,9 @@ PARAM_RANGES = {
     "DISARM_DELAY": (0.0, 127.0), "BATT_CAPACITY": (0.0, 1e6), "BATT_CRT_MAH": (0.0, 1e6),
     "MAV_SYS_ID": (1, 250), "COM_OF_LOSS_T": (0.05, 60.0), "COM_OBL_RC_ACT": (0, 7), "MPC_THR_HOVER": (0.1, 0.8),
     "MPC_LAND_SPEED": (0.2, 3.0), "COM_DISARM_LAND": (-1.0, 20.0), "BAT1_CAPACITY": (-1.0, 1e6),
-    "BAT_CRIT_THR": (0.05, 0.5)}
+    "BAT_CRIT_THR": (0.05, 0.5),
+    # what this vehicle is and cannot change: no angle boost, one fixed spool-up time
+    "ATC_ANGLE_BOOST": (0, 0), "MOT_SPOOL_TIME": (SPOOL_TIME_S, SPOOL_TIME_S)}
 SETPOINT_TIMEOUT_RANGE_S = (0.05, 5.0)
 ORIGINS = ("course", "start")          # where the reported local position has its (0, 0, 0)
 
@@ -72,7 +74,8 @@ def default_params(autopilot: str, hover_frac: float, timeout_s: float, capacity
                 "BAT_CRIT_THR": BATTERY_CRITICAL_FRAC}
     return {"SYSID_THISMAV": 1.0, "GUID_OPTIONS": 8.0, "GUID_TIMEOUT": timeout_s, "MOT_THST_HOVER": hover_frac,
             "WPNAV_SPEED_UP": 250.0, "WPNAV_SPEED_DN": 150.0, "LAND_SPEED": 50.0, "DISARM_DELAY": LANDED_DISARM_S,
-            "BATT_CAPACITY": capacity_mah, "BATT_CRT_MAH": BATTERY_CRITICAL_FRAC * capacity_mah}
+            "BATT_CAPACITY": capacity_mah, "BATT_CRT_MAH": BATTERY_CRITICAL_FRAC * capacity_mah,
+            "ATC_ANGLE_BOOST": 0.0, "MOT_SPOOL_TIME": SPOOL_TIME_S}
 
 class Vehicle:
     """The vehicle without I/O. Attributes safe to read from other threads: armed, mode, failsafe,
@@ -82,12 +85,12 @@ class Vehicle:
                  start_pos_enu_m=(0.0, 0.0, 0.0), start_yaw_rad: float = 0.0,
                  speed: float = 1.0, setpoint_timeout_s: float = 0.5, seed: int = 0, *, lockstep: bool = False,
                  realism: Realism | str | None = None, loss_action: str = "land", battery_soc: float = 1.0,
-                 randomize: bool = False, arming_delay_s: float = 0.0, origin: str = "course"):
+                 randomize: bool = False, arming_delay_s: float = 0.0, origin: str = "start"):
         if origin not in ORIGINS:
             raise SitlError(f"origin must be one of {', '.join(ORIGINS)}, got {origin!r}")
-        # LOCAL_POSITION_NED / ODOMETRY are reported relative to this point (ENU): "start", where the
-        # vehicle starts (ArduPilot's and PX4's EKF origin with GPS), or "course", the course's own
-        # frame (motion capture indoors)
+        # LOCAL_POSITION_NED / ODOMETRY are reported relative to this point (ENU): "start" (the default),
+        # where the vehicle starts (ArduPilot's and PX4's EKF origin with GPS), or "course", the sim's
+        # world frame, i.e. the course's (motion capture indoors)
         self.origin = origin
         self.origin_enu_m = np.asarray(start_pos_enu_m, float).copy() if origin == "start" else np.zeros(3)
         if not (math.isfinite(arming_delay_s) and 0.0 <= arming_delay_s <= 10.0):
