@@ -7,7 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from sim.core import DRONE_FIELDS, SimError, build_target, neighbors
+from sim.core import DRONE_FIELDS, GATE_CENTRE, GATE_NORMAL, OBS_OBSTACLES, SimError, build_target, gate_check, neighbors
 from sim.env import DroneEnv, parse_tasks
 from sim.profiles import load_profile
 
@@ -108,6 +108,70 @@ def test_a_shared_space_with_a_drone_blown_to_infinity_still_steps():
     _obs, _r, term, _trunc, _info = env.step(np.zeros((40, 4), np.float32))   # returns: a crash, then a reset
     assert term[3]
 
+
+
+def _expected_senses(core, i, sense_m):
+    """Drone i's nearest SL_OBS_OBSTACLES drones and spheres of its (one) shared space, all pairs in
+    float32 (the C core's operations: the surface distance, ties by id, spheres after the drones)."""
+    pos, radius = core.drone["pos_enu_m"].T, core.drone["radius_m"][0]
+    cands = []
+    for j in range(core.n):
+        if j != i:
+            d = np.sqrt(np.sum((pos[i] - pos[j]) ** 2, dtype=np.float32)) - radius[i] - radius[j]
+            cands.append((d, j, [*pos[j], radius[j]]))
+    for k in range(core.n_obstacles[0]):
+        c, r = core.obstacles[0, k, :3], core.obstacles[0, k, 3]
+        diff = pos[i] - c
+        d = np.sqrt(diff[0] * diff[0] + diff[1] * diff[1] + diff[2] * diff[2]) - r - radius[i]
+        cands.append((d, core.n + k, [*c, r]))
+    touch = any(d < 0 for d, _, _ in cands)
+    near = sorted((c for c in cands if c[0] < sense_m), key=lambda c: (c[0], c[1]))[:OBS_OBSTACLES]
+    return touch, near
+
+
+def test_a_shared_space_senses_and_crosses_gates_as_all_pairs_and_every_gate_say():
+    """The shared-space shortcuts (drones through the grid on packed keys, spheres and gate planes a
+    vector at a time) against the plain rules: every pair, every sphere, sl_gate_check on every gate."""
+    n = 60
+    env = DroneEnv(n, "size_family", task={"task_prob": parse_tasks("race:2,obstacles:2,hover"), "drones_per_space": float(n),
+                                            "bounds_m": [5.0, 5.0, 4.0]})
+    env.reset(seed=2)
+    core, sense_m, frame_m = env.core, float(env.task["sense_range_m"]), float(env.task["gate_frame_m"])
+    rng = np.random.default_rng(4)
+    checked = near_seen = spheres_seen = events = 0
+    for step in range(120):
+        next_gate = core.drone["next_gate"][0].copy()
+        racing = np.flatnonzero(core.drone["gates_to_pass"][0] > 0)
+        for i in racing[step % 4::4][:3]:   # a few racers set just before their next gate's opening, flying through it
+            g = core.gates[0, int(next_gate[i])]
+            core.drone["pos_enu_m"][:, i] = g[GATE_CENTRE] - 0.02 * g[GATE_NORMAL]
+            core.drone["vel_enu_m_s"][:, i] = 3.0 * g[GATE_NORMAL]
+        _obs, _r, term, trunc, _info = env.step(np.clip(rng.normal(0.0, 0.5, (n, 4)), -1, 1).astype(np.float32))
+        if (term | trunc).any():   # a reset drone moved after the others sensed it: check the steps without
+            continue
+        checked += 1
+        for i in range(n):
+            touch, near = _expected_senses(core, i, sense_m)
+            assert not touch and core.drone["collided"][0, i] == 0.0   # touching is a crash, which ends the episode
+            assert core.drone["near_count"][0, i] == len(near), (step, i)
+            rows = np.zeros(4 * OBS_OBSTACLES, np.float32)
+            for k, (_d, _j, row) in enumerate(near):
+                rows[4 * k:4 * k + 4] = row
+            assert np.array_equal(core.drone["near"][:, i], rows), (step, i)
+            near_seen += len(near)
+            spheres_seen += sum(j >= n for _d, j, _row in near)
+            event = 0.0
+            p0, p1, r = core.drone["prev_pos_enu_m"][:, i], core.drone["pos_enu_m"][:, i], core.drone["radius_m"][0, i]
+            nxt = int(next_gate[i]) if core.drone["gates_to_pass"][0, i] > 0 else -1   # a race: its next gate
+            for k in range(core.n_gates[0]):
+                ev = gate_check(core.gates[0, k], p0, p1, r, frame_m)
+                if k == nxt and ev > 0:
+                    event = event if event < 0 else 1.0
+                elif ev < 0 or (k == nxt and ev != 0):
+                    event = -1.0
+            assert core.drone["gate_event"][0, i] == event, (step, i)
+            events += core.drone["gate_event"][0, i] != 0
+    assert checked >= 20 and near_seen > 100 and spheres_seen > 0 and events > 0, (checked, near_seen, spheres_seen, events)
 
 
 def _rate(env, actions, steps=40):
