@@ -77,6 +77,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--profile", default=None,
                         help="the drone flown (profile name or JSON; its hover thrust is an observation); "
                              "default: crazyflie21 for the simulated vehicle, required for a real one")
+    parser.add_argument("--lockstep", action="store_true",
+                        help="the built-in simulated vehicle in lockstep with the runner: the runner's clock is its "
+                             "sim time (each tick: the command, then the telemetry that step produced, no sleeps), "
+                             "deterministic and as fast as the CPU allows, whatever the machine load; for tests and "
+                             "CI (tick times and missed ticks then say nothing about real time)")
     parser.add_argument("--lookahead", type=finite_arg(0.1, 10.0), default=1.5, help="how far ahead along the course the target leads [m]")
     parser.add_argument("--max-time", type=finite_arg(1.0, 3600.0), default=180.0,
                         help="failsafe if the course (with --teleop: the flight) is not done by then [s]")
@@ -140,6 +145,11 @@ def fly(args) -> Flown | int:
         print("fly: error: --sitl ardupilot starts its own vehicle: leave out --connect, use --autopilot ardupilot",
               file=sys.stderr)
         return 2
+    if args.lockstep and (args.connect is not None or args.sitl is not None or args.autopilot == "betaflight"
+                          or args.teleop):
+        print("fly: error: --lockstep is for the built-in simulated vehicle flying a course: leave out --connect, "
+              "--sitl and --teleop (a person flies teleop in real time); --autopilot ardupilot or px4", file=sys.stderr)
+        return 2
     if args.connect is None:
         profile = load_profile(args.profile or ("fpv5" if args.autopilot == "betaflight" else
                                                 "camera15" if args.sitl else "crazyflie21"))
@@ -162,7 +172,8 @@ def fly(args) -> Flown | int:
             port = _free_udp_port()
             autopilot = "ardupilot" if args.autopilot == "auto" else args.autopilot
             stack.enter_context(_sitl_process(args.profile or "crazyflie21", port, autopilot, course,
-                                              ARDUPILOT_ARMING_DELAY_S if autopilot == "ardupilot" else 0.0))
+                                              ARDUPILOT_ARMING_DELAY_S if autopilot == "ardupilot" else 0.0,
+                                              args.lockstep))
             course_frame = args.course_frame or "start"   # it reports positions from where it started, as with GPS
             connection = parse_connection(f"udpin:127.0.0.1:{port}")
             print(f"fly: simulated {autopilot} vehicle ({profile.name}) on {connection}, in its own process",
@@ -174,7 +185,7 @@ def fly(args) -> Flown | int:
         else:
             tlog = None if args.dry_run else os.path.splitext(log_path)[0] + ".tlog"
             link = stack.enter_context(MavLink(connection, args.autopilot, policy.action_mode, rate_max,
-                                               tlog_path=tlog, set_params=args.set_params))
+                                               tlog_path=tlog, set_params=args.set_params, lockstep=args.lockstep))
             if args.pose is not None and args.sitl is None:
                 _forward_pose(stack, args.pose, link)
         # the course in the vehicle's frame (flight/origin.py), for the view, the teleop page and the picture;
@@ -235,7 +246,8 @@ def run(args) -> int:
 
 
 @contextlib.contextmanager
-def _sitl_process(profile: str, port: int, autopilot: str, course, arming_delay_s: float = 0.0):
+def _sitl_process(profile: str, port: int, autopilot: str, course, arming_delay_s: float = 0.0,
+                  lockstep: bool = False):
     """The built-in simulated vehicle (`skyloop sitl`) in a process of its own, so that it never
     shares an interpreter (and its lock) with the control loop; stopped when the block ends."""
     import math
@@ -244,7 +256,7 @@ def _sitl_process(profile: str, port: int, autopilot: str, course, arming_delay_
     e, n, u = (f"{v:.6g}" for v in course.start_pos_enu_m)
     cmd = [sys.executable, "-m", "skyloop", "sitl", "--profile", profile, "--autopilot", autopilot,
            "--listen", f"udpout:127.0.0.1:{port}", "--start", e, n, u, f"{math.degrees(course.start_yaw_rad):.6g}",
-           "--arming-delay", f"{arming_delay_s:g}", "--origin", "start"]
+           "--arming-delay", f"{arming_delay_s:g}", "--origin", "start"] + (["--speed", "lockstep"] if lockstep else [])
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
         try:

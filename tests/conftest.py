@@ -58,7 +58,8 @@ def quiet_status():
 
 
 @contextlib.contextmanager
-def _vehicle_and_link(course, profile="crazyflie21", autopilot="ardupilot", mode="ctbr", origin="course", **sitl):
+def _vehicle_and_link(course, profile="crazyflie21", autopilot="ardupilot", mode="ctbr", origin="course", lockstep=False,
+                      **sitl):
     from flight.cli import default_policy
     from flight.connection import parse_connection
     from flight.link import MavLink
@@ -69,21 +70,24 @@ def _vehicle_and_link(course, profile="crazyflie21", autopilot="ardupilot", mode
     port = _free_udp_port()
     prof = load_profile(profile)
     policy = load_policy(default_policy(mode), action_modes=(mode,))
-    # the vehicle steps in real time in this process: its threads, the link's and the test's (the control
-    # loop) run real time where allowed, as fly does, so a busy machine does not starve them (flight/realtime.py)
-    with raised_priority(), SitlVehicle(prof, f"udpout:127.0.0.1:{port}", autopilot, course.start_pos_enu_m,
-                                        course.start_yaw_rad, origin=origin, **sitl) as vehicle:
+    # real time: the vehicle steps in this process; its threads, the link's and the test's (the control loop)
+    # run real time where allowed, as fly does, so a busy machine does not starve them (flight/realtime.py).
+    # lockstep: the runner's clock is the vehicle's sim time (flight/link.py LockstepClock); load changes nothing
+    with (contextlib.nullcontext() if lockstep else raised_priority()), \
+            SitlVehicle(prof, f"udpout:127.0.0.1:{port}", autopilot, course.start_pos_enu_m, course.start_yaw_rad,
+                        origin=origin, lockstep=lockstep, **sitl) as vehicle:
         rate_max = policy.metadata["action_scaling"].get("rate_max_rad_s", prof.params["rate_max_rad_s"])
-        with MavLink(parse_connection(f"udpin:127.0.0.1:{port}"), autopilot, mode, rate_max) as link:
+        with MavLink(parse_connection(f"udpin:127.0.0.1:{port}"), autopilot, mode, rate_max, lockstep=lockstep) as link:
             yield vehicle, link, policy, prof
 
 
 @pytest.fixture(scope="session")
 def vehicle_and_link():
-    """vehicle_and_link(course, profile=, autopilot=, mode=, **SitlVehicle options): a context
-    manager giving (the running simulated vehicle, a MAVLink link to it, the shipped policy for the
-    mode, the profile); the vehicle starts at the course's start and, unless origin="start", reports
-    the course's frame (as under motion capture), so fly_course's default course_frame "local" fits."""
+    """vehicle_and_link(course, profile=, autopilot=, mode=, lockstep=, **SitlVehicle options): a
+    context manager giving (the running simulated vehicle, a MAVLink link to it, the shipped policy
+    for the mode, the profile); the vehicle starts at the course's start and, unless origin="start",
+    reports the course's frame (as under motion capture), so fly_course's default course_frame
+    "local" fits. lockstep=True: vehicle and link in lockstep, for flights whose subject is not real time."""
     return _vehicle_and_link
 
 

@@ -404,7 +404,8 @@ def test_after_a_host_stall_the_samples_already_received_are_read_first(tmp_path
 
 
 # ------------------------------------------------------------------ flights: a full disk, a lossy link, bad parameters
-# lockstep: the simulated vehicle advances one step per setpoint, so a busy machine changes nothing
+# lockstep: the runner's clock is the simulated vehicle's sim time (flight/link.py LockstepClock), so a busy
+# machine changes nothing
 
 SHORT = {"format": "skyloop.course/1", "name": "short", "bounds_m": {"min": [-6, -6, 0], "max": [10, 8, 5]},
          "start": {"pos_enu_m": [3.0, 2.0, 0.0], "yaw_deg": 135.0}, "laps": 1,
@@ -478,36 +479,12 @@ def _flight(tlog_path=None, loss=None, drop_heartbeats=range(0), **sitl):
     try:
         with SitlVehicle(prof, f"udpout:127.0.0.1:{vehicle_port}", "ardupilot", course.start_pos_enu_m,
                          course.start_yaw_rad, lockstep=True, origin="course", **sitl) as vehicle:
-            with _idle_clock(vehicle):
-                with MavLink(parse_connection(f"udpin:127.0.0.1:{link_port}"), "ardupilot", "ctbr",
-                             policy.metadata["action_scaling"]["rate_max_rad_s"], tlog_path=tlog_path) as link:
-                    yield course, vehicle, link, policy, prof, proxy
+            with MavLink(parse_connection(f"udpin:127.0.0.1:{link_port}"), "ardupilot", "ctbr",
+                         policy.metadata["action_scaling"]["rate_max_rad_s"], tlog_path=tlog_path, lockstep=True) as link:
+                yield course, vehicle, link, policy, prof, proxy
     finally:
         if proxy:
             proxy.close()
-
-
-@contextlib.contextmanager
-def _idle_clock(vehicle, idle_s=0.02):
-    """Lockstep steps the vehicle per setpoint; once armed with no setpoints coming (landing after a
-    failsafe), this steps it every idle_s, as a SYSTEM_TIME clock would."""
-    import threading
-    stop = threading.Event()
-
-    def run():
-        last = vehicle.steps
-        while not stop.wait(idle_s):
-            if vehicle.steps == last and vehicle.armed:
-                with vehicle._lock:
-                    vehicle._step()
-            last = vehicle.steps
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(1.0)
 
 
 def _free_port():

@@ -1,5 +1,7 @@
 """End to end over loopback UDP: the flight runner flies the simulated MAVLink vehicle (flight/sitl/),
-with the real pymavlink link, the shipped ONNX policies and the safety supervisor."""
+with the real pymavlink link, the shipped ONNX policies and the safety supervisor. Flights whose
+subject is not real time run in lockstep (the runner's clock is the vehicle's sim time: machine
+load changes nothing); their real-time twins carry @pytest.mark.timing."""
 import json
 import os
 import re
@@ -15,6 +17,7 @@ from flight.link import LinkError, MavLink
 from flight.connection import parse_connection
 from flight.runner import PreflightError, fly_course
 from flight.sitl import SitlVehicle
+from tests.test_lockstep import at_sim_time
 from policy_export import load_policy
 from sim.profiles import load_profile
 from skyloop.cli import main as skyloop
@@ -29,15 +32,17 @@ SHORT = {"format": "skyloop.course/1", "name": "short",
 
 
 def landed_and_disarmed(vehicle, timeout_s=15.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    """On the ground and disarmed within timeout_s: wall time, or in lockstep the vehicle's time,
+    advanced here (nobody else advances it once the runner is done)."""
+    for _ in range(int(timeout_s / 0.1)):
         if not vehicle.armed and vehicle.state()["pos_enu_m"][2] < vehicle.ground_z_m + 0.1:
             return True
-        time.sleep(0.1)
+        vehicle.advance(0.1) if vehicle.lockstep else time.sleep(0.1)
     return False
 
 
-def test_fly_completes_the_hall_course_on_the_simulated_vehicle(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("clock", ["lockstep", pytest.param("real time", marks=pytest.mark.timing)])
+def test_fly_completes_the_hall_course_on_the_simulated_vehicle(tmp_path, capsys, monkeypatch, clock):
     import calibration.flight_plot as flight_plot
     drawn, plot_flight = {}, flight_plot.plot_flight
 
@@ -45,13 +50,14 @@ def test_fly_completes_the_hall_course_on_the_simulated_vehicle(tmp_path, capsys
         drawn["course"] = course
         return plot_flight(log_path, png_path, course)
     monkeypatch.setattr(flight_plot, "plot_flight", plot)
-    rc = skyloop(["fly", "--course", "hall", "--json", "--log", str(tmp_path)])
+    rc = skyloop(["fly", "--course", "hall", "--json", "--log", str(tmp_path)] + ["--lockstep"] * (clock == "lockstep"))
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 0, summary
     assert summary["gates_passed"] == summary["gates_total"] == 7 and summary["failsafe"] is None
     # (missed deadlines and tick times are real-time figures: scripts/bench_fly_load.py measures them)
     assert os.path.getsize(summary["picture"]) > 20_000
     data, meta = read_row_log(summary["log"])
+    assert meta["link"]["clock"] == clock
     # the built-in vehicle reports positions from where it started (as with GPS): the hall, whose start is
     # (-14, -8), is placed there, and the picture shows the course as flown
     assert meta["course_frame"] == "start" and meta["course_offset_enu_m"] == pytest.approx([14.0, 8.0, 0.0], abs=0.05)
@@ -78,7 +84,7 @@ def test_fly_completes_the_hall_course_on_the_simulated_vehicle(tmp_path, capsys
 def test_rotated_offset_start_and_both_action_modes(tmp_path, autopilot, mode, profile, vehicle_and_link,
                                                    quiet_status):
     course = parse_course(SHORT)
-    with vehicle_and_link(course, profile, autopilot, mode) as (vehicle, link, policy, prof):
+    with vehicle_and_link(course, profile, autopilot, mode, lockstep=True) as (vehicle, link, policy, prof):
         result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=quiet_status, max_time_s=40)
         assert result.failsafe is None and result.gates_passed == 2
         assert landed_and_disarmed(vehicle)
@@ -90,29 +96,37 @@ def test_rotated_offset_start_and_both_action_modes(tmp_path, autopilot, mode, p
     assert np.allclose([data[f"pos_enu_m_{a}"][0] for a in "xyz"], SHORT["start"]["pos_enu_m"], atol=0.05)
 
 
-def _fly_and_cut_telemetry(tmp_path, vehicle_and_link, quiet_status) -> float:
-    """Flies SHORT, cuts the telemetry 4 s in; checks the failsafe and the landing; returns the
-    wall-clock time from the cut to the failsafe."""
+def _fly_and_cut_telemetry(tmp_path, vehicle_and_link, quiet_status, lockstep=False) -> float:
+    """Flies SHORT, cuts the telemetry 4 s in; checks the failsafe and the landing; returns the time
+    from the cut to the failsafe on the runner's clock (wall; in lockstep sim time)."""
     course = parse_course(SHORT)
-    with vehicle_and_link(course) as (vehicle, link, policy, prof):
-        cut = {}
+    with vehicle_and_link(course, lockstep=lockstep) as (vehicle, link, policy, prof):
+        if lockstep:
+            cut = at_sim_time(vehicle, 4.0, vehicle.cut_telemetry)
+        else:
+            cut = {}
 
-        def cut_after_takeoff():
-            cut["t"] = time.monotonic()
-            vehicle.cut_telemetry()
-        timer = threading.Timer(4.0, cut_after_takeoff)
-        timer.start()
+            def cut_after_takeoff():
+                cut["t_s"] = time.monotonic()
+                vehicle.cut_telemetry()
+            timer = threading.Timer(4.0, cut_after_takeoff)
+            timer.start()
         result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=quiet_status, max_time_s=20)
-        timer.join()
+        if not lockstep:
+            timer.join()
         assert "stale telemetry" in result.failsafe
+        assert vehicle.mode == "LAND"             # it heard LAND: the uplink still works
         assert landed_and_disarmed(vehicle)
+        vehicle.restore_telemetry()
     _, meta = read_row_log(str(tmp_path / "f.csv"))
     assert meta["ended"].startswith("failsafe: stale telemetry")
-    return result.failsafe_at_s - cut["t"]
+    return result.failsafe_at_s - cut["t_s"]
 
 
 def test_lost_telemetry_fires_the_failsafe_and_the_vehicle_lands(tmp_path, vehicle_and_link, quiet_status):
-    _fly_and_cut_telemetry(tmp_path, vehicle_and_link, quiet_status)
+    # in lockstep the stale-telemetry limit (0.25 s) counts the vehicle's time: it fires on time on any machine
+    latency_s = _fly_and_cut_telemetry(tmp_path, vehicle_and_link, quiet_status, lockstep=True)
+    assert 0.2 <= latency_s <= 0.3
 
 
 @pytest.mark.timing
@@ -125,7 +139,7 @@ def test_lost_telemetry_fires_the_failsafe_within_half_a_second(tmp_path, vehicl
 def test_the_vehicles_own_failsafe_ends_the_flight_at_once(tmp_path, vehicle_and_link, quiet_status):
     # a nearly flat battery: the vehicle's critical-battery failsafe switches it to LAND mid-course
     course = parse_course(SHORT)
-    with vehicle_and_link(course, battery_soc=0.10) as (vehicle, link, policy, prof):
+    with vehicle_and_link(course, battery_soc=0.10, lockstep=True) as (vehicle, link, policy, prof):
         result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=quiet_status, max_time_s=20)
         assert vehicle.failsafe.startswith("battery critical")
         assert "left GUIDED_NOGPS for LAND" in result.failsafe
@@ -138,15 +152,17 @@ def test_the_vehicles_own_failsafe_ends_the_flight_at_once(tmp_path, vehicle_and
 
 def test_geofence_breach_fires_the_failsafe(tmp_path, vehicle_and_link, quiet_status):
     course = parse_course(SHORT)
-    with vehicle_and_link(course) as (vehicle, link, policy, prof):
-        # an updraft over twice the 27 g drone's weight: even with its motors off it rises to the ceiling
-        def gust():
-            time.sleep(3.0)
-            vehicle.set_wind([0.0, 0.0, 0.6])
-            while vehicle.mode != "LAND":       # the updraft dies down once the vehicle lands
-                time.sleep(0.02)
-            vehicle.set_wind([0.0, 0.0, 0.0])
-        threading.Thread(target=gust, daemon=True).start()
+    with vehicle_and_link(course, lockstep=True) as (vehicle, link, policy, prof):
+        # from 3 s on, an updraft over twice the 27 g drone's weight: even with its motors off it rises to the
+        # ceiling; it dies down once the vehicle lands
+        step, landing = vehicle._step, []
+
+        def step_in_updraft():
+            step()
+            if vehicle.mode == "LAND":
+                landing.append(vehicle.sim_time_s)
+            vehicle.set_wind([0.0, 0.0, 0.6 if vehicle.sim_time_s >= 3.0 and not landing else 0.0])
+        vehicle._step = step_in_updraft
         result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=quiet_status, max_time_s=20)
         assert result.failsafe.startswith("geofence")
         assert landed_and_disarmed(vehicle)
@@ -158,8 +174,8 @@ def test_ctrl_c_lands(tmp_path, vehicle_and_link, quiet_status):
     course = parse_course(SHORT)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with vehicle_and_link(course) as (vehicle, link, policy, prof):
-            threading.Timer(3.0, _thread.interrupt_main).start()
+        with vehicle_and_link(course, lockstep=True) as (vehicle, link, policy, prof):
+            at_sim_time(vehicle, 3.0, _thread.interrupt_main)
             result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=quiet_status, max_time_s=20)
             assert result.failsafe.startswith("Ctrl-C: landing")
             assert landed_and_disarmed(vehicle, timeout_s=2.0)    # fly_course returns once it is down

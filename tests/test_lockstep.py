@@ -104,25 +104,6 @@ def test_a_lockstep_flight_is_the_same_flight_bit_for_bit_even_with_the_runner_s
     assert np.allclose(np.diff(np.array(data["t_s"])[flight]), 0.01), "one tick per control period of sim time"
 
 
-def test_lost_telemetry_in_lockstep_is_stale_after_a_quarter_second_of_sim_time(tmp_path):
-    course = parse_course(SHORT)
-    with lockstep_flight(course) as (vehicle, link, policy, prof):
-        cut = at_sim_time(vehicle, 4.0, vehicle.cut_telemetry)
-        start = time.monotonic()
-        result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=Quiet(), max_time_s=20)
-        wall_s = time.monotonic() - start
-        assert "stale telemetry" in result.failsafe, result.failsafe
-        assert 0.2 <= result.failsafe_at_s - cut["t_s"] <= 0.3     # sim time, as Limits.stale_telemetry_s says
-        # the vehicle heard LAND (the uplink still works) and lands once its time passes
-        assert vehicle.mode == "LAND"
-        vehicle.advance(10.0)
-        assert not vehicle.armed and vehicle.state()["pos_enu_m"][2] < 0.1
-        vehicle.restore_telemetry()
-    print(f"cut at {cut['t_s']:.2f} s sim -> failsafe at {result.failsafe_at_s:.2f} s sim; flight {wall_s:.1f} s wall")
-    _, meta = read_row_log(str(tmp_path / "f.csv"))
-    assert meta["ended"].startswith("failsafe: stale telemetry")
-
-
 def test_the_link_timeout_counts_sim_time_in_lockstep(tmp_path):
     course = parse_course(SHORT)
     limits = Limits(stale_telemetry_s=2.0, link_timeout_s=0.5)     # link loss first: no message at all
