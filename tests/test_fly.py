@@ -196,6 +196,29 @@ def test_fly_on_the_built_in_vehicle_with_course_frame_local_is_refused_naming_b
     assert "starts at [-14.0, -8.0, 0.0] m: 16.12 m apart" in out, out
 
 
+def test_the_view_and_the_teleop_page_get_the_course_placed_at_the_built_in_vehicle(tmp_path, capsys, monkeypatch):
+    """What the view draws and the teleop page fences and targets is the course in the vehicle's frame:
+    the hall moved to the built-in vehicle's start (its (0, 0, 0)), as fly_course flies it."""
+    import flight.cli as cli
+    hall, seen = load_course("hall"), {}
+
+    def view(args, stack, policy_path, policy, profile, course):
+        seen["view"] = course
+
+    def teleop(args, stack, link, policy, course, placed, course_frame, *rest):
+        seen.update(teleop=placed, unplaced=course, frame=course_frame)
+        return None                                        # nothing flew
+    monkeypatch.setattr(cli, "_view", view)
+    monkeypatch.setattr(cli, "_teleop", teleop)
+    assert skyloop(["fly", "--teleop", "--course", "hall", "--log", str(tmp_path)]) == 0
+    offset = np.array([14.0, 8.0, 0.0])
+    assert seen["frame"] == "start" and seen["unplaced"].start_pos_enu_m.tolist() == hall.start_pos_enu_m.tolist()
+    for course in (seen["view"], seen["teleop"]):
+        assert course.start_pos_enu_m == pytest.approx([0.0, 0.0, 0.0], abs=0.05)
+        assert course.bounds_min_enu_m == pytest.approx(hall.bounds_min_enu_m + offset, abs=0.05)
+        assert course.gates[0].centre_enu_m == pytest.approx(hall.gates[0].centre_enu_m + offset, abs=0.05)
+
+
 def test_ardupilot_without_thrust_means_thrust_is_refused_with_the_fix(free_udp_port):
     course = parse_course(SHORT)
     port = free_udp_port()
