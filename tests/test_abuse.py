@@ -463,7 +463,8 @@ class LossyProxy:
 
 
 @contextlib.contextmanager
-def _flight(tlog_path=None, loss=None, drop_heartbeats=range(0), **sitl):
+def _flight(tlog_path=None, loss=None, drop_heartbeats=range(0), before_link=lambda vehicle: None, **sitl):
+    """(course, vehicle, link, policy, profile, proxy), in lockstep; before_link(vehicle) runs before the link opens."""
     from flight.cli import default_policy
     from flight.connection import parse_connection
     from flight.link import MavLink
@@ -479,6 +480,7 @@ def _flight(tlog_path=None, loss=None, drop_heartbeats=range(0), **sitl):
     try:
         with SitlVehicle(prof, f"udpout:127.0.0.1:{vehicle_port}", "ardupilot", course.start_pos_enu_m,
                          course.start_yaw_rad, lockstep=True, origin="course", **sitl) as vehicle:
+            before_link(vehicle)
             with MavLink(parse_connection(f"udpin:127.0.0.1:{link_port}"), "ardupilot", "ctbr",
                          policy.metadata["action_scaling"]["rate_max_rad_s"], tlog_path=tlog_path, lockstep=True) as link:
                 yield course, vehicle, link, policy, prof, proxy
@@ -503,16 +505,16 @@ class Quiet:
 
 
 class FullThenFree(FullDisk):
-    """Accepts `ok_writes`, then fails with ENOSPC for `full_s` seconds, then has space again."""
+    """Accepts `ok_writes`, then fails with ENOSPC for `full_s` seconds of `clock()`, then has space again."""
 
-    def __init__(self, path, ok_writes, full_s):
+    def __init__(self, path, ok_writes, full_s, clock=time.monotonic):
         super().__init__(path, ok_writes)
-        self.full_s, self.full_until = full_s, None
+        self.full_s, self.full_until, self.clock = full_s, None, clock
 
     def write(self, data):
         if self.ok_writes <= 0:
-            self.full_until = self.full_until or time.monotonic() + self.full_s
-            if time.monotonic() < self.full_until:
+            self.full_until = self.full_until or self.clock() + self.full_s
+            if self.clock() < self.full_until:
                 raise OSError(errno.ENOSPC, "No space left on device")
         self.ok_writes -= 1
         return self.f.write(data)
@@ -521,9 +523,12 @@ class FullThenFree(FullDisk):
 def test_a_full_disk_mid_flight_never_stops_the_control_loop_and_the_landing_is_logged(tmp_path, monkeypatch):
     from flight.runner import fly_course
     from skyloop import rowlog
-    monkeypatch.setattr(rowlog, "open_raw", lambda p: FullThenFree(p, ok_writes=150, full_s=2.0))
     log_path, tlog = str(tmp_path / "f.csv"), str(tmp_path / "f.tlog")
-    with _flight(tlog) as (course, vehicle, link, policy, prof, _):
+
+    def full_disk(vehicle):                  # full for 2 s of the flight's time: the vehicle's sim time in lockstep
+        monkeypatch.setattr(rowlog, "open_raw", lambda p: FullThenFree(p, ok_writes=150, full_s=2.0,
+                                                                        clock=lambda: vehicle.sim_time_s))
+    with _flight(tlog, before_link=full_disk) as (course, vehicle, link, policy, prof, _):
         result = fly_course(link, policy, course, prof, log_path, status=Quiet(), max_time_s=5)
         assert result.failsafe.startswith("time limit"), result.failsafe     # flown to the end, not aborted
         assert not vehicle.armed and vehicle.state()["pos_enu_m"][2] < 0.1, "landed and disarmed"

@@ -5,6 +5,7 @@ import contextlib
 import time
 
 import numpy as np
+import pytest
 
 from flight.course import parse_course
 from flight.runner import fly_course
@@ -136,3 +137,11 @@ def test_lost_setpoints_fire_the_vehicles_setpoint_timeout_in_sim_time(tmp_path)
     assert "left GUIDED_NOGPS for LAND" in result.failsafe, result.failsafe
     assert 0.0 <= result.failsafe_at_s - vehicle.failsafe_t_s <= 0.15     # its 10 Hz heartbeat says so
 
+
+
+@pytest.mark.parametrize("extra", [["--connect", "udpin:127.0.0.1:14550", "--profile", "crazyflie21"],
+                                   ["--autopilot", "betaflight"], ["--teleop"]])
+def test_fly_lockstep_is_refused_where_the_built_in_vehicle_is_not_what_flies(extra, capsys):
+    from skyloop.cli import main as skyloop
+    assert skyloop(["fly", "--course", "hall", "--lockstep"] + extra) == 2
+    assert "--lockstep is for the built-in simulated vehicle" in capsys.readouterr().err
