@@ -50,6 +50,7 @@ ARM_TRIES, ARM_RETRY_S = 3, 1.0                  # arm at most this often, this 
 # what may wait in the socket (our own process stalled: the vehicle was not silent)
 CATCH_UP_AFTER_S, CATCH_UP_WAIT_S = 0.1, 0.03
 DISARM_RETRY_S = 2.0
+STREAM_REQUEST_S = 1.0                           # a stream-rate request: sent up to 3 times within this
 # lockstep: the vehicle answers a clock advance at once; none within LOCKSTEP_ANSWER_S (wall time, the request
 # sent again every LOCKSTEP_RETRY_S for a lossy link) and the clock goes on without it (LockstepClock)
 LOCKSTEP_ANSWER_S, LOCKSTEP_RETRY_S = 1.0, 0.05
@@ -160,13 +161,17 @@ class MavLink(LinkBase):
                             f"{self.autopilot}: use --autopilot auto or {self.autopilot}")
         self._on_heartbeat(hb)
         self.target = (self.master.target_system, self.master.target_component or 1)
-        for name, hz in STREAMS_HZ.items():
-            msg_id = getattr(mav, f"MAVLINK_MSG_ID_{name}")
-            self._command(mav.MAV_CMD_SET_MESSAGE_INTERVAL, msg_id, 1e6 / hz, wait=False)
         for fn in (self._receive_loop, self._heartbeat_loop):
             t = threading.Thread(target=fn, daemon=True, name=fn.__name__)
             t.start()
             self._threads.append(t)
+        # each stream rate until acknowledged (a lossy link loses requests: a lost HEARTBEAT one left it at 1 Hz)
+        unanswered = [name for name, hz in STREAMS_HZ.items()
+                      if self._command(mav.MAV_CMD_SET_MESSAGE_INTERVAL, getattr(mav, f"MAVLINK_MSG_ID_{name}"),
+                                       1e6 / hz, timeout_s=STREAM_REQUEST_S) is None]
+        if unanswered:
+            log.warning("the vehicle did not acknowledge the stream rates asked for %s: they may be slower",
+                        ", ".join(unanswered))
         if self.lockstep:
             if self.advance_vehicle(0.0, self.heartbeat_timeout_s) is None:
                 self.close()

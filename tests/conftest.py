@@ -58,8 +58,8 @@ def quiet_status():
 
 
 @contextlib.contextmanager
-def _vehicle_and_link(course, profile="crazyflie21", autopilot="ardupilot", mode="ctbr", origin="course", lockstep=False,
-                      **sitl):
+def _vehicle_and_link(course, profile="crazyflie21", autopilot="ardupilot", mode="ctbr", origin="course",
+                      lockstep=False, **sitl):
     from flight.cli import default_policy
     from flight.connection import parse_connection
     from flight.link import MavLink

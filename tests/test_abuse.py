@@ -482,7 +482,8 @@ def _flight(tlog_path=None, loss=None, drop_heartbeats=range(0), before_link=lam
                          course.start_yaw_rad, lockstep=True, origin="course", **sitl) as vehicle:
             before_link(vehicle)
             with MavLink(parse_connection(f"udpin:127.0.0.1:{link_port}"), "ardupilot", "ctbr",
-                         policy.metadata["action_scaling"]["rate_max_rad_s"], tlog_path=tlog_path, lockstep=True) as link:
+                         policy.metadata["action_scaling"]["rate_max_rad_s"], tlog_path=tlog_path,
+                         lockstep=True) as link:
                 yield course, vehicle, link, policy, prof, proxy
     finally:
         if proxy:
@@ -558,6 +559,23 @@ def test_the_link_asks_for_heartbeats_at_10_hz_so_a_mode_change_is_seen_within_a
         while vehicle.rates_hz.get("HEARTBEAT") != STREAMS_HZ["HEARTBEAT"] and time.monotonic() < deadline:
             time.sleep(0.05)
         assert vehicle.rates_hz["HEARTBEAT"] == STREAMS_HZ["HEARTBEAT"]
+
+
+def test_a_lost_stream_rate_request_is_sent_again(monkeypatch):
+    """One lost SET_MESSAGE_INTERVAL for HEARTBEAT (a lossy link) left the heartbeat at 1 Hz: the
+    vehicle's own failsafe was then seen up to a second late."""
+    from flight.link import STREAMS_HZ, mav        # the link's MAVLink module (MAVLink 2, its dialect)
+    dropped = []
+    send = mav.MAVLink.command_long_send
+
+    def lose_the_first_heartbeat_request(self, system, component, command, confirmation, msg_id, *rest, **kw):
+        if command == mav.MAV_CMD_SET_MESSAGE_INTERVAL and msg_id == mav.MAVLINK_MSG_ID_HEARTBEAT and not dropped:
+            dropped.append(confirmation)
+            return None
+        return send(self, system, component, command, confirmation, msg_id, *rest, **kw)
+    monkeypatch.setattr(mav.MAVLink, "command_long_send", lose_the_first_heartbeat_request)
+    with _flight() as (course, vehicle, link, policy, prof, _):
+        assert dropped and vehicle.rates_hz["HEARTBEAT"] == STREAMS_HZ["HEARTBEAT"]
 
 
 @pytest.mark.parametrize("name,value", [("LAND_SPEED", -300.0), ("GUID_TIMEOUT", 1e30), ("GUID_TIMEOUT", 0.0),
