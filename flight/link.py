@@ -119,7 +119,7 @@ class MavLink(LinkBase):
         self._news = threading.Condition(self._lock)   # notified on every new position or attitude
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._t0_s = time.monotonic()
+        self._t0_s, self._opened_epoch_s = time.monotonic(), time.time()
         self.lockstep = lockstep
         self.clock = LockstepClock(self) if lockstep else self.clock
         self._vehicle_time_s = 0.0                 # lockstep: the vehicle's sim time, from its newest TIMESYNC answer
@@ -199,9 +199,11 @@ class MavLink(LinkBase):
                 self._tlog.close()
 
     def _log_message(self, msg) -> None:
-        """A .tlog record: big-endian microseconds since the epoch, then the message as on the wire."""
+        """A .tlog record: big-endian microseconds since the epoch, then the message as on the wire
+        (lockstep: the link's opening time plus the sim time, so the log's time axis is the flight's)."""
+        stamp_s = self._opened_epoch_s + self.clock.now() if self.lockstep else time.time()
         with self._tlog_lock:
-            self._tlog.write(int(time.time() * 1e6).to_bytes(8, "big") + msg.get_msgbuf())
+            self._tlog.write(int(stamp_s * 1e6).to_bytes(8, "big") + msg.get_msgbuf())
 
     def describe(self) -> dict:
         return {"connection": str(self.connection), "autopilot": self.autopilot, "action_mode": self.action_mode,

@@ -119,9 +119,10 @@ def test_the_link_timeout_counts_sim_time_in_lockstep(tmp_path):
 
 def test_lost_setpoints_fire_the_vehicles_setpoint_timeout_in_sim_time(tmp_path):
     """The uplink loses every setpoint from 3 s of sim time on, while the clock ticks still arrive:
-    the vehicle's GUID_TIMEOUT (0.5 s) fires in its sim time and the runner sees it leave GUIDED_NOGPS."""
+    the vehicle's GUID_TIMEOUT (0.5 s) fires in its sim time and the runner sees it leave GUIDED_NOGPS
+    (for LAND: a PX4-like loss action; ArduPilot's own, hold in the mode, the runner cannot see)."""
     course = parse_course(SHORT)
-    with lockstep_flight(course) as (vehicle, link, policy, prof):
+    with lockstep_flight(course, loss_action="land") as (vehicle, link, policy, prof):
         send, sent = link.master.mav.set_attitude_target_send, []
 
         def lossy_send(*args):

@@ -269,7 +269,7 @@ def test_setpoints_are_ignored_outside_the_offboard_mode():
 
 # ------------------------------------------------------------------------------------ failsafes
 def test_setpoint_loss_lands_after_the_timeout_and_disarms_on_the_ground():
-    with connected() as (vehicle, client):
+    with connected(loss_action="land") as (vehicle, client):
         take_off(vehicle, client, 1.0)
         last_setpoint_s = vehicle.sim_time_s - vehicle.dt_s     # the last setpoint arrived before its step
         for _ in range(100):
@@ -308,8 +308,8 @@ def test_setpoint_loss_in_real_time_is_measured_within_the_timeout():
         assert "no valid setpoint" in text.text and 0.45 <= latency <= 0.8   # 0.5 s timeout; wall-clock slack
 
 
-def test_hold_loss_action_levels_and_holds_altitude_like_ardupilot():
-    with connected(loss_action="hold") as (vehicle, client):
+def test_setpoint_loss_levels_and_holds_altitude_in_the_mode_by_default_like_ardupilot():
+    with connected() as (vehicle, client):
         take_off(vehicle, client, 1.0)
         client.fly(20, vehicle.hover_frac * 1.2, rates_frd=(0.5, 0.0, 0.0))      # climbing and rolling
         client.tick(2.5, vehicle)
@@ -320,7 +320,7 @@ def test_hold_loss_action_levels_and_holds_altitude_like_ardupilot():
 
 @pytest.mark.parametrize("bad", ["non-unit quaternion", "thrust ignored", "some rates ignored", "NaN thrust"])
 def test_an_invalid_attitude_target_stops_the_vehicle_as_ardupilot_does(bad):
-    with connected() as (vehicle, client):
+    with connected(loss_action="land") as (vehicle, client):
         take_off(vehicle, client, 1.0)
         client.fly(50, vehicle.hover_frac * 1.15, rates_frd=(0.0, -0.8, 0.0))    # pitch down: fly forward, climb
         client.fly(30, vehicle.hover_frac * 1.15)

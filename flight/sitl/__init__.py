@@ -37,9 +37,10 @@ It behaves like the flight controllers users own, as far as a companion computer
   load, see models.Battery),
   ESC_TELEMETRY_1_TO_4 (RPM), SERVO_OUTPUT_RAW; STATUSTEXT on failsafes.
 - Failsafes: armed in the offboard mode with no valid setpoint for `setpoint_timeout_s` (default
-  0.5 s; the GUID_TIMEOUT / COM_OF_LOSS_T parameter) -> `loss_action` "land" (default: LAND /
-  AUTO.LAND, level and descend; PX4 with COM_OBL_RC_ACT = Land) or "hold" (level, zero climb
-  rate, stay in the mode: what ArduPilot's GUID_TIMEOUT really does). Battery below 7 % -> LAND.
+  0.5 s; the GUID_TIMEOUT / COM_OF_LOSS_T parameter) -> `loss_action`, by default the autopilot's:
+  "hold" for ArduPilot (level, zero climb rate, stay in the mode: what its GUID_TIMEOUT does, so the
+  runner's "left offboard" check cannot see it, as on the real one) and "land" for PX4 (AUTO.LAND,
+  level and descend: COM_OBL_ACT 0 without RC); either can be asked for. Battery below 7 % -> LAND.
   In LAND, 1 s standing on the ground -> disarm; landed with low thrust for 10 s in any mode ->
   disarm (DISARM_DELAY); a crash (hard or tilted touchdown) -> disarm. PX4 enters OFFBOARD only
   with a setpoint stream that has lasted 0.5 s (the real one wants 1 s).

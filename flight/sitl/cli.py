@@ -25,8 +25,9 @@ def add_arguments(parser) -> None:
                              "(or up to a SYSTEM_TIME)")
     parser.add_argument("--setpoint-timeout", type=finite_arg(0.05, 5.0), default=0.5, metavar="S",
                         help="setpoint loss failsafe after this many seconds (GUID_TIMEOUT / COM_OF_LOSS_T)")
-    parser.add_argument("--loss-action", default="land", choices=["land", "hold"],
-                        help="on setpoint loss: land, or level and hold altitude (what ArduPilot does)")
+    parser.add_argument("--loss-action", default=None, choices=["land", "hold"],
+                        help="on setpoint loss: land, or level and hold altitude in the mode (default: what the "
+                             "autopilot does: ardupilot hold (GUID_TIMEOUT), px4 land (COM_OBL_ACT))")
     parser.add_argument("--noise", default="none",
                         help="realism: 'real', 'none', or NAME=VALUE,... e.g. 'real,drop=0.1' or "
                              "'gyro_noise_rad_s=0.01,latency_s=0.02,gust_m_s=1' (see flight/sitl/models.py)")

@@ -77,6 +77,10 @@ def default_params(autopilot: str, hover_frac: float, timeout_s: float, capacity
             "BATT_CAPACITY": capacity_mah, "BATT_CRT_MAH": BATTERY_CRITICAL_FRAC * capacity_mah,
             "ATC_ANGLE_BOOST": 0.0, "MOT_SPOOL_TIME": SPOOL_TIME_S}
 
+#: on setpoint loss: ArduPilot's GUID_TIMEOUT levels and holds altitude in the mode; PX4 (COM_OBL_ACT 0, no RC) lands
+DEFAULT_LOSS_ACTION = {"ardupilot": "hold", "px4": "land"}
+
+
 class Vehicle:
     """The vehicle without I/O. Attributes safe to read from other threads: armed, mode, failsafe,
     failsafe_t_s, sim_time_s, params (a dict; writing a value changes the vehicle)."""
@@ -84,7 +88,7 @@ class Vehicle:
     def __init__(self, profile: str | Profile = "crazyflie21", autopilot: str = "ardupilot",
                  start_pos_enu_m=(0.0, 0.0, 0.0), start_yaw_rad: float = 0.0,
                  speed: float = 1.0, setpoint_timeout_s: float = 0.5, seed: int = 0, *, lockstep: bool = False,
-                 realism: Realism | str | None = None, loss_action: str = "land", battery_soc: float = 1.0,
+                 realism: Realism | str | None = None, loss_action: str | None = None, battery_soc: float = 1.0,
                  randomize: bool = False, arming_delay_s: float = 0.0, origin: str = "start"):
         if origin not in ORIGINS:
             raise SitlError(f"origin must be one of {', '.join(ORIGINS)}, got {origin!r}")
@@ -98,6 +102,8 @@ class Vehicle:
         self.arming_delay_s = float(arming_delay_s)
         if autopilot not in MODES:
             raise SitlError(f"autopilot must be ardupilot or px4, got {autopilot!r}")
+        if loss_action is None:                 # what each does by default when the offboard stream stops
+            loss_action = DEFAULT_LOSS_ACTION.get(autopilot)
         if loss_action not in ("land", "hold"):
             raise SitlError(f"loss_action must be land or hold, got {loss_action!r}")
         if not (math.isfinite(speed) and speed > 0):
