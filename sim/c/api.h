@@ -6,10 +6,20 @@
 #define SKYLOOP_API_H
 
 #include "tasks.h"
+#include <unistd.h>
 
 /* ============================================================================================
  * The API (called from Python through cffi).
  * ========================================================================================== */
+
+/* The core's L2 cache in bytes (glibc reads it from the CPU; 1 MiB where it cannot say). */
+static size_t sl_l2_bytes(void) {
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    long b = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (b > 0) return (size_t)b;
+#endif
+    return (size_t)1 << 20;
+}
 
 /* Checks a struct against its field table; writes the first problem into err. */
 static int sl_check_fields(const void *base, const SlField *fields, int n, const char *what, char *err, int errlen) {
@@ -130,6 +140,7 @@ SlEnv *sl_env_new(int n, const SlParams *p, const SlRandomization *r, const SlTa
     SL_ALLOC(e->formation, float, ns * (size_t)e->space_size * 3);
     SL_ALLOC(e->space_rng, uint32_t, ns);
 #undef SL_ALLOC
+    e->prefetch_obs = (np * SL_OBS_SIZE + np * SL_N_ROWS) * sizeof(float) > sl_l2_bytes();
     /* padding lanes hold a harmless resting drone, so vector code never divides by zero */
     float *F = e->f;
     for (int i = n; i < e->n_pad; i++) {
@@ -200,8 +211,8 @@ static void sl_step_blocks(SlEnv *e, SlBlockFn then) {
     for (int i0 = 0; i0 < e->n; i0 += SL_BLOCK) {
         const int i1 = i0 + SL_BLOCK < e->n ? i0 + SL_BLOCK : e->n;
         if (e->reference) sl_physics_reference(e, i0, i1);
-        else if (e->action_mode == SL_ACTION_MOTOR) sl_physics(e, SL_ACTION_MOTOR, i0, i1);
-        else sl_physics(e, SL_ACTION_CTBR, i0, i1);
+        else if (e->action_mode == SL_ACTION_MOTOR) sl_physics(e, SL_ACTION_MOTOR, i0, i1, then != NULL && e->prefetch_obs);
+        else sl_physics(e, SL_ACTION_CTBR, i0, i1, then != NULL && e->prefetch_obs);
         if (then) then(e, i0, i1);
     }
     e->head = (e->head + (uint32_t)e->substeps) & e->delay_mask;

@@ -269,6 +269,7 @@ typedef struct {
     int n, n_pad, action_mode, substeps;
     float dt_s, control_dt_s;
     int reference;  /* 1: step physics with the scalar reference (sl_physics_reference), for tests */
+    int prefetch_obs; /* 1: the observations and rows outgrow the core's L2, so physics fetches a block's observation lines ahead */
     size_t bytes;   /* memory allocated for this environment, in all */
     uint64_t substeps_integrated; /* RK4 steps of real drones done so far (counted by the kernels) */
     uint32_t head; /* motor-command ring buffer: slot written by the next physics step */
@@ -504,8 +505,12 @@ SL_INLINE void sl_block_store(SlEnv *e, const SlBlockState *restrict B, const in
  * of the block and vectorizes at the build's width; MODE is a compile-time constant at each call,
  * so each action mode gets its own loop. The delay ring is read without gathers: for each delay
  * the block's drones have (a few), one contiguous load and a select, in registers. The caller
- * advances the ring's head once all blocks are done. i0 is a multiple of SL_BLOCK. */
-SL_INLINE void sl_physics(SlEnv *e, const int MODE, const int i0, const int i1) {
+ * advances the ring's head once all blocks are done. i0 is a multiple of SL_BLOCK.
+ * observe_next = 1: the block's observations are written right after (own worlds, replay) and
+ * e->obs has left the core's L2 since the last step (8192 drones: 2.2 MB, beside 5.3 MB of rows);
+ * the block's lines of e->obs are fetched for writing meanwhile, a share each substep, so those
+ * stores do not wait for memory. (Where all fits in L2, the fetches only cost: e->prefetch_obs.) */
+SL_INLINE void sl_physics(SlEnv *e, const int MODE, const int i0, const int i1, const int observe_next) {
     SlBlockState B __attribute__((aligned(64)));
     const int nb = (i1 - i0 + SL_LANES - 1) / SL_LANES * SL_LANES; /* whole vectors; padding lanes are resting drones */
     float *restrict ring = e->ring + SL_RING_INDEX(e, 0, 0, i0); /* this block's [slots][4][SL_BLOCK] */
@@ -523,9 +528,12 @@ SL_INLINE void sl_physics(SlEnv *e, const int MODE, const int i0, const int i1) 
         d_hi = d > d_hi ? d : d_hi;
     }
     const int gather = d_hi - d_lo >= SL_DELAY_SELECT_MAX;
+    const char *obs_lines = (const char *)(e->obs + (size_t)i0 * SL_OBS_SIZE);
+    const int n_obs_lines = observe_next ? (nb * SL_OBS_SIZE * (int)sizeof(float) + 63) / 64 : 0;
     for (int k = 0; k < S; k++) {
         const int w_slot = (int)((head + (uint32_t)k) & e->delay_mask);
         float *restrict ring_w = ring + (ptrdiff_t)w_slot * 4 * SL_BLOCK;
+        for (int l = k * n_obs_lines / S; l < (k + 1) * n_obs_lines / S; l++) __builtin_prefetch(obs_lines + (size_t)l * 64, 1, 1);
 #pragma GCC ivdep
         for (int j = 0; j < nb; j++) {
             SlNominal nm;
