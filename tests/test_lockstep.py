@@ -11,6 +11,7 @@ from flight.course import parse_course
 from flight.runner import fly_course
 from flight.safety import Limits
 from skyloop.rowlog import read_row_log
+from tests.conftest import QuietStatus as Quiet
 
 SHORT = {"format": "skyloop.course/1", "name": "short", "bounds_m": {"min": [-6, -6, 0], "max": [10, 8, 5]},
          "start": {"pos_enu_m": [3.0, 2.0, 0.0], "yaw_deg": 135.0}, "laps": 1,
@@ -52,14 +53,6 @@ def at_sim_time(vehicle, t_s: float, action) -> dict:
             action()
     vehicle._step = step_then_act
     return called
-
-
-class Quiet:
-    def show(self, *a, **k):
-        pass
-
-    def done(self):
-        pass
 
 
 class Stalling:
