@@ -31,7 +31,7 @@ from flight import ardupilot_params
 from flight.ardupilot_params import GUID_TIMEOUT_S  # noqa: F401  (the runner's setpoint timeout, re-exported)
 from flight.command import ctbr_command
 from flight.connection import Connection
-from flight.linkbase import LinkBase, LinkError, call_quietly
+from flight.linkbase import CATCH_UP_AFTER_S, CATCH_UP_WAIT_S, LinkBase, LinkError, call_quietly
 from skyloop import frames
 from skyloop.autopilot import FORCE_DISARM_MAGIC, LANDING, MODES, OFFBOARD, mode_name
 from skyloop.rowlog import LogFile
@@ -46,9 +46,6 @@ TYPE_MASK_RATES_THRUST = 128                     # SET_ATTITUDE_TARGET: ignore t
 STREAMS_HZ = {"LOCAL_POSITION_NED": 100, "ATTITUDE_QUATERNION": 100, "SYS_STATUS": 5, "BATTERY_STATUS": 5,
               "ESC_TELEMETRY_1_TO_4": 20, "HEARTBEAT": 10, "SERVO_OUTPUT_RAW": 20}
 ARM_TRIES, ARM_RETRY_S = 3, 1.0                  # arm at most this often, this far apart
-# a state older than this when asked for: first give the reader thread up to CATCH_UP_WAIT_S to read
-# what may wait in the socket (our own process stalled: the vehicle was not silent)
-CATCH_UP_AFTER_S, CATCH_UP_WAIT_S = 0.1, 0.03
 DISARM_RETRY_S = 2.0
 STREAM_REQUEST_S = 1.0                           # a stream-rate request: sent up to 3 times within this
 # lockstep: the vehicle answers a clock advance at once; none within LOCKSTEP_ANSWER_S (wall time, the request

@@ -30,6 +30,11 @@ def call_quietly(fn) -> None:
         log.exception("while landing")
 
 
+# a state older than this when asked for: first give the reader threads up to CATCH_UP_WAIT_S to read
+# what may wait in their sockets (our own process stalled: the vehicle was not silent)
+CATCH_UP_AFTER_S, CATCH_UP_WAIT_S = 0.1, 0.03
+
+
 class WallClock:
     """Real time: the monotonic clock, and sleeping on it."""
     lockstep = False

@@ -274,6 +274,27 @@ def test_link_reports_betaflight_failsafe_when_the_stream_stops(responder):
         assert link.mode_name() == "FAILSAFE" and not link.armed
 
 
+@pytest.mark.timing
+def test_a_stall_of_our_own_process_is_not_read_as_betaflights_silence(responder):
+    """After a stall of this process the control loop may run before the link's reader thread: the
+    state it asks for first must not be the one from before the stall (0.3 s old: the supervisor
+    would call it stale telemetry, Betaflight's fault). The link gives its reader up to
+    CATCH_UP_WAIT_S first. (Timing: the reader must answer within those 30 ms of wall time.)"""
+    with _link(responder.port) as link:
+        assert link.wait_for_state(timeout_s=3.0) is not None
+        gate, receive = threading.Event(), link._receive
+
+        def stalled():                                    # the reader thread, held as by a stall
+            gate.wait()
+            receive()
+        link._receive = stalled
+        time.sleep(0.3)
+        link.pose.latest = (time.monotonic(), link.pose.latest[1])       # the pose stream is fresh
+        threading.Timer(0.005, gate.set).start()          # the reader resumes just after the control loop
+        state = link.latest_state()
+        assert time.monotonic() - state["t_s"] < 0.1, time.monotonic() - state["t_s"]
+
+
 def test_link_refuses_a_controller_without_arm_switch_or_msp_receiver():
     for kw, match in (({"arm_range": False}, "ARM switch"), ({"rx_msp": False}, "RX_MSP")):
         r = Responder(**kw)

@@ -13,7 +13,7 @@ import numpy as np
 
 from flight.command import ctbr_command
 from flight.connection import Connection
-from flight.linkbase import LinkBase, call_quietly
+from flight.linkbase import CATCH_UP_AFTER_S, CATCH_UP_WAIT_S, LinkBase, call_quietly
 from flight.msp.protocol import (ARM_SWITCH_ONLY, BOX_ARM, FEATURE_RX_MSP, GYRO_DEG_S_PER_LSB, MSP_ANALOG,
                                  MSP_API_VERSION, MSP_ATTITUDE, MSP_FC_VARIANT, MSP_FEATURE_CONFIG, MSP_MODE_RANGES,
                                  MSP_MOTOR, MSP_MOTOR_TELEMETRY, MSP_MULTIPLE_MSP, MSP_RAW_IMU, MSP_RC_TUNING,
@@ -282,7 +282,10 @@ class MspLink(LinkBase):
     def latest_state(self) -> dict | None:
         """The runner's state: pose, velocity, and (when the pose source has them: the SITL bridge)
         attitude and body rates from the pose source, else Betaflight's attitude and gyro. Betaflight's
-        own attitude, gyro and motor outputs are always there too (fc_*), for the flight log."""
+        own attitude, gyro and motor outputs are always there too (fc_*), for the flight log. One older
+        than CATCH_UP_AFTER_S first waits (up to CATCH_UP_WAIT_S) for the reader threads, as MavLink's:
+        after a stall of this process what arrived meanwhile is still in the sockets."""
+        self._catch_up()
         pose = self.pose.latest if self.pose is not None else None
         gyro, att = self._gyro, self._att
         if pose is None or gyro is None or att is None:
@@ -295,6 +298,17 @@ class MspLink(LinkBase):
                 "quat_wxyz": p["quat_wxyz"] if have_q else att[1],
                 "omega_flu_rad_s": p["omega_flu_rad_s"] if have_omega else gyro[1], "rpm": rpm,
                 "fc_quat_wxyz": att[1], "fc_omega_flu_rad_s": gyro[1], "fc_motors": self._motors}
+
+    def _catch_up(self) -> None:
+        def stale() -> bool:
+            pose = self.pose.latest if self.pose is not None else None
+            now = time.monotonic()
+            return any(now - x[0] > CATCH_UP_AFTER_S for x in (self._gyro, pose) if x is not None)
+        if not self._worker.alive() or not stale():
+            return
+        deadline = time.monotonic() + CATCH_UP_WAIT_S
+        while stale() and time.monotonic() < deadline:
+            time.sleep(0.002)                      # (the readers run meanwhile)
 
     def mode_name(self) -> str:
         if self.fc_failsafe:
