@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -82,6 +83,10 @@ def add_arguments(parser) -> None:
                              "sim time (each tick: the command, then the telemetry that step produced, no sleeps), "
                              "deterministic and as fast as the CPU allows, whatever the machine load; for tests and "
                              "CI (tick times and missed ticks then say nothing about real time)")
+    parser.add_argument("--laps", type=finite_arg(1, 100, integer=True), default=None,
+                        help="laps of --course (default: the course's own)")
+    parser.add_argument("--max-tilt", type=finite_arg(10.0, 90.0), default=70.0, metavar="DEG",
+                        help="failsafe above this tilt [deg]; a racer at speed leans further than a hovering quad")
     parser.add_argument("--lookahead", type=finite_arg(0.1, 10.0), default=1.5, help="how far ahead along the course the target leads [m]")
     parser.add_argument("--max-time", type=finite_arg(1.0, 3600.0), default=180.0,
                         help="failsafe if the course (with --teleop: the flight) is not done by then [s]")
@@ -135,6 +140,9 @@ def fly(args) -> Flown | int:
         return 2
     if args.course is not None:
         course = load_course(args.course)             # a malformed course fails here, before connecting
+        if args.laps is not None:
+            from dataclasses import replace
+            course = replace(course, laps=args.laps)
     else:
         from flight.teleop import default_box_course
         course = default_box_course()
@@ -216,8 +224,8 @@ def fly(args) -> Flown | int:
             if view is not None:
                 _serve_view(args, stack, link, course, view)
             result = fly_course(link, policy, unplaced, profile, log_path, lookahead_m=args.lookahead,
-                                max_time_s=args.max_time, status=StatusLine(), meta=meta, course_frame=course_frame,
-                                view=view)
+                                limits=_limits(args), max_time_s=args.max_time, status=StatusLine(), meta=meta,
+                                course_frame=course_frame, view=view)
     return Flown(result, log_path, course)
 
 
@@ -342,6 +350,11 @@ def _serve_view(args, stack, link, course, view):
     return server
 
 
+def _limits(args):
+    from flight.safety import Limits
+    return Limits(max_tilt_rad=math.radians(args.max_tilt))
+
+
 def _teleop(args, stack, link, policy, course, placed, course_frame, profile, log_path, meta, view=None):
     """Serves the teleop page, prints its URL on a line of its own, waits for Take off, flies.
     `placed` is the course in the vehicle's frame (the page's box and targets); fly_course places
@@ -357,6 +370,6 @@ def _teleop(args, stack, link, policy, course, placed, course_frame, profile, lo
         token_note += "; from another machine, put this machine's address in place of 127.0.0.1"
     print(f"teleop: open this page, then press Take off (Ctrl-C quits){token_note}:", file=sys.stderr)
     print(server.url, flush=True)
-    return run_teleop(link, policy, course, profile, log_path, targets, max_time_s=args.max_time, status=StatusLine(),
-                      meta={**meta, "teleop": {"bind": args.teleop_bind, "port": server.port}}, view=view,
-                      course_frame=course_frame)
+    return run_teleop(link, policy, course, profile, log_path, targets, limits=_limits(args), max_time_s=args.max_time,
+                      status=StatusLine(), meta={**meta, "teleop": {"bind": args.teleop_bind, "port": server.port}},
+                      view=view, course_frame=course_frame)

@@ -25,12 +25,16 @@ class Limits:
     max_tilt_rad: float = math.radians(70)
     max_rate_rad_s: float = 20.0          # |body rate|
     battery_critical_v_per_cell: float = 3.3
+    #: ... for this long without a break: a pack sags for a moment under a punch of throttle (a racer at full
+    #: thrust draws ten times its hover current) and recovers; a flat one stays low (ArduPilot: BATT_LOW_TIMER)
+    battery_critical_hold_s: float = 2.0
 
     #: field -> (lowest, highest, unit): a limit outside its range, or NaN / inf, is refused (a NaN limit
     #: compares false with everything and would switch its check off)
     RANGES = {"geofence_margin_m": (0.0, 5.0, "m"), "stale_telemetry_s": (0.01, 2.0, "s"),
               "link_timeout_s": (0.05, 10.0, "s"), "max_tilt_rad": (0.05, math.radians(90), "rad"),
-              "max_rate_rad_s": (0.5, 50.0, "rad/s"), "battery_critical_v_per_cell": (2.5, 4.2, "V")}
+              "max_rate_rad_s": (0.5, 50.0, "rad/s"), "battery_critical_v_per_cell": (2.5, 4.2, "V"),
+              "battery_critical_hold_s": (0.0, 30.0, "s")}
 
     def __post_init__(self):
         problems: list = []
@@ -93,6 +97,7 @@ class Supervisor:
     def __init__(self, course, limits: Limits = Limits(), cells: int | None = None):
         self.course, self.limits, self.cells = course, limits, cells
         self.reason: str | None = None
+        self._battery_low_since_s: float | None = None
 
     def check(self, now_s: float, state: dict | None, action, last_message_s: float | None,
               battery_v: float | None = None) -> str | None:
@@ -120,6 +125,14 @@ class Supervisor:
         rate = float(np.linalg.norm(state["omega_flu_rad_s"]))
         if rate > lim.max_rate_rad_s:
             return f"excessive body rate: {rate:.1f} rad/s (limit {lim.max_rate_rad_s:g} rad/s)"
-        if battery_v is not None and self.cells and battery_v < lim.battery_critical_v_per_cell * self.cells:
-            return f"battery critical: {battery_v:.2f} V for {self.cells} cells"
+        low = battery_v is not None and self.cells and battery_v < lim.battery_critical_v_per_cell * self.cells
+        if not low:
+            self._battery_low_since_s = None
+        else:
+            if self._battery_low_since_s is None:
+                self._battery_low_since_s = now_s
+            low_s = now_s - self._battery_low_since_s
+            if low_s >= lim.battery_critical_hold_s:
+                return (f"battery critical: {battery_v:.2f} V for {self.cells} cells "
+                        f"(below {lim.battery_critical_v_per_cell:g} V a cell for {low_s:.1f} s)")
         return None

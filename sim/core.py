@@ -303,7 +303,8 @@ def neighbors(pos, radius, sense_m: float, use_grid: bool = True):
 
 def gate_check(gate, p0_enu_m, p1_enu_m, radius_m: float, frame_m: float) -> int:
     """The sim's gate rule for the path p0 -> p1 of a drone of radius_m: +1 passed through the
-    opening in the flight direction, -1 hit the frame or went through backwards, 0 neither."""
+    opening in the flight direction, -1 through the opening backwards, -2 hit the frame, 0 neither
+    (a race crashes on -2 at any gate, on -1 only at its next gate)."""
     g, a, b = (np.ascontiguousarray(x, dtype=np.float32).reshape(-1) for x in (gate, p0_enu_m, p1_enu_m))
     if g.shape != (GATE_FLOATS,) or a.shape != (3,) or b.shape != (3,):
         raise SimError(f"gate_check: a gate has {GATE_FLOATS} numbers and points 3")

@@ -80,6 +80,35 @@ def test_fly_completes_the_hall_course_on_the_simulated_vehicle(tmp_path, capsys
     assert np.median(np.linalg.norm(shadow - flown, axis=1)) < 0.01
 
 
+GENERALIST = os.path.join(os.path.dirname(default_policy("ctbr")), "generalist.onnx")
+
+
+@pytest.mark.parametrize("course,laps,gates,max_lap_s", [("hall", 1, 7, 20.0), ("race7", 3, 7, 20.0)])
+def test_the_generalist_races_in_race_mode_where_the_hover_policy_follows_a_carrot(tmp_path, capsys, course, laps,
+                                                                                     gates, max_lap_s):
+    """The generalist sees the next gates (race mode): the fpv5 flies the hall's gates 1 to 7 in under 20 s
+    (as the runner's lap_time_s; the hover policy's sliding target: 35-39 s) and race7's first lap as fast,
+    leaning past the default 70 deg limit."""
+    argv = ["fly", "--course", course, "--laps", str(laps), "--profile", "fpv5", "--policy", GENERALIST, "--lockstep",
+            "--no-plot", "--json", "--max-time", "60", "--log", str(tmp_path)]
+    assert skyloop(argv + ["--max-tilt", "90"]) in (0, 3)
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["gates_passed"] >= gates, summary
+    data, meta = read_row_log(summary["log"])
+    first_s = {int(g): t for t, g in reversed(list(zip(data["t_s"], data["gate"]))) if g == g}  # gate count -> when
+    assert first_s[gates] - first_s[1] < max_lap_s, first_s
+    if course == "race7":                      # the split-S leans it past 70 deg: the default limit stops it
+        assert skyloop(argv) == 3
+        assert "excessive tilt" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["failsafe"]
+
+
+@pytest.mark.parametrize("flag,value", [("--max-tilt", "120"), ("--max-tilt", "nan"), ("--laps", "0"), ("--laps", "1.5")])
+def test_fly_refuses_a_tilt_limit_or_laps_out_of_range(flag, value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        skyloop(["fly", "--course", "race7", flag, value, "--dry-run"])
+    assert exit_.value.code == 2 and flag in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("autopilot,mode,profile", [("px4", "motor", "fpv5"), ("ardupilot", "ctbr", "camera15")])
 def test_rotated_offset_start_and_both_action_modes(tmp_path, autopilot, mode, profile, vehicle_and_link,
                                                    quiet_status):

@@ -38,8 +38,21 @@ def test_a_good_state_flies_on():
     (10.0, state(), np.zeros(4), 10.0, 12.9, "battery critical"),
 ])
 def test_each_failsafe_fires_with_its_reason(now, st, action, hb, batt, words):
-    reason = Supervisor(HALL, cells=4).check(now, st, action, last_message_s=hb, battery_v=batt)
+    reason = Supervisor(HALL, Limits(battery_critical_hold_s=0.0), cells=4).check(now, st, action, last_message_s=hb,
+                                                                               battery_v=batt)
     assert reason is not None and words in reason
+
+
+def test_a_sag_under_load_flies_on_and_a_flat_battery_stops_after_the_hold_time():
+    s = Supervisor(HALL, cells=4)           # critical: 13.2 V, held for 2 s
+    for k in range(3):                      # three punches of throttle: 1.5 s below critical, then recovered
+        for t in np.arange(0.0, 1.5, 0.01):
+            now = 10.0 + 3 * k + t
+            assert s.check(now, state(t_s=now), np.zeros(4), now, battery_v=12.9) is None
+        assert s.check(now + 0.01, state(t_s=now + 0.01), np.zeros(4), now + 0.01, battery_v=14.8) is None
+    for t in np.arange(0.0, 1.95, 0.01):    # then it stays low
+        assert s.check(20.0 + t, state(t_s=20.0 + t), np.zeros(4), 20.0 + t, battery_v=12.9) is None
+    assert "battery critical: 12.90 V for 4 cells" in s.check(22.0, state(t_s=22.0), np.zeros(4), 22.0, battery_v=12.9)
 
 
 def test_the_first_reason_sticks():

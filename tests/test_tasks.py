@@ -22,8 +22,9 @@ def _one(task: str, n: int = 1, **overrides) -> DroneEnv:
     ((-0.3, 0.0, 2.0), (0.3, 0.0, 2.0), 1, "straight through the middle"),
     ((-0.3, 0.35, 2.3), (0.3, 0.35, 2.3), 1, "near the corner, the whole drone inside the opening"),
     ((0.3, 0.0, 2.0), (-0.3, 0.0, 2.0), -1, "through the opening backwards"),
-    ((-0.3, 0.45, 2.0), (0.3, 0.45, 2.0), -1, "the drone's side clips the frame"),
-    ((-0.3, 0.0, 2.65), (0.3, 0.0, 2.65), -1, "through the top bar"),
+    ((-0.3, 0.45, 2.0), (0.3, 0.45, 2.0), -2, "the drone's side clips the frame"),
+    ((-0.3, 0.0, 2.65), (0.3, 0.0, 2.65), -2, "through the top bar"),
+    ((0.3, 0.0, 2.65), (-0.3, 0.0, 2.65), -2, "through the top bar backwards: a frame hit too"),
     ((-0.3, 1.5, 2.0), (0.3, 1.5, 2.0), 0, "beside the gate"),
     ((-0.6, 0.0, 2.0), (-0.1, 0.0, 2.0), 0, "not yet at the plane"),
     ((-0.5, 0.0, 2.0), (0.0, 0.0, 2.0), 1, "ending exactly on the plane counts as through"),
@@ -74,6 +75,38 @@ def test_a_race_drone_that_hits_the_frame_crashes():
     env = _race_env()
     _obs, _r, term, _trunc, info = _fly_through(env, [-0.05, 0.55, 2], [8, 0, 0])
     assert term[0] and info["episode"]["crash"][0]
+
+
+def test_only_the_next_gate_must_be_flown_forwards_the_others_are_solid_frames_round_air():
+    """After gate 0, a drone crossing gate 0's opening again (backwards, on its way round) flies on;
+    touching gate 0's frame still ends the race."""
+    course = {"format": "skyloop.course/1", "name": "two", "bounds_m": {"min": [-5, -5, 0], "max": [5, 5, 6]},
+              "start": {"pos_enu_m": [-3, 0, 0], "yaw_deg": 0}, "laps": 1,
+              "gates": [{"centre_enu_m": [0, 0, 2], "yaw_deg": 0, "inner_size_m": 1.0},
+                        {"centre_enu_m": [0, 3, 2], "yaw_deg": 180, "inner_size_m": 1.0}]}
+    for y_m, crashes in ((0.0, False), (0.55, True)):
+        env = DroneEnv(1, "crazyflie21", "ctbr", task={"task_prob": parse_tasks("race")}, randomize=False,
+                       course=parse_course(course))
+        env.reset(seed=0)
+        env.core.drone["next_gate"][0, 0] = 1
+        _obs, _r, term, _trunc, info = _fly_through(env, [0.05, y_m, 2], [-8, 0, 0])
+        assert bool(term[0]) == crashes, f"backwards past gate 0 at y = {y_m} m"
+        if crashes:
+            assert info["episode"]["crash"][0] and info["episode"]["collision"][0]
+
+
+def test_random_courses_have_no_leg_through_another_gates_frame():
+    env = DroneEnv(256, "size_family", "ctbr", task={"task_prob": parse_tasks("race")}, seed=3)
+    env.reset(seed=3)
+    frame_m, legs = env.task["gate_frame_m"], 0
+    for space in range(env.core.n_spaces):
+        gates = env.core.gates[space, :env.core.n_gates[space]]
+        for k in range(len(gates) - 1):
+            for j, other in enumerate(gates):
+                if j not in (k, k + 1):
+                    assert gate_check(other, gates[k, :3], gates[k + 1, :3], 0.0, frame_m) != -2, (space, k, j)
+            legs += 1
+    assert legs > 256, "random courses of 3 to 6 gates"
 
 
 # --- collisions and sensing -----------------------------------------------------------------

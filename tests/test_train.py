@@ -14,8 +14,8 @@ from sim.env import DroneEnv
 from sim.evaluate import evaluate
 import sim.train
 from sim.train import (CheckpointError, ConfigError, FlatAdam, FlatParameters, FusedActorCritic, Policy, TrainConfig,
-                       actor_critic, flat_layout, load_checkpoint, parse_overrides, pick_threads, ppo_loss,
-                       ppo_loss_gradients, save_checkpoint, train)
+                       actor_critic, flat_layout, load_checkpoint, normalize_advantages, parse_overrides,
+                       pick_threads, ppo_loss, ppo_loss_gradients, save_checkpoint, train)
 from skyloop.cli import main as skyloop
 
 # An easy hover: start near level and slow, so a few seconds of training show.
@@ -123,6 +123,7 @@ def test_override_parsing():
     ("gamma", 1.5, "gamma must be in"),
     ("minibatches", 3, "divisible by minibatches"),
     ("epochs", 0.0, "epochs must be positive"),
+    ("adv_norm", "none", "adv_norm must be task or batch"),
 ])
 def test_bad_config_values_are_refused_with_the_field_named(field, value, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
@@ -293,6 +294,19 @@ def test_flat_adam_steps_as_torch_adam():
         reference.step()
         flat.step()
     assert torch.allclose(a, b, atol=1e-7) and not torch.allclose(a, torch.zeros(500))
+
+
+def test_per_task_advantage_normalization_keeps_a_small_reward_task_at_full_weight():
+    # race advantages are ~100x hover's; over the batch hover's nearly vanish, within each task not
+    torch.manual_seed(0)
+    task = torch.tensor([0.0, 1.0]).repeat_interleave(4000)[torch.randperm(8000)]
+    adv = torch.randn(8000) * torch.where(task == 1, 100.0, 1.0) + torch.where(task == 1, 50.0, 0.0)
+    per_task, batch = normalize_advantages(adv, task), normalize_advantages(adv)
+    for k in (0.0, 1.0):
+        a = per_task[task == k]
+        assert abs(a.mean().item()) < 1e-4 and abs(a.std(correction=0).item() - 1.0) < 1e-4
+    assert batch[task == 0].std().item() < 0.05    # the hover drones' share of the batch gradient
+    assert torch.allclose(batch, (adv - adv.mean()) / (adv.std() + 1e-8))
 
 
 def test_threads_follow_the_request_or_the_free_cores():

@@ -353,8 +353,8 @@ const SlField *sl_randomization_fields(int *n) { *n = SL_N_RANDOMIZATION_FIELDS;
 const SlField *sl_task_fields(int *n) { *n = SL_N_TASK_FIELDS; return SL_TASK_FIELDS; }
 const SlObsField *sl_obs_fields(int *n) { *n = SL_N_OBS_FIELDS; return SL_OBS_TABLE; }
 const SlDroneField *sl_drone_fields(int *n) { *n = SL_N_DRONE_FIELDS; return SL_DRONE_TABLE; }
-/* The sim's gate rule for one path segment (for tests and the flight runner): +1 passed, -1 hit
- * the frame or went through backwards, 0 did not cross within the frame. */
+/* The sim's gate rule for one path segment (for tests and the flight runner): +1 passed, -1 went
+ * through backwards, -2 hit the frame, 0 did not cross within the frame. */
 int sl_gate_check(const float gate[SL_GATE_FLOATS], const float p0[3], const float p1[3], float radius_m, float frame_m) {
     return sl_gate_event(gate, p0, p1, radius_m, frame_m);
 }

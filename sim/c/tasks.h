@@ -313,7 +313,8 @@ static void sl_task(SlEnv *e, const int i0, const int i1) {
     for (int i = i0; i < i1; i++) {
         const int goal = (int)SL_D(goal, 0), space = e->space_size == 1 ? i : i / e->space_size; /* no division in own worlds */
         if (goal == SL_GOAL_TRACK) sl_target_at(F, np, i, SL_D(time_s, 0) + dt);
-        /* gates: any frame is solid; the next gate of a race is passed forwards only */
+        /* gates: any frame is solid; the next gate of a race is passed forwards only (backwards
+         * through it is a crash); the openings of the others are air, either way */
         float event = 0.f;
         const float *gates = e->gates + (size_t)space * SL_MAX_GATES * SL_GATE_FLOATS;
         const float p0[3] = {SL_D(prev_pos_enu_m, 0), SL_D(prev_pos_enu_m, 1), SL_D(prev_pos_enu_m, 2)};
@@ -330,7 +331,7 @@ static void sl_task(SlEnv *e, const int i0, const int i1) {
             const int k = __builtin_ctz(bits);
             int ev = sl_gate_event(gates + k * SL_GATE_FLOATS, p0, p1, SL_D(radius_m, 0), t.gate_frame_m);
             if (k == next && ev > 0) event = event < 0.f ? event : 1.f;
-            else if (ev < 0 || (k == next && ev != 0)) event = -1.f;
+            else if (ev == -2 || (k == next && ev != 0)) event = -1.f;
         }
         SL_D(gate_event, 0) = event;
         rewards[i] = sl_shaping(&t, F, np, i, dt, gates, e->n_gates[space], next, p0, p1); /* the reward loop adds the rest */

@@ -38,8 +38,39 @@ static void sl_inner_box(const SlTaskConfig *t, float margin, float lo[3], float
     }
 }
 
+/* What the path p0 -> p1 (one control step, a drone of radius r) did at a gate: +1 passed
+ * through the opening in the flight direction, -1 through the opening backwards, -2 hit the
+ * frame, 0 nothing (it did not cross the gate's plane within the frame). The frame is solid;
+ * the opening is air, so going the wrong way only matters for a race's next gate (sl_task). */
+SL_INLINE int sl_gate_event(const float *g, const float p0[3], const float p1[3], float r, float frame_m) {
+    float s0 = 0.f, s1 = 0.f;
+    for (int a = 0; a < 3; a++) { s0 += (p0[a] - g[a]) * g[3 + a]; s1 += (p1[a] - g[a]) * g[3 + a]; }
+    int forward = s0 < 0.f && s1 >= 0.f, backward = s0 >= 0.f && s1 < 0.f;
+    if (!forward && !backward) return 0;
+    float f = s0 / (s0 - s1), off[3];
+    for (int a = 0; a < 3; a++) off[a] = p0[a] + f * (p1[a] - p0[a]) - g[a];
+    float u = fabsf(-g[4] * off[0] + g[3] * off[1]), v = fabsf(off[2]);
+    int in_opening = u <= g[SL_GATE_HALF_WIDTH] - r && v <= g[SL_GATE_HALF_HEIGHT] - r;
+    int in_frame = u <= g[SL_GATE_HALF_WIDTH] + frame_m + r && v <= g[SL_GATE_HALF_HEIGHT] + frame_m + r;
+    if (!in_frame) return 0;
+    return !in_opening ? -2 : forward ? 1 : -1;
+}
+
 /* A random course: each gate a feasible hop (gate_spacing_m_range) from the previous one, turned
- * at most about 70 degrees, facing along the hop, inside the bounds. Returns the number of gates. */
+ * at most about 70 degrees, facing along the hop (give or take gate_turn_max_rad), inside the bounds, and no straight leg between
+ * successive gates passing within SL_LEG_CLEAR_M of another gate's frame (the frames are solid and
+ * only the next gates are observed). Returns the number of gates. */
+#define SL_LEG_CLEAR_M 0.5f
+static int sl_leg_clear(const float *gates, int k, const float cand[3], float cand_yaw, float size_m, float frame_m) {
+    float g[SL_GATE_FLOATS];
+    sl_set_gate(g, cand, cand_yaw, size_m, size_m);
+    for (int j = 0; j + 1 < k; j++) /* the new leg past the older gates, the older legs past the new gate */
+        if (sl_gate_event(gates + j * SL_GATE_FLOATS, gates + (k - 1) * SL_GATE_FLOATS, cand, SL_LEG_CLEAR_M, frame_m) == -2 ||
+            sl_gate_event(g, gates + j * SL_GATE_FLOATS, gates + (j + 1) * SL_GATE_FLOATS, SL_LEG_CLEAR_M, frame_m) == -2)
+            return 0;
+    return 1;
+}
+
 static int sl_random_course(const SlTaskConfig *t, uint32_t *rng, float size_m, float *gates) {
     int n = (int)sl_uniform_in(rng, t->gate_count_range[0], t->gate_count_range[1] + 0.999f);
     n = n < 1 ? 1 : n > SL_MAX_GATES ? SL_MAX_GATES : n;
@@ -49,7 +80,7 @@ static int sl_random_course(const SlTaskConfig *t, uint32_t *rng, float size_m, 
     float yaw = sl_uniform_in(rng, -SL_PI, SL_PI);
     sl_set_gate(gates, c, yaw, size_m, size_m);
     for (int k = 1; k < n; k++) {
-        float cand[3] = {0.f, 0.f, 0.f};
+        float cand[3] = {0.f, 0.f, 0.f}, cand_yaw = yaw;
         int ok = 0;
         for (int attempt = 0; attempt < 24 && !ok; attempt++) {
             float dir = yaw + (attempt < 16 ? sl_uniform_in(rng, -1.2f, 1.2f) : sl_uniform_in(rng, -SL_PI, SL_PI));
@@ -60,13 +91,17 @@ static int sl_random_course(const SlTaskConfig *t, uint32_t *rng, float size_m, 
             ok = 1;
             for (int a = 0; a < 3; a++) ok &= cand[a] >= lo[a] && cand[a] <= hi[a];
             for (int j = 0; j < k && ok; j++) ok = sl_dist3(cand, gates + j * SL_GATE_FLOATS) >= 0.7f * t->gate_spacing_m_range[0];
+            cand_yaw = atan2f(cand[1] - c[1], cand[0] - c[0]) + sl_uniform_in(rng, -t->gate_turn_max_rad, t->gate_turn_max_rad);
+            ok = ok && sl_leg_clear(gates, k, cand, cand_yaw, size_m, t->gate_frame_m);
         }
         if (!ok) { /* boxed in: hop towards the middle of the box */
             float to[3] = {-c[0], -c[1], 0.f}, len = sl_max(sl_norm3(to), 1e-6f);
             for (int a = 0; a < 2; a++) cand[a] = sl_clamp(c[a] + to[a] / len * t->gate_spacing_m_range[0], lo[a], hi[a]);
             cand[2] = c[2];
+            cand_yaw = atan2f(cand[1] - c[1], cand[0] - c[0]);
+            if (!sl_leg_clear(gates, k, cand, cand_yaw, size_m, t->gate_frame_m)) return k; /* a shorter course */
         }
-        yaw = atan2f(cand[1] - c[1], cand[0] - c[0]) + sl_uniform_in(rng, -0.3f, 0.3f);
+        yaw = cand_yaw;
         sl_set_gate(gates + k * SL_GATE_FLOATS, cand, yaw, size_m, size_m);
         for (int a = 0; a < 3; a++) c[a] = cand[a];
     }
@@ -535,23 +570,6 @@ static void sl_draw_space(SlEnv *e, int space) {
     if (t->task_prob[SL_TASK_formation] > 0.f)
         sl_formation(t, rng, e->space_size, centre, e->formation + (size_t)space * e->space_size * 3);
     if (t->task_prob[SL_TASK_obstacles] > 0.f) sl_obstacle_field(e, space, rng, NULL, NULL, 1.f);
-}
-
-/* What the path p0 -> p1 (one control step, a drone of radius r) did at a gate: +1 passed
- * through the opening in the flight direction, -1 hit the frame or went through backwards,
- * 0 nothing (it did not cross the gate's plane within the frame). */
-SL_INLINE int sl_gate_event(const float *g, const float p0[3], const float p1[3], float r, float frame_m) {
-    float s0 = 0.f, s1 = 0.f;
-    for (int a = 0; a < 3; a++) { s0 += (p0[a] - g[a]) * g[3 + a]; s1 += (p1[a] - g[a]) * g[3 + a]; }
-    int forward = s0 < 0.f && s1 >= 0.f, backward = s0 >= 0.f && s1 < 0.f;
-    if (!forward && !backward) return 0;
-    float f = s0 / (s0 - s1), off[3];
-    for (int a = 0; a < 3; a++) off[a] = p0[a] + f * (p1[a] - p0[a]) - g[a];
-    float u = fabsf(-g[4] * off[0] + g[3] * off[1]), v = fabsf(off[2]);
-    int in_opening = u <= g[SL_GATE_HALF_WIDTH] - r && v <= g[SL_GATE_HALF_HEIGHT] - r;
-    int in_frame = u <= g[SL_GATE_HALF_WIDTH] + frame_m + r && v <= g[SL_GATE_HALF_HEIGHT] + frame_m + r;
-    if (!in_frame) return 0;
-    return forward && in_opening ? 1 : -1;
 }
 
 /* A shared space's gates as columns (centre and normal, one row per axis), for finding which gates a
