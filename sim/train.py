@@ -445,10 +445,10 @@ def normalize_advantages(adv: torch.Tensor, task: torch.Tensor | None = None) ->
     return out
 
 
-def _rollout_buffers(T: int, N: int, hidden: int, recurrent: bool, device) -> dict:
+def _rollout_buffers(T: int, N: int, hidden: int, recurrent: bool, per_task: bool, device) -> dict:
     z = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
     return {"obs": z(T, N, OBS_SIZE), "x": z(T, N, OBS_SIZE), "act": z(T, N, ACTION_SIZE),
-            "rew": z(T, N), "done": z(T, N), "val": z(T, N), "task": z(T, N),
+            "rew": z(T, N), "done": z(T, N), "val": z(T, N), "task": z(T, N) if per_task else None,
             "state": z(T, N, hidden) if recurrent else None}
 
 
@@ -552,7 +552,7 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
     optimizer = FlatAdam(flat.param, lr=config.lr)
     choose_tanh(device)
     hover_index = obs_slice("hover_action").start
-    buf = _rollout_buffers(T, N, config.hidden, config.recurrent, device)
+    buf = _rollout_buffers(T, N, config.hidden, config.recurrent, config.adv_norm == "task", device)
     state = policy.initial_state(N, device)
     _update_normalization(policy, torch.as_tensor(obs_np, device=device), dist)   # statistics of the first states
     # the env reads its actions from, and writes its outputs to, C memory; on the CPU torch shares it
@@ -601,7 +601,8 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
                     torch.clamp(action, -1.0, 1.0, out=actions_cpu)
                 else:
                     actions_cpu.copy_(torch.clamp(action, -1.0, 1.0))
-                buf["task"][t].copy_(task_now)
+                if buf["task"] is not None:
+                    buf["task"][t].copy_(task_now)
                 t_env = time.perf_counter()
                 obs_np, rew_np, term_np, trunc_np, info = env.step(actions_np)
                 timing["env_s"] += time.perf_counter() - t_env
@@ -642,7 +643,7 @@ def _train(config: TrainConfig, dist: Distributed, progress_stream) -> dict:
             for t in reversed(range(T - 1)):
                 adv[t].addcmul_(decay[t], adv[t + 1])
             returns = adv + buf["val"]
-            adv = normalize_advantages(adv, buf["task"] if config.adv_norm == "task" else None)
+            adv = normalize_advantages(adv, buf["task"])
         timing["rollout_s"] += time.perf_counter() - t_rollout
         t_update = time.perf_counter()
         # ---- PPO update: minibatches of samples (of whole drones for the recurrent policy, in time order) ----

@@ -57,9 +57,10 @@ SL_INLINE int sl_gate_event(const float *g, const float p0[3], const float p1[3]
 }
 
 /* A random course: each gate a feasible hop (gate_spacing_m_range) from the previous one, turned
- * at most about 70 degrees, facing along the hop (give or take gate_turn_max_rad), inside the bounds, and no straight leg between
- * successive gates passing within SL_LEG_CLEAR_M of another gate's frame (the frames are solid and
- * only the next gates are observed). Returns the number of gates. */
+ * at most about 70 degrees, facing along the hop (give or take gate_turn_max_rad), inside the
+ * bounds, and no straight leg between successive gates passing within SL_LEG_CLEAR_M of another
+ * gate's frame (the frames are solid and only the next gates are observed). Returns the number
+ * of gates. */
 #define SL_LEG_CLEAR_M 0.5f
 static int sl_leg_clear(const float *gates, int k, const float cand[3], float cand_yaw, float size_m, float frame_m) {
     float g[SL_GATE_FLOATS];
