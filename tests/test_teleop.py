@@ -47,6 +47,14 @@ def drag(page, view: str, to_enu_m, steps: int = 12) -> None:
     page.mouse.up()
 
 
+def goto_replies(page, timeout_s: float) -> list:
+    """The page's goto replies, once every goto it sent is answered (a drag sends several, and under
+    load the last ones are still on their way when the first reply is in)."""
+    return wait_for("the runner's replies to every goto sent",
+                    lambda: page.evaluate("teleop.unanswered") <= 0
+                    and [r for r in page.evaluate("teleop.replies") if r["cmd"] == "goto"], timeout_s)
+
+
 class Observer:
     """A WebSocket client that only listens (sends no command, so it never counts as a page)."""
 
@@ -153,8 +161,7 @@ def test_a_target_dragged_outside_the_geofence_is_clamped(cli_flight):
     z = page_state(page)["goal_enu_m"][2]
     drag(page, "top", [7.0, 6.5, z])                       # beyond the 10 x 10 m box's north-east corner
     clamped = np.array([4.0, 4.0, z])                      # the box less the 1 m margin
-    reply = wait_for("the runner's reply",
-                     lambda: [r for r in page.evaluate("teleop.replies") if r["cmd"] == "goto"][-1], 1.0)
+    reply = goto_replies(page, 1.0)[-1]
     assert np.allclose(reply["goal_enu_m"], clamped, atol=1e-6)
     wait_for("the drone at the clamped target", lambda: distance_m(page, clamped) < 0.2, 15.0)
     targets = np.array([s["target_enu_m"] for _, s in observer.states if s["target_enu_m"]])
@@ -171,8 +178,7 @@ def test_closing_the_page_holds_the_target_then_lands(browser, tmp_path):
 def closing_the_page_holds_the_target_then_lands(cli_flight):
     page, observer, proc = cli_flight["page"], cli_flight["observer"], cli_flight["proc"]
     drag(page, "top", [1.0, -1.0, 0.0])
-    wait_for("the runner's reply", lambda: [r for r in page.evaluate("teleop.replies") if r["cmd"] == "goto"], 2.0)
-    sent = [r for r in page.evaluate("teleop.replies") if r["cmd"] == "goto" and r["ok"]]
+    sent = [r for r in goto_replies(page, 2.0) if r["ok"]]
     time.sleep(0.1)
     closed = time.monotonic()
     page.close()

@@ -20,6 +20,7 @@ const replies = [];
 // for people debugging and for the browser tests: the latest state, the update rate, screen points
 window.teleop = {
   get state() { return state; }, get hz() { return stats.hz; }, replies, get course() { return course; },
+  get unanswered() { return unanswered; },
   get replay() { return replay; },
   toScreen(view, p) {
     const v = views[view], r = v.canvas.getBoundingClientRect(), [x, y] = frame(v).px(p);
