@@ -1,7 +1,8 @@
 """A curriculum driven by measured success: each task that has one starts easy and is made harder
 (one stage at a time) once the trainer measures it succeeding often enough.
 
-    skyloop train --train.tasks all --train.curriculum success
+    skyloop train --train.tasks all --train.curriculum success              # every task with stages
+    skyloop train --train.tasks all --train.curriculum success:obstacles    # only these (comma list)
 
 The trainer (sim/train.py) calls `update(success_per_task, steps)` after every PPO update with the
 success rate of its recent episodes per task; a returned dict of task fields goes to
@@ -11,7 +12,9 @@ checkpoint's training stats ("curriculum") and restored with `Curriculum.from_st
 Stages per task, easiest first; the last stage is the configured task itself (so a curriculum
 that reaches its end trains on exactly what it is evaluated on):
 - race: fewer gates, larger openings, shorter hops (random courses; a fixed course has none of these);
-- obstacles: fewer spheres;
+- obstacles: the same spheres, first scattered wide of the way to the goal, then closer to it
+  (fewer spheres instead leaves the nearest-obstacle slots of the observation unseen until a stage
+  fills them, and a policy that never saw them flew into the ground when they did);
 - orbit and follow: a slower target.
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ from sim.core import TASKS
 STAGES = {
     "race": [{"gate_count_range": [1.0, 2.0], "gate_size_m": 1.6, "gate_spacing_m_range": [2.5, 4.0]},
              {"gate_count_range": [2.0, 4.0], "gate_size_m": 1.2, "gate_spacing_m_range": [3.0, 5.0]}],
-    "obstacles": [{"obstacle_count": 1.0}, {"obstacle_count": 3.0}],
+    "obstacles": [{"obstacle_spread_m": 2.0}, {"obstacle_spread_m": 1.4}, {"obstacle_spread_m": 1.0}],
     "orbit": [{"orbit_speed_m_s_range": [0.3, 0.6]}, {"orbit_speed_m_s_range": [0.3, 1.0]}],
     "follow": [{"follow_speed_m_s_max": 0.5}, {"follow_speed_m_s_max": 1.0}],
 }
@@ -36,10 +39,29 @@ class CurriculumError(ValueError):
     """A curriculum mode or saved state that cannot be used; the message says what to write."""
 
 
+def parse_mode(mode: str) -> tuple[str, ...] | None:
+    """The staged tasks a curriculum mode names: "success" (None: every task with stages) or
+    "success:race,obstacles" (those). Raises CurriculumError with the choices otherwise."""
+    name, _, only = mode.partition(":")
+    if name != "success":
+        raise CurriculumError(f"curriculum {mode!r} is unknown: use 'success', 'success:TASK,...' "
+                              f"(TASK one of {', '.join(STAGES)}) or '' for none")
+    if not only:
+        return None
+    tasks = tuple(t.strip() for t in only.split(","))
+    bad = [t for t in tasks if t not in STAGES]
+    if bad:
+        raise CurriculumError(f"curriculum {mode!r}: {', '.join(bad)} has no stages; "
+                              f"tasks with stages: {', '.join(STAGES)}")
+    return tasks
+
+
 class Curriculum:
-    def __init__(self, task: dict, promote_at: float = PROMOTE_AT, min_updates: int = MIN_UPDATES):
+    def __init__(self, task: dict, promote_at: float = PROMOTE_AT, min_updates: int = MIN_UPDATES,
+                 only: tuple[str, ...] | None = None):
         self.promote_at, self.min_updates = float(promote_at), int(min_updates)
-        active = [name for name, p in zip(TASKS, task["task_prob"]) if p > 0 and name in STAGES]
+        active = [name for name, p in zip(TASKS, task["task_prob"])
+                  if p > 0 and name in STAGES and (only is None or name in only)]
         # the configured task's own values of every field a stage changes: the last stage
         self.target = {name: {f: copy.deepcopy(task[f]) for stage in STAGES[name] for f in stage} for name in active}
         self.level = {name: 0 for name in active}
@@ -49,9 +71,7 @@ class Curriculum:
 
     @classmethod
     def from_config(cls, mode: str, task: dict) -> "Curriculum":
-        if mode != "success":
-            raise CurriculumError(f"curriculum {mode!r} is unknown: use 'success' (or '' for none)")
-        return cls(task)
+        return cls(task, only=parse_mode(mode))
 
     def stages(self, name: str) -> list[dict]:
         return STAGES[name] + [self.target[name]]

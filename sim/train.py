@@ -67,7 +67,7 @@ class TrainConfig:
     eval_episodes: int = 1000             # after training: fresh randomized drones, deterministic actions (0: skip)
     snapshot_every_s: float = 0.0         # also save OUTPUT-stem.at<seconds>s.pt this often (0: never)
     task: dict = field(default_factory=dict)  # overrides of sim.env.DEFAULT_TASK
-    curriculum: str = ""                  # "" off; "success": sim.curriculum changes the task from per-task success
+    curriculum: str = ""                  # "" off; "success[:TASK,...]": sim.curriculum changes the task from per-task success
 
     def validate(self) -> None:
         problems = []
@@ -101,8 +101,12 @@ class TrainConfig:
             problems.append(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.adv_norm not in ("task", "batch"):
             problems.append(f"adv_norm must be task or batch, got {self.adv_norm!r}")
-        if self.curriculum not in ("", "success"):
-            problems.append(f"curriculum must be '' (off) or success, got {self.curriculum!r}")
+        if self.curriculum:
+            from sim.curriculum import CurriculumError, parse_mode
+            try:
+                parse_mode(self.curriculum)
+            except CurriculumError as exc:
+                problems.append(str(exc))
         if problems:
             raise ConfigError("bad training config: " + "; ".join(problems))
 

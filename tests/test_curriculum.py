@@ -9,13 +9,13 @@ from sim.env import DroneEnv, parse_tasks, task_config
 
 
 def full_task():
-    return task_config(task_prob=parse_tasks("all"), obstacle_count=8.0)
+    return task_config(task_prob=parse_tasks("all"), obstacle_spread_m=0.5)
 
 
 def test_the_first_update_sends_every_staged_task_its_easiest_stage():
     cur = Curriculum(full_task(), min_updates=3)
     first = cur.update({}, 0)
-    assert first["obstacle_count"] == STAGES["obstacles"][0]["obstacle_count"]
+    assert first["obstacle_spread_m"] == STAGES["obstacles"][0]["obstacle_spread_m"]
     assert first["gate_count_range"] == STAGES["race"][0]["gate_count_range"]
     assert cur.update({}, 1) == {}                                # nothing new: nothing sent
     assert set(cur.level) == {"race", "obstacles", "orbit", "follow"}   # hover and formation have no stages
@@ -27,7 +27,7 @@ def test_success_moves_a_task_on_only_after_min_updates_and_only_that_task():
     assert cur.update({"obstacles": 0.9}, 1) == {}                # too soon after the start
     assert cur.update({"obstacles": 0.9, "race": 0.4}, 2) == {}
     changes = cur.update({"obstacles": 0.9, "race": 0.4}, 3)      # 3 updates on: obstacles moves, race (0.4) not
-    assert changes["obstacle_count"] == STAGES["obstacles"][1]["obstacle_count"]
+    assert changes["obstacle_spread_m"] == STAGES["obstacles"][1]["obstacle_spread_m"]
     assert changes["gate_count_range"] == STAGES["race"][0]["gate_count_range"]
     assert cur.level == {"race": 0, "obstacles": 1, "orbit": 0, "follow": 0}
     assert cur.history == [[3, "obstacles", 1]]
@@ -41,10 +41,10 @@ def test_the_last_stage_is_the_configured_task_and_the_curriculum_stops_there():
         cur.update(success, step)
     assert cur.finished()
     fields = cur.fields()
-    assert fields["obstacle_count"] == 8.0 and fields["gate_count_range"] == task["gate_count_range"]
+    assert fields["obstacle_spread_m"] == 0.5 and fields["gate_count_range"] == task["gate_count_range"]
     assert fields["follow_speed_m_s_max"] == task["follow_speed_m_s_max"]
     assert cur.update(success, 11) == {}
-    assert cur.full_task(dict(task, obstacle_count=1.0))["obstacle_count"] == 8.0
+    assert cur.full_task(dict(task, obstacle_spread_m=2.0))["obstacle_spread_m"] == 0.5
 
 
 def test_the_state_survives_a_checkpoint_and_goes_on_the_same(tmp_path):
@@ -64,7 +64,20 @@ def test_the_state_survives_a_checkpoint_and_goes_on_the_same(tmp_path):
         assert back.update({"orbit": 0.9}, step) == cur.update({"orbit": 0.9}, step)
 
 
+def test_a_mode_can_stage_only_the_tasks_it_names():
+    cur = Curriculum.from_config("success:obstacles", full_task())
+    assert set(cur.level) == {"obstacles"}
+    first = cur.update({}, 0)
+    assert first == STAGES["obstacles"][0]                 # race etc. fly as configured
+    assert set(Curriculum.from_config("success:race, orbit", full_task()).level) == {"race", "orbit"}
+
+
 def test_bad_modes_and_states_are_refused_with_the_fix():
+    from sim.train import ConfigError, TrainConfig
+    with pytest.raises(CurriculumError, match="hover has no stages; tasks with stages: race"):
+        Curriculum.from_config("success:hover", full_task())
+    with pytest.raises(ConfigError, match="curriculum 'sucess' is unknown"):
+        TrainConfig(curriculum="sucess").validate()
     with pytest.raises(CurriculumError, match="use 'success'"):
         Curriculum.from_config("linear", full_task())
     with pytest.raises(CurriculumError, match="incomplete"):

@@ -98,10 +98,12 @@ def test_the_error_panel_updates_during_the_flight(viewed_flight):
     assert len(flying) >= 4, "the flight ended before the panel could be watched"
     scored = [int(cells[2][4]) for cells in flying]            # the 1 s row's "scored" count
     assert scored[-1] > scored[0], f"the 1 s errors were not updated while flying: {scored}"
-    # the 0.1 s row's newest error changes as new ones are scored (same sim: often 0.0-0.1 cm, so two
-    # distinct values are all that can be asked)
+    # the 0.1 s row is scored as it goes too, its newest error shown in cm (the same sim on both sides:
+    # on an idle machine that is 0.0 cm throughout, so the count, not the value, shows it updating)
+    scored_short = [int(cells[0][4]) for cells in flying]
+    assert scored_short[-1] > scored_short[0], f"the 0.1 s errors were not updated while flying: {scored_short}"
     newest = {cells[0][1] for cells in flying}
-    assert len(newest) >= 2 and all(v.endswith(" cm") for v in newest), newest
+    assert all(v.endswith(" cm") for v in newest), newest
 
 
 def test_the_ghost_predicts_the_simulated_vehicle_within_5_cm_at_1_s(viewed_flight):

@@ -97,6 +97,7 @@ typedef struct {
     float obstacle_count;             /* spheres in an obstacles world */
     float obstacle_radius_m_range[2];
     float obstacle_goal_dist_m_range[2];
+    float obstacle_spread_m;          /* spheres scatter this far (1 sigma; vertically 0.43 of it) off the way to the goal */
 } SlTaskConfig;
 
 #define SL_F(T, name, n, lo, hi, doc) {#name, (int)offsetof(T, name), n, lo, hi, doc}
@@ -145,6 +146,7 @@ static const SlField SL_TASK_FIELDS[] = {
     SL_F(SlTaskConfig, obstacle_count, 1, 0.f, (float)SL_MAX_OBSTACLES, ""),
     SL_F(SlTaskConfig, obstacle_radius_m_range, 2, 0.01f, 100.f, ""),
     SL_F(SlTaskConfig, obstacle_goal_dist_m_range, 2, 0.f, 1e4f, ""),
+    SL_F(SlTaskConfig, obstacle_spread_m, 1, 0.f, 100.f, "spheres scatter this far sideways of the way to the goal"),
 };
 #undef SL_F
 #define SL_N_TASK_FIELDS ((int)(sizeof SL_TASK_FIELDS / sizeof SL_TASK_FIELDS[0]))
@@ -193,6 +195,7 @@ static const SlTaskConfig SL_TASK_DEFAULTS = {
     .obstacle_count = 6.f,
     .obstacle_radius_m_range = {0.15f, 0.5f},
     .obstacle_goal_dist_m_range = {2.5f, 5.f},
+    .obstacle_spread_m = 0.7f,
 };
 
 /* ============================================================================================

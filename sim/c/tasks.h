@@ -129,24 +129,33 @@ static void sl_target_orbit(SlEnv *e, uint32_t *rng, SlReset *r) {
     float room = sl_max(sl_min(r->hi[0] - r->lo[0], r->hi[1] - r->lo[1]) * 0.5f, 0.1f);
     float radius = sl_min(sl_uniform_in(rng, t->orbit_radius_m_range[0], t->orbit_radius_m_range[1]), room);
     float speed = sl_uniform_in(rng, t->orbit_speed_m_s_range[0], t->orbit_speed_m_s_range[1]);
-    float spin = sl_uniform(rng) < 0.5f ? -1.f : 1.f, phi = sl_uniform_in(rng, -SL_PI, SL_PI);
-    r->c[0] = sl_uniform_in(rng, r->lo[0] + radius, r->hi[0] - radius);
-    r->c[1] = sl_uniform_in(rng, r->lo[1] + radius, r->hi[1] - radius);
-    r->c[2] = sl_uniform_in(rng, r->lo[2], r->hi[2]);
+    float spin = sl_uniform(rng) < 0.5f ? -1.f : 1.f;
+    /* the target starts target_dist_m_range from the drone (a hover goal's distance), the centre
+     * on the box's side of it (kept where the whole orbit fits) */
+    sl_goal_at_distance(e, rng, r, t->target_dist_m_range, 1.f);
+    float phi = atan2f(r->c[1] - 0.5f * (r->lo[1] + r->hi[1]), r->c[0] - 0.5f * (r->lo[0] + r->hi[0])) +
+                sl_uniform_in(rng, -0.5f * SL_PI, 0.5f * SL_PI);
+    r->c[0] = sl_clamp(r->c[0] - radius * cosf(phi), r->lo[0] + radius, r->hi[0] - radius);
+    r->c[1] = sl_clamp(r->c[1] - radius * sinf(phi), r->lo[1] + radius, r->hi[1] - radius);
     r->amp[0] = r->amp[1] = radius;
     r->w[0] = r->w[1] = spin * speed / radius;
     r->phase[0] = phi + 0.5f * SL_PI; /* x = cx + R cos(w t + phi), y = cy + R sin(w t + phi) */
     r->phase[1] = phi;
 }
 
-/* follow: a smooth wandering point (a Lissajous curve), at most follow_speed */
+/* follow: a smooth wandering point (a Lissajous curve about the box centre), at most
+ * follow_speed, starting target_dist_m_range from the drone (each axis' amplitude and phase put
+ * it there) */
 static void sl_target_follow(SlEnv *e, uint32_t *rng, SlReset *r) {
+    sl_goal_at_distance(e, rng, r, e->task.target_dist_m_range, 1.f);
     for (int a = 0; a < 3; a++) {
-        float half = 0.5f * (r->hi[a] - r->lo[a]);
+        const float first = r->c[a], half = 0.5f * (r->hi[a] - r->lo[a]);
         r->c[a] = 0.5f * (r->hi[a] + r->lo[a]);
-        r->amp[a] = half * sl_uniform_in(rng, 0.3f, 1.f);
+        /* wide enough to pass through the start (not at its turning point, where the box allows) */
+        r->amp[a] = sl_min(sl_max(half * sl_uniform_in(rng, 0.3f, 1.f), 1.25f * fabsf(first - r->c[a])), half);
         r->w[a] = r->amp[a] > 0.05f ? sl_uniform_in(rng, 0.5f, 1.f) * e->task.follow_speed_m_s_max / (r->amp[a] * 1.7320508f) : 0.f;
-        r->phase[a] = sl_uniform_in(rng, -SL_PI, SL_PI);
+        const float s = r->amp[a] > 0.f ? asinf(sl_clamp((first - r->c[a]) / r->amp[a], -1.f, 1.f)) : 0.f;
+        r->phase[a] = sl_uniform(rng) < 0.5f ? s : SL_PI - s; /* either way along the axis */
     }
 }
 

@@ -132,7 +132,7 @@ static void sl_obstacle_field(SlEnv *e, int space, uint32_t *rng, const float *s
             float p[3], r = sl_uniform_in(rng, t->obstacle_radius_m_range[0], t->obstacle_radius_m_range[1]);
             if (start) {
                 float s = sl_uniform_in(rng, 0.2f, 0.8f);
-                for (int a = 0; a < 3; a++) p[a] = start[a] + s * (goal[a] - start[a]) + (a == 2 ? 0.3f : 0.7f) * sl_normalish(rng);
+                for (int a = 0; a < 3; a++) p[a] = start[a] + s * (goal[a] - start[a]) + (a == 2 ? 0.43f : 1.f) * t->obstacle_spread_m * sl_normalish(rng);
             } else {
                 for (int a = 0; a < 3; a++) p[a] = sl_uniform_in(rng, lo[a], hi[a]);
             }
