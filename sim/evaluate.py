@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 
-from sim.core import TASKS
+from sim.core import TASKS, SimError
 from sim.env import EPISODE_FIELDS, DroneEnv, parse_tasks, task_config
 from sim.profiles import Profile, load_profile, parse_profile
 
@@ -244,6 +244,22 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def parse_task_settings(settings: list[str]) -> dict:
+    """`FIELD=VALUE` strings (VALUE in JSON) as task fields; raises SimError naming the bad one."""
+    out = {}
+    for item in settings:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[name.strip()] = json.loads(value)
+        except ValueError:
+            raise SimError(f"--set {item!r}: write FIELD=VALUE with a JSON value, e.g. obstacle_spread_m=1.4 "
+                           "or gate_count_range=[3,6]") from None
+    task_config(**out)                     # unknown fields and values out of range say so here
+    return out
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("policy", help="trained policy checkpoint (.pt from `skyloop train`)")
     parser.add_argument("--episodes", type=int, default=1000, help="drones to fly, one episode each")
@@ -256,6 +272,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--course", default=None,
                         help="fly every race on this course (a name in skyloop/courses, e.g. race7, or a JSON path)")
     parser.add_argument("--laps", type=int, default=None, help="laps of --course (default: the course's own)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="fly a task field at this value (JSON) instead of the one trained on, e.g. "
+                             "--set obstacle_spread_m=1.4 (repeatable; fields: sim.env.DEFAULT_TASK)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--plot", metavar="PNG", default=None, help="write a picture of some trajectories")
 
@@ -269,6 +288,7 @@ def run(args) -> int:
     if saved_curriculum:   # trained with a curriculum: fly the full task, not the stage it stopped at
         from sim.curriculum import Curriculum
         task = Curriculum.from_state(saved_curriculum).full_task(task)
+    task.update(parse_task_settings(args.set))
     result = evaluate(policy, profile, ckpt["action_mode"], args.episodes, task, args.seed,
                       randomize=not args.nominal, record=PLOT_DRONES if args.plot else 0,
                       course=args.course, laps=args.laps)

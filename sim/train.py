@@ -438,9 +438,10 @@ def normalize_advantages(adv: torch.Tensor, task: torch.Tensor | None = None) ->
     of every sample) is given, so that one task's large rewards (race gates) cannot shrink the other
     tasks' share of the gradient. Measured (README, the generalist): with race drawn twice as often,
     per task saved hover and formation from collapsing to 0 %; with every task drawn alike it lost to
-    the batch form on every task, so the batch form is the default."""
+    the batch form on every task, so the batch form is the default. Both divide by the population
+    std (a task with one sample in the rollout has no sample std)."""
     if task is None:
-        return (adv - adv.mean()) / (adv.std() + 1e-8)
+        return (adv - adv.mean()) / (adv.std(correction=0) + 1e-8)
     out = torch.empty_like(adv)
     for k in torch.unique(task):
         mask = task == k

@@ -6,6 +6,9 @@ ports, so these tests run one at a time."""
 import csv
 import io
 import json
+import logging
+import os
+import socket
 import threading
 import time
 
@@ -143,3 +146,60 @@ def test_fly_through_betaflight_passes_the_first_hall_gates_and_logs_its_gyro_an
         assert best > 0.8, (axis, best)
     motors = np.stack([column(f"fc_motor_{k}") for k in range(1, 5)], axis=1)
     assert np.all((motors >= 0.0) & (motors <= 1.0)) and 0.05 < motors.mean() < 0.5   # hover is ~11 % thrust
+
+
+def _hold_msp_port():
+    """A socket bound to the firmware's MSP port, not listening: it refuses connections, as a port
+    that a process which just ended still holds."""
+    from flight.betaflight_sitl.bridge import MSP_TCP_PORT
+    held = socket.socket()
+    held.bind(("127.0.0.1", MSP_TCP_PORT))
+    return held
+
+
+def test_a_start_whose_msp_port_is_held_is_made_again_once_it_is_free(sitl_build_dir, caplog):
+    """The firmware cannot bind its MSP port (its log: "bind port 5761 for UART1 failed!!") and runs
+    without it; the start sees that, stops it, and the next start (the port let go of when the first
+    failure is reported) flies, with MSP."""
+    from flight.betaflight_sitl import BetaflightSitl, msp_socket
+    held = _hold_msp_port()
+    release = logging.Handler(logging.WARNING)
+    release.emit = lambda record: held.close()
+    logger = logging.getLogger("flight.betaflight_sitl.firmware")
+    logger.addHandler(release)
+    try:
+        with caplog.at_level("WARNING"), BetaflightSitl("fpv5", build_dir=sitl_build_dir) as sitl:
+            assert sitl.bridge.counters["replies"] >= 50                  # its PID loop runs
+            msp_socket().close()                                          # and MSP answers
+    finally:
+        logger.removeHandler(release)
+        held.close()
+    assert "start 1 of 3 failed: bind port 5761 for UART1 failed" in caplog.text
+
+
+def test_a_msp_port_held_all_along_fails_the_start_saying_what_to_look_at(sitl_build_dir):
+    """The port stays held: three starts, each seen failing in the firmware's log (not after MSP's 20 s
+    wait), then an error naming the port and how to see what holds it; no firmware process is left."""
+    from flight.betaflight_sitl import BetaflightSitl, BetaflightSitlError, build_sitl
+    held = _hold_msp_port()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(BetaflightSitlError, match=r"failed to start 3 times \(bind port 5761.*ss -tanp"):
+            BetaflightSitl("fpv5", build_dir=sitl_build_dir).start()
+        assert time.monotonic() - t0 < 15.0               # seen in the firmware's log, not after MSP's 20 s wait
+    finally:
+        held.close()
+    exe = os.path.realpath(build_sitl(sitl_build_dir))
+    assert not _running(exe)                                   # no firmware left running
+
+
+def _running(exe):
+    """The pids whose executable is `exe`."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.path.realpath(f"/proc/{pid}/exe") == exe:
+                pids.append(int(pid))
+        except OSError:
+            pass
+    return pids

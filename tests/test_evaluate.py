@@ -15,6 +15,7 @@ from skyloop.cli import main as skyloop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = os.path.join(ROOT, "flight", "policies", "default.pt")
+GENERALIST = os.path.join(ROOT, "flight", "policies", "generalist.pt")
 RACE_METRICS = {"success_rate", "crash_rate", "collision_rate", "gates_per_min", "mean_race_time_s",
                 "mean_gates_passed", "per_size"}
 
@@ -69,7 +70,25 @@ def test_cli_eval_refuses_bad_course_arguments(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-GENERALIST = os.path.join(ROOT, "flight", "policies", "generalist.pt")
+def test_cli_eval_set_flies_a_task_field_at_another_value(capsys):
+    """--set FIELD=VALUE changes the task flown (here: one-gate courses), not the one trained on."""
+    def race(*extra):
+        assert skyloop(["eval", GENERALIST, "--tasks", "race", "--episodes", "200", "--json", *extra]) == 0
+        return json.loads(capsys.readouterr().out)["per_task"]["race"]
+    trained, one_gate = race(), race("--set", "gate_count_range=[1, 1]", "--set", "gate_size_m=1.6")
+    assert one_gate["mean_gates_passed"] <= 1.0 < trained["mean_gates_passed"]
+    assert one_gate["success_rate"] > trained["success_rate"]
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("gate_size_m", "write FIELD=VALUE"),
+    ("gate_size_m=big", "write FIELD=VALUE"),
+    ("no_such_field=1", "unknown task fields ['no_such_field']"),
+    ("gate_size_m=1000", "gate_size_m[0] = 1000 is outside"),
+])
+def test_cli_eval_refuses_a_bad_set(setting, message, capsys):
+    assert skyloop(["eval", DEFAULT, "--tasks", "race", "--episodes", "2", "--set", setting]) == 1
+    assert message in capsys.readouterr().err
 
 
 def _per_task(path, tasks, episodes, **kwargs):

@@ -109,6 +109,40 @@ def test_random_courses_have_no_leg_through_another_gates_frame():
     assert legs > 256, "random courses of 3 to 6 gates"
 
 
+def _split_s_pairs(env):
+    """(upper-or-first gate, the gate straight under or over it) of every random course."""
+    pairs = []
+    for space in range(env.core.n_spaces):
+        gates = env.core.gates[space, :env.core.n_gates[space]]
+        pairs += [(a, b) for a, b in zip(gates[:-1], gates[1:]) if np.allclose(a[:2], b[:2], atol=1e-4)]
+    return pairs
+
+
+def test_random_courses_put_a_split_s_in_only_when_asked_and_it_can_be_flown():
+    """A split-S (race7's gates 4 and 5): the next gate straight under or over the last, flown the other
+    way, both frames apart, room beyond the first gate to turn in the box; legs stay clear of frames."""
+    assert task_config()["gate_split_s_prob"] == 0.0
+    plain = DroneEnv(512, "size_family", "ctbr", task={"task_prob": parse_tasks("race")}, seed=3)
+    plain.reset(seed=3)
+    assert not _split_s_pairs(plain)
+    env = DroneEnv(512, "size_family", "ctbr", task={"task_prob": parse_tasks("race"), "gate_split_s_prob": 0.5},
+                   seed=3)
+    env.reset(seed=3)
+    pairs, frame_m, bounds = _split_s_pairs(env), env.task["gate_frame_m"], np.array(env.task["bounds_m"])
+    assert len(pairs) > 0.1 * env.core.n_spaces
+    for a, b in pairs:
+        assert np.dot(a[3:6], b[3:6]) == pytest.approx(-1.0, abs=1e-5)              # flown the other way
+        assert abs(a[2] - b[2]) >= 2 * a[7] + 2 * frame_m + 0.5 - 1e-4              # frames 0.5 m apart
+        beyond = a[:2] + 2.0 * a[3:5]                                                # room to turn
+        assert np.all(np.abs(beyond) <= bounds[:2]) and min(a[2], b[2]) > a[7]
+    for space in range(env.core.n_spaces):
+        gates = env.core.gates[space, :env.core.n_gates[space]]
+        for k in range(len(gates) - 1):
+            for j, other in enumerate(gates):
+                if j not in (k, k + 1):
+                    assert gate_check(other, gates[k, :3], gates[k + 1, :3], 0.0, frame_m) != -2, (space, k, j)
+
+
 # --- collisions and sensing -----------------------------------------------------------------
 def test_drones_touching_exactly_do_not_collide_and_a_hair_closer_do():
     r = np.array([0.25, 0.25], np.float32)

@@ -306,7 +306,7 @@ def test_per_task_advantage_normalization_keeps_a_small_reward_task_at_full_weig
         a = per_task[task == k]
         assert abs(a.mean().item()) < 1e-4 and abs(a.std(correction=0).item() - 1.0) < 1e-4
     assert batch[task == 0].std().item() < 0.05    # the hover drones' share of the batch gradient
-    assert torch.allclose(batch, (adv - adv.mean()) / (adv.std() + 1e-8))
+    assert abs(batch.mean().item()) < 1e-4 and abs(batch.std(correction=0).item() - 1.0) < 1e-4   # alike
 
 
 def test_threads_follow_the_request_or_the_free_cores():

@@ -20,6 +20,10 @@ from sim.profiles import Profile, load_profile
 
 log = logging.getLogger(__name__)
 START_ATTEMPTS = 3
+RESTART_PAUSE_S = 1.0          # between two starts: lets whatever held a port let go of it
+# the firmware's own log line when it cannot bind its MSP port ("bind port 5761 for UART1 failed!!"):
+# it then runs without MSP; seen once, seconds after another flight, and gone on the next start
+BIND_FAILED = f"bind port {MSP_TCP_PORT} for UART1 failed"
 CLOSE_GRACE_S = 0.1            # the firmware's TCP thread notices a closed client within its 10 ms poll
 # The firmware's settings for this link, typed into its CLI once (configured_eeprom): ARM on AUX1 at
 # 1700..2100 us (the receiver is already MSP); runaway-takeoff prevention off (the sim's ground contact
@@ -55,12 +59,16 @@ def _msp(sock: socket.socket, cmd: int, payload: bytes = b"", timeout_s: float =
     raise BetaflightSitlError(f"the Betaflight SITL did not answer MSP {cmd} in {timeout_s:g} s")
 
 
-def msp_socket(port: int = MSP_TCP_PORT, timeout_s: float = 20.0) -> socket.socket:
+def msp_socket(port: int = MSP_TCP_PORT, timeout_s: float = 20.0, hopeless=lambda: None) -> socket.socket:
     """A TCP connection to the firmware's MSP port once it answers (its init is done); before that
     its TCP server accepts and resets connections. It takes one client at a time: close this one
-    (and give it CLOSE_GRACE_S to notice) before the next connects."""
+    (and give it CLOSE_GRACE_S to notice) before the next connects. `hopeless()`, asked between
+    tries, returns why waiting on is pointless (raised at once), or None."""
     deadline = time.monotonic() + timeout_s
     while True:
+        why = hopeless()
+        if why:
+            raise BetaflightSitlError(why)
         sock = None
         try:
             sock = socket.create_connection(("127.0.0.1", port), timeout=0.2)
@@ -134,45 +142,63 @@ class BetaflightSitl(FirmwareSitl):
         self.workdir: tempfile.TemporaryDirectory | None = None
 
     def start(self) -> None:
-        """Starts the firmware and the bridge. Now and then the firmware comes up with its PID loop
-        stalled: MSP answers, but no motor packet comes and MSP_STATUS_EX reports a cycle time of 0
-        (seen in 5 of 14 starts before the timer-slack fix, cause unknown). That start is recognised by
-        the missing motor packets and made again, up to START_ATTEMPTS times."""
+        """Starts the firmware and the bridge. Now and then a start fails in a way the next one
+        does not, and is made again, up to START_ATTEMPTS times: the PID loop stalled (MSP answers,
+        but no motor packet comes and MSP_STATUS_EX reports a cycle time of 0; seen in 5 of 14 starts
+        before the timer-slack fix, cause unknown), or the MSP port could not be bound (BIND_FAILED)."""
         exe = build.build_sitl(self.build_dir)
         if _port_open(MSP_TCP_PORT):
             raise BetaflightSitlError(f"tcp port {MSP_TCP_PORT} is taken: another Betaflight SITL runs on this machine "
                                       "(they use fixed ports); stop it, or fly it with --connect tcp:127.0.0.1:5761")
         eeprom = configured_eeprom(exe)
+        failures = []
         for attempt in range(1, START_ATTEMPTS + 1):
             self.bridge = SitlBridge(self.profile, self.start_pos_enu_m, self.start_yaw_rad, self.pose_port)
             self.workdir = tempfile.TemporaryDirectory(prefix="betaflight-sitl-")
             try:
                 self._launch(exe, eeprom)
-                self._wait_for_msp()               # its init is done: only then the physics
-                time.sleep(CLOSE_GRACE_S)
-                self.bridge.start()
-                if self._motor_packets_flow():
-                    break
+                why = self._wait_for_msp()         # its init is done: only then the physics
+                if why is None:
+                    time.sleep(CLOSE_GRACE_S)
+                    self.bridge.start()
+                    if self._motor_packets_flow():
+                        break
+                    why = f"its PID loop stalled (no motor packets on udp {PORT_PWM})"
             except BaseException:
                 self.stop()
                 raise
-            log.warning("the Betaflight SITL started with its PID loop stalled (no motor packets, try %d of %d): "
-                        "restarting it", attempt, START_ATTEMPTS)
+            failures.append(why)
             self.stop()
+            if attempt < START_ATTEMPTS:
+                log.warning("the Betaflight SITL start %d of %d failed: %s; starting it again", attempt, START_ATTEMPTS, why)
+                time.sleep(RESTART_PAUSE_S)
         else:
-            raise BetaflightSitlError(f"the Betaflight SITL started {START_ATTEMPTS} times without running its PID "
-                                      f"loop (no motor packets on udp {PORT_PWM}): is the machine overloaded?")
+            hint = (f"something on this machine holds tcp port {MSP_TCP_PORT} (`ss -tanp | grep {MSP_TCP_PORT}` shows "
+                    "what); stop it" if any("bind" in f for f in failures) else "is the machine overloaded?")
+            raise BetaflightSitlError(f"the Betaflight SITL failed to start {START_ATTEMPTS} times "
+                                      f"({'; '.join(failures)}): {hint}")
         log.info("Betaflight SITL (pid %d) flying %s; MSP on tcp:127.0.0.1:%d", self.process.pid, self.profile.name,
                  MSP_TCP_PORT)
 
-    def _wait_for_msp(self) -> None:
+    def _log_tail(self, chars: int = 1500) -> str:
+        with open(os.path.join(self.workdir.name, "sitl.log"), errors="replace") as f:
+            return f.read()[-chars:]
+
+    def _wait_for_msp(self) -> str | None:
+        """None once MSP answers; why not when the firmware could not bind its MSP port (worth
+        another start). Raises, with the firmware's output, when it does not answer otherwise."""
+        def hopeless():
+            if self.process.poll() is not None:
+                return f"the Betaflight SITL exited (code {self.process.returncode}) before answering MSP"
+            tail = self._log_tail()
+            return next((line.strip() for line in tail.splitlines() if BIND_FAILED in line), None)
         try:
-            msp_socket().close()
+            msp_socket(hopeless=hopeless).close()
+            return None
         except BetaflightSitlError as exc:
-            log_path = os.path.join(self.workdir.name, "sitl.log")
-            with open(log_path, errors="replace") as f:
-                tail = f.read()[-1500:]
-            raise BetaflightSitlError(f"{exc}; its output ends:\n{tail}") from None
+            if BIND_FAILED in str(exc):
+                return str(exc)
+            raise BetaflightSitlError(f"{exc}; its output ends:\n{self._log_tail()}") from None
 
     def _motor_packets_flow(self, timeout_s: float = 1.5, packets: int = 50) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -190,7 +216,7 @@ class BetaflightSitl(FirmwareSitl):
                                             stdout=out, stderr=subprocess.STDOUT, preexec_fn=_firmware_process_setup)
         time.sleep(0.3)
         if self.process.poll() is not None:
-            raise BetaflightSitlError(f"the Betaflight SITL exited at start:\n{open(log_path).read()[-2000:]}")
+            raise BetaflightSitlError(f"the Betaflight SITL exited at start:\n{self._log_tail(2000)}")
 
 
 def _firmware_process_setup() -> None:

@@ -79,6 +79,7 @@ typedef struct {
     float gate_count_range[2];        /* random courses: number of gates */
     float gate_spacing_m_range[2];    /* ... distance between successive gates */
     float gate_turn_max_rad;          /* ... a gate's heading differs from its hop's by at most this */
+    float gate_split_s_prob;          /* ... a gate is put under or over the last one, flown the other way (a split-S) */
     float gate_size_m;                /* ... inner side of the opening, plus 4 arm lengths of the drone drawn */
     float gate_frame_m;               /* width of a gate's frame around its opening (hitting it is a crash) */
     float reward_gate;                /* bonus per gate passed */
@@ -130,6 +131,7 @@ static const SlField SL_TASK_FIELDS[] = {
     SL_F(SlTaskConfig, gate_count_range, 2, 1.f, (float)SL_MAX_GATES, ""),
     SL_F(SlTaskConfig, gate_spacing_m_range, 2, 0.5f, 1e3f, ""),
     SL_F(SlTaskConfig, gate_turn_max_rad, 1, 0.f, 1.6f, ""),
+    SL_F(SlTaskConfig, gate_split_s_prob, 1, 0.f, 1.f, "random courses: chance of each gate being a split-S"),
     SL_F(SlTaskConfig, gate_size_m, 1, 0.1f, 100.f, ""),
     SL_F(SlTaskConfig, gate_frame_m, 1, 0.f, 10.f, ""),
     SL_F(SlTaskConfig, reward_gate, 1, 0.f, 1e4f, ""),
@@ -182,6 +184,7 @@ static const SlTaskConfig SL_TASK_DEFAULTS = {
     .gate_count_range = {3.f, 6.f},
     .gate_spacing_m_range = {3.f, 6.f},
     .gate_turn_max_rad = 0.3f,
+    .gate_split_s_prob = 0.f,
     .gate_size_m = 0.8f,
     .gate_frame_m = 0.15f,
     .reward_gate = 5.f,

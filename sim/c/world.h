@@ -57,10 +57,10 @@ SL_INLINE int sl_gate_event(const float *g, const float p0[3], const float p1[3]
 }
 
 /* A random course: each gate a feasible hop (gate_spacing_m_range) from the previous one, turned
- * at most about 70 degrees, facing along the hop (give or take gate_turn_max_rad), inside the
- * bounds, and no straight leg between successive gates passing within SL_LEG_CLEAR_M of another
- * gate's frame (the frames are solid and only the next gates are observed). Returns the number
- * of gates. */
+ * at most about 70 degrees, facing along the hop (give or take gate_turn_max_rad), or with
+ * gate_split_s_prob a split-S (sl_split_s); inside the bounds, and no straight leg between
+ * successive gates passing within SL_LEG_CLEAR_M of another gate's frame (the frames are solid and
+ * only the next gates are observed). Returns the number of gates. */
 #define SL_LEG_CLEAR_M 0.5f
 static int sl_leg_clear(const float *gates, int k, const float cand[3], float cand_yaw, float size_m, float frame_m) {
     float g[SL_GATE_FLOATS];
@@ -70,6 +70,25 @@ static int sl_leg_clear(const float *gates, int k, const float cand[3], float ca
             sl_gate_event(g, gates + j * SL_GATE_FLOATS, gates + (j + 1) * SL_GATE_FLOATS, SL_LEG_CLEAR_M, frame_m) == -2)
             return 0;
     return 1;
+}
+
+/* A split-S (race7 has one): the gate straight under (or over) the last one, far enough for both
+ * frames and a drone between them, flown the other way, where the box leaves room to turn beyond
+ * the last gate. Returns 0 when it does not fit (then the course goes on with a hop). */
+#define SL_SPLIT_S_TURN_M 2.f /* room beyond the last gate, along its heading, for the turn */
+static int sl_split_s(const SlTaskConfig *t, uint32_t *rng, float size_m, const float *gates, int k,
+                      const float lo[3], const float hi[3], float yaw, float cand[3], float *cand_yaw) {
+    const float *c = gates + (k - 1) * SL_GATE_FLOATS;
+    float beyond[2] = {c[0] + SL_SPLIT_S_TURN_M * cosf(yaw), c[1] + SL_SPLIT_S_TURN_M * sinf(yaw)};
+    float gap_m = size_m + 2.f * t->gate_frame_m + 0.5f; /* centre to centre: the frames 0.5 m apart */
+    float down = c[2] - lo[2], up = hi[2] - c[2];
+    if (beyond[0] < lo[0] || beyond[0] > hi[0] || beyond[1] < lo[1] || beyond[1] > hi[1] || sl_max(down, up) < gap_m)
+        return 0;
+    float sign = (down >= gap_m && (up < gap_m || sl_uniform(rng) < 0.5f)) ? -1.f : 1.f;
+    float dz = sl_uniform_in(rng, gap_m, sign < 0.f ? down : up);
+    cand[0] = c[0], cand[1] = c[1], cand[2] = c[2] + sign * dz;
+    *cand_yaw = yaw + SL_PI;
+    return sl_leg_clear(gates, k, cand, *cand_yaw, size_m, t->gate_frame_m);
 }
 
 static int sl_random_course(const SlTaskConfig *t, uint32_t *rng, float size_m, float *gates) {
@@ -82,7 +101,8 @@ static int sl_random_course(const SlTaskConfig *t, uint32_t *rng, float size_m, 
     sl_set_gate(gates, c, yaw, size_m, size_m);
     for (int k = 1; k < n; k++) {
         float cand[3] = {0.f, 0.f, 0.f}, cand_yaw = yaw;
-        int ok = 0;
+        int ok = t->gate_split_s_prob > 0.f && sl_uniform(rng) < t->gate_split_s_prob &&
+                 sl_split_s(t, rng, size_m, gates, k, lo, hi, yaw, cand, &cand_yaw);
         for (int attempt = 0; attempt < 24 && !ok; attempt++) {
             float dir = yaw + (attempt < 16 ? sl_uniform_in(rng, -1.2f, 1.2f) : sl_uniform_in(rng, -SL_PI, SL_PI));
             float hop = sl_uniform_in(rng, t->gate_spacing_m_range[0], t->gate_spacing_m_range[1]);
