@@ -100,24 +100,29 @@ def _per_task(path, tasks, episodes, **kwargs):
 
 def test_the_shipped_generalist_tracks_moving_targets_that_the_hover_policy_cannot():
     """flight/policies/generalist.pt (one network, all six tasks, size_family): it orbits and follows
-    (72 and 88 % of the episodes in the README's 3000-drone eval), where the hover-only default scores 0."""
+    (74 and 93 % of the episodes in the README's 3000-drone eval), where the hover-only default scores 0."""
     generalist, default = (_per_task(p, "orbit,follow", 300) for p in (GENERALIST, DEFAULT))
-    for t in ("orbit", "follow"):
-        assert generalist[t]["success_rate"] > 0.55, (t, generalist[t])
+    for t, floor in (("orbit", 0.65), ("follow", 0.8)):
+        assert generalist[t]["success_rate"] > floor, (t, generalist[t])
         assert default[t]["success_rate"] < 0.05, (t, default[t])
-        assert generalist[t]["crash_rate"] < 0.1, (t, generalist[t])
+        assert generalist[t]["crash_rate"] < 0.05, (t, generalist[t])
 
 
-def test_the_shipped_generalist_races_random_courses_and_the_first_gates_of_race7():
-    """Random courses (3-6 gates): it finishes a third or more (44.7 % in the README's eval) where the
-    hover policy finishes none; race7 in the bare sim: the nominal fpv5 passes its first 3 gates (the
-    split-S after gate 3 is where it crashes; randomized fpv5 racers pass 2.3 on average)."""
+def test_the_shipped_generalist_races_random_courses_and_race7_past_its_split_s():
+    """Random courses (3-6 gates, the split-S ones it was trained on among them): it finishes a third or
+    more (36.6 % in the README's eval) where the hover policy finishes none; race7 in the bare sim: the
+    nominal fpv5 passes its first 5 gates, the split-S (gates 4 and 5) included."""
     race = _per_task(GENERALIST, "race", 300)["race"]
     assert race["success_rate"] > 0.3 and race["gates_per_min"] > 20, race
     course = _per_task(GENERALIST, "race", 1, profile="fpv5", course="race7", laps=3, randomize=False)["race"]
-    assert course["mean_gates_passed"] >= 3, course
+    assert course["mean_gates_passed"] >= 5, course
+
+
+def test_the_shipped_generalist_dodges_obstacles_where_the_hover_policy_crashes():
+    generalist, default = (_per_task(p, "obstacles", 300)["obstacles"] for p in (GENERALIST, DEFAULT))
+    assert generalist["success_rate"] > 0.3 and default["success_rate"] < 0.05, (generalist, default)
 
 
 def test_the_shipped_generalist_holds_hover_and_formation():
     for name, r in _per_task(GENERALIST, "hover,formation", 400).items():
-        assert r["success_rate"] > 0.85 and r["crash_rate"] < 0.06, (name, r)
+        assert r["success_rate"] > 0.95 and r["crash_rate"] < 0.03, (name, r)
