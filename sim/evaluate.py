@@ -256,7 +256,7 @@ def parse_task_settings(settings: list[str]) -> dict:
         except ValueError:
             raise SimError(f"--set {item!r}: write FIELD=VALUE with a JSON value, e.g. obstacle_spread_m=1.4 "
                            "or gate_count_range=[3,6]") from None
-    task_config(**out)                     # unknown fields and values out of range say so here
+    task_config(**out)                     # unknown fields say so here (values out of range: when flown)
     return out
 
 
