@@ -95,9 +95,14 @@ def test_only_the_next_gate_must_be_flown_forwards_the_others_are_solid_frames_r
             assert info["episode"]["crash"][0] and info["episode"]["collision"][0]
 
 
-def test_random_courses_have_no_leg_through_another_gates_frame():
-    env = DroneEnv(256, "size_family", "ctbr", task={"task_prob": parse_tasks("race")}, seed=3)
+def _random_courses(n, **task):
+    env = DroneEnv(n, "size_family", "ctbr", task={"task_prob": parse_tasks("race"), **task}, seed=3)
     env.reset(seed=3)
+    return env
+
+
+def _assert_no_leg_through_another_gates_frame(env) -> int:
+    """Checks every straight leg between successive gates of every space's course; returns how many."""
     frame_m, legs = env.task["gate_frame_m"], 0
     for space in range(env.core.n_spaces):
         gates = env.core.gates[space, :env.core.n_gates[space]]
@@ -106,7 +111,11 @@ def test_random_courses_have_no_leg_through_another_gates_frame():
                 if j not in (k, k + 1):
                     assert gate_check(other, gates[k, :3], gates[k + 1, :3], 0.0, frame_m) != -2, (space, k, j)
             legs += 1
-    assert legs > 256, "random courses of 3 to 6 gates"
+    return legs
+
+
+def test_random_courses_have_no_leg_through_another_gates_frame():
+    assert _assert_no_leg_through_another_gates_frame(_random_courses(256)) > 256, "random courses of 3 to 6 gates"
 
 
 def _split_s_pairs(env):
@@ -122,12 +131,8 @@ def test_random_courses_put_a_split_s_in_only_when_asked_and_it_can_be_flown():
     """A split-S (race7's gates 4 and 5): the next gate straight under or over the last, flown the other
     way, both frames apart, room beyond the first gate to turn in the box; legs stay clear of frames."""
     assert task_config()["gate_split_s_prob"] == 0.0
-    plain = DroneEnv(512, "size_family", "ctbr", task={"task_prob": parse_tasks("race")}, seed=3)
-    plain.reset(seed=3)
-    assert not _split_s_pairs(plain)
-    env = DroneEnv(512, "size_family", "ctbr", task={"task_prob": parse_tasks("race"), "gate_split_s_prob": 0.5},
-                   seed=3)
-    env.reset(seed=3)
+    assert not _split_s_pairs(_random_courses(512))
+    env = _random_courses(512, gate_split_s_prob=0.5)
     pairs, frame_m, bounds = _split_s_pairs(env), env.task["gate_frame_m"], np.array(env.task["bounds_m"])
     assert len(pairs) > 0.1 * env.core.n_spaces
     for a, b in pairs:
@@ -135,12 +140,7 @@ def test_random_courses_put_a_split_s_in_only_when_asked_and_it_can_be_flown():
         assert abs(a[2] - b[2]) >= 2 * a[7] + 2 * frame_m + 0.5 - 1e-4              # frames 0.5 m apart
         beyond = a[:2] + 2.0 * a[3:5]                                                # room to turn
         assert np.all(np.abs(beyond) <= bounds[:2]) and min(a[2], b[2]) > a[7]
-    for space in range(env.core.n_spaces):
-        gates = env.core.gates[space, :env.core.n_gates[space]]
-        for k in range(len(gates) - 1):
-            for j, other in enumerate(gates):
-                if j not in (k, k + 1):
-                    assert gate_check(other, gates[k, :3], gates[k + 1, :3], 0.0, frame_m) != -2, (space, k, j)
+    _assert_no_leg_through_another_gates_frame(env)
 
 
 # --- collisions and sensing -----------------------------------------------------------------

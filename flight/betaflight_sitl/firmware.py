@@ -174,7 +174,7 @@ class BetaflightSitl(FirmwareSitl):
                 time.sleep(RESTART_PAUSE_S)
         else:
             hint = (f"something on this machine holds tcp port {MSP_TCP_PORT} (`ss -tanp | grep {MSP_TCP_PORT}` shows "
-                    "what); stop it" if any("bind" in f for f in failures) else "is the machine overloaded?")
+                    "what); stop it" if any(BIND_FAILED in f for f in failures) else "is the machine overloaded?")
             raise BetaflightSitlError(f"the Betaflight SITL failed to start {START_ATTEMPTS} times "
                                       f"({'; '.join(failures)}): {hint}")
         log.info("Betaflight SITL (pid %d) flying %s; MSP on tcp:127.0.0.1:%d", self.process.pid, self.profile.name,
