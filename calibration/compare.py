@@ -458,10 +458,11 @@ def gate_times(course, t_s: np.ndarray, pos_enu_m: np.ndarray, lookahead_m: floa
 def closed_loop(traj: Trajectory, profile: Profile, policy_path: str | None = None, lookahead_m: float = 1.5,
                 max_time_s: float | None = None) -> tuple[dict, dict]:
     """Flies the logged flight's policy on its course from its start in the sim (the nominal drone of
-    `profile`), as the flight runner does: sliding target, the sim's observation function, the policy."""
-    from flight.course import CourseProgress, parse_course
+    `profile`), as the flight runner does: its target rule (the sliding target, or race mode for a
+    race-trained policy), the sim's observation function, the policy."""
+    from flight.course import CourseProgress, parse_course, races
     from policy_export import load_policy
-    from sim.core import observe
+    from sim.core import OBS_GATES, observe
     meta = traj.meta
     if "course" not in meta:
         raise CompareError(f"{traj.source}: closed-loop replay needs our own flight log (its sidecar names the course "
@@ -487,7 +488,7 @@ def closed_loop(traj: Trajectory, profile: Profile, policy_path: str | None = No
     _place(env, [0], {"pos_enu_m": traj.pos_enu_m[first:first + 1], "vel_enu_m_s": np.zeros((1, 3)),
                       "quat_wxyz": traj.quat_wxyz[first:first + 1], "omega_flu_rad_s": np.zeros((1, 3)),
                       "rotor_rad_s": np.full((1, 4), idle if on_ground else omega_hover)}, [hold])
-    progress = CourseProgress(course, lookahead_m)
+    progress = CourseProgress(course, lookahead_m, race=races(policy))
     last_actions = np.tile(hold, ACTION_HISTORY).astype(np.float32)
     pstate = policy.initial_state(1)
     dt = 1.0 / policy.control_hz
@@ -500,7 +501,7 @@ def closed_loop(traj: Trajectory, profile: Profile, policy_path: str | None = No
         if progress.finished or d["crashed"][0, 0] > 0:
             break
         obs = observe(s["pos_enu_m"], s["vel_enu_m_s"], s["quat_wxyz"], s["omega_flu_rad_s"], target, last_actions,
-                      hover)
+                      hover, gates=progress.next_gates(OBS_GATES) if progress.race else None)
         action, pstate = policy.run(obs[None], pstate)
         env.step_physics(action)
         last_actions = np.concatenate([action[0], last_actions[:-4]]).astype(np.float32)

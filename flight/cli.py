@@ -34,7 +34,9 @@ POLICY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "policies"
 
 
 def default_policy(mode: str) -> str:
-    return os.path.join(POLICY_DIR, "default.onnx" if mode == "ctbr" else f"default_{mode}.onnx")
+    """The shipped policy `fly` flies for --mode: for ctbr the generalist (every task; on a course it sees the
+    next gates and races them, README), for motor the hover-only per-motor one (a course: the sliding target)."""
+    return os.path.join(POLICY_DIR, "generalist.onnx" if mode == "ctbr" else f"default_{mode}.onnx")
 
 
 def add_arguments(parser) -> None:

@@ -17,6 +17,18 @@ from skyloop.course import (FORMAT, Course, CourseError, Gate, load_course, pars
                             resolve_course_path, safe_name)
 
 
+#: race mode takes off straight up: until the drone is TAKEOFF_CLIMB_M over where it started (less
+#: when gate 1 is lower, never under TAKEOFF_CLIMB_MIN_M) it sees no gates and aims at the point over
+#: its start, the sim's hover task. Aiming at gate 1 from the ground, the generalist leaned 41..55 deg
+#: before it was 1 m up on ArduCopter (SITL): how a real vehicle flips at take-off.
+TAKEOFF_CLIMB_M, TAKEOFF_CLIMB_MIN_M, TAKEOFF_CLIMB_TOLERANCE_M = 1.0, 0.3, 0.2
+
+
+def races(policy) -> bool:
+    """A policy trained on the sim's race task sees the next gates and aims at them, as in the sim."""
+    return "race" in policy.metadata.get("tasks", [])
+
+
 def gate_row(gate: Gate) -> list:
     """The sim's gate record (GATE_FLOATS): centre ENU, unit normal, half width, half height."""
     return [*gate.centre_enu_m, *gate.normal_enu, gate.width_m / 2, gate.height_m / 2]
@@ -37,6 +49,8 @@ class CourseProgress:
         #: race: the policy was trained on the sim's race task, so it sees the next gates and its
         #: target is the next gate's centre, as in the sim; otherwise the sliding target below
         self.race = race
+        #: race mode's take-off climb (TAKEOFF_CLIMB_M): the point it aims at, set from the first position
+        self.climbing, self.climb_to_enu_m = race, None
         self.points = course.waypoints()
         self.next_gate = 0                      # index into the flattened gates of all laps
         self.passes: list[tuple[int, float]] = []   # (gate number over all laps, time)
@@ -56,14 +70,21 @@ class CourseProgress:
             if gate_crossed(gate, self._last_pos, pos):
                 self.passes.append((self.next_gate, t_s))
                 self.next_gate += 1
+        if self.climbing and self.climb_to_enu_m is None:
+            first_z = self.course.gates[0].centre_enu_m[2]
+            climb = min(TAKEOFF_CLIMB_M, max(first_z - pos[2], TAKEOFF_CLIMB_MIN_M))
+            self.climb_to_enu_m = pos + [0.0, 0.0, climb]
+        if self.climbing and pos[2] >= self.climb_to_enu_m[2] - TAKEOFF_CLIMB_TOLERANCE_M:
+            self.climbing = False
         self._last_pos = pos
         return self.target(pos)
 
     def next_gates(self, count: int) -> np.ndarray:
-        """The next `count` gates still to pass (fewer near the end), as the sim observes them:
-        [k, GATE_FLOATS] rows of centre ENU, unit normal, half width, half height."""
-        rows = [gate_row(self.course.gates[n % len(self.course.gates)])
-                for n in range(self.next_gate, min(self.next_gate + count, self.total_gates))]
+        """The next `count` gates still to pass (fewer near the end; none during race mode's take-off
+        climb), as the sim observes them: [k, GATE_FLOATS] rows of centre ENU, unit normal, half width,
+        half height."""
+        rows = [] if self.climbing else [gate_row(self.course.gates[n % len(self.course.gates)])
+                                         for n in range(self.next_gate, min(self.next_gate + count, self.total_gates))]
         return np.array(rows, dtype=np.float32).reshape(-1, GATE_FLOATS)
 
     def log_fields(self) -> dict:
@@ -80,6 +101,8 @@ class CourseProgress:
         if self.finished:
             last = self.course.gates[(self.total_gates - 1) % len(self.course.gates)]
             return last.centre_enu_m + 2.0 * last.normal_enu
+        if self.climbing and self.climb_to_enu_m is not None:
+            return self.climb_to_enu_m.copy()
         if self.race:
             return self.course.gates[self.next_gate % len(self.course.gates)].centre_enu_m.copy()
         a, b = self.points[self.next_gate], self.points[self.next_gate + 1]

@@ -10,9 +10,10 @@ flies the next second; the path it flies is the prediction the flight view draws
         result = g.poll()                                  # the newest finished prediction, or None
 
 `start` is one control tick as the runner saw it (flight/view.py builds it): the telemetry state,
-the target, the policy's last actions (before this tick's), the next gate (a course) or the goal
-and speed (teleop's moving target). The drone flown is the profile's nominal one; rotor speeds
-start at the reported ones (ESC telemetry) or at hover.
+the target, the policy's last actions (before this tick's), the battery voltage, the next gate
+and race mode's climb point (a course) or the goal and speed (teleop's moving target). The drone
+flown is the profile's nominal one; rotor speeds start at the reported ones (ESC telemetry) or at
+hover.
 
 The control loop never waits for the ghost: predictions run in their own process, at a lower
 priority (nice), and a new one is asked for only when the last one has come back.
@@ -45,6 +46,7 @@ class Ghost:
                             task={"bounds_m": [1e4, 1e4, 1e4], "episode_s": 1e5})
         self.env.reset(seed=0)
         self.hover_action = float(self.env.core.drone["hover_action"][0, 0])
+        self.battery_v_nominal = float(self.env.core.drone["battery_v"][0, 0])
         self.dt_s = 1.0 / float(policy.control_hz)
         self.steps = max(1, int(round(horizon_s / self.dt_s)))
         self.progress = CourseProgress(course, lookahead_m, race=race) if course is not None and course.gates else None
@@ -61,15 +63,21 @@ class Ghost:
         if rotor is not None:
             placed["rotor_rad_s"] = rotor
         self.env.set_state(0, **placed)
+        # the voltage the vehicle reports caps the rotor speed, as in the sim (a sagging pack, a racer at full thrust)
+        battery_v = start.get("battery_v")
+        d = self.env.core.drone
+        d["battery_v"][0, 0] = battery_v if battery_v is not None and 0.0 < battery_v < 1e3 else self.battery_v_nominal
         last_actions = np.asarray(start["last_actions"], np.float32).copy()
         self.env.core.sync(0, last_actions[:ACTION_SIZE])   # the delay line holds the last command
         progress = self.progress if start.get("next_gate") is not None else None
         if progress is not None:
             progress.next_gate, progress._last_pos = int(start["next_gate"]), np.asarray(s["pos_enu_m"], float)
+            climb_to = start.get("climb_to_enu_m")             # race mode's take-off climb, as the runner has it
+            progress.climbing = climb_to is not None
+            progress.climb_to_enu_m = None if climb_to is None else np.asarray(climb_to, float)
         target = np.asarray(start["target_enu_m"], float)
         goal, speed = start.get("goal_enu_m"), start.get("speed_m_s")
         policy_state = self.policy.initial_state(1)
-        d = self.env.core.drone
         path = np.empty((self.steps + 1, 3))
         path[0] = s["pos_enu_m"]
         pos, vel = np.asarray(s["pos_enu_m"], float), np.asarray(s["vel_enu_m_s"], float)

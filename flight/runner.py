@@ -29,7 +29,7 @@ import numpy as np
 
 from flight import realtime
 from flight.command import hold_action
-from flight.course import Course, CourseProgress
+from flight.course import Course, CourseProgress, races
 from flight.linkbase import WALL_CLOCK, call_quietly
 from flight.origin import place_course
 from flight.safety import Limits, Supervisor, preflight
@@ -198,9 +198,8 @@ def fly_course(link, policy, course: Course, profile: Profile, log_path: str, *,
     problems = preflight(course, state, link.battery_v, link.cells, limits)
     if problems:
         raise PreflightError("pre-flight checks failed, not arming:\n  - " + "\n  - ".join(problems))
-    # a policy trained on the sim's race task sees the next gates and aims at them, as in the sim
-    race = "race" in policy.metadata.get("tasks", [])
-    progress: TargetSource = targets if targets is not None else CourseProgress(course, lookahead_m, race=race)
+    progress: TargetSource = targets if targets is not None else CourseProgress(course, lookahead_m,
+                                                                                race=races(policy))
     supervisor = Supervisor(course, limits, link.cells)
     hold = hold_action(mode, shadow.hover_action, on_ground=True)
     loop = _Loop(1.0 / policy.control_hz, np.tile(hold, ACTION_HISTORY).astype(np.float32),
@@ -300,7 +299,7 @@ def _tick(link, policy, shadow: Shadow, progress: TargetSource, supervisor: Supe
     flight_log.write(**row, **progress.log_fields())
     loop.ticks += 1
     if loop.view is not None and hold is None:      # not while the take-off holds the policy's action
-        loop.view.publish(t, state, target, seen_actions, elapsed_ms, loop.missed, progress)
+        loop.view.publish(t, state, target, seen_actions, elapsed_ms, loop.missed, progress, link.battery_v)
     status.show(f"{link.mode_name():<14} pos {np.round(state['pos_enu_m'], 1).tolist()} m  gate "
                 f"{min(progress.next_gate + 1, progress.total_gates)}/{progress.total_gates}  "
                 f"t {t:5.1f} s  link {link.latency_text()}  overruns {loop.missed}")

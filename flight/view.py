@@ -31,7 +31,7 @@ from collections import deque
 
 import numpy as np
 
-from flight.course import Course
+from flight.course import Course, races
 from flight.service import Service, Worker
 
 log = logging.getLogger(__name__)
@@ -83,17 +83,22 @@ class FlightView(Service):
                    race: bool | None = None, **kwargs) -> "FlightView":
         """A view with its ghost process for this policy, drone and course (started by start())."""
         from flight.ghost import GhostProcess
-        race = "race" in policy.metadata.get("tasks", []) if race is None else race
+        race = races(policy) if race is None else race
         ghost = GhostProcess(policy_path, profile, course, policy.action_mode, lookahead_m=lookahead_m, race=race)
         return cls(course, ghost=ghost, control_hz=policy.control_hz, **kwargs)
 
     # ------------------------------------------------------------ the control loop's side
-    def publish(self, t_s: float, state: dict, target, last_actions, tick_ms: float, missed: int, progress) -> None:
+    def publish(self, t_s: float, state: dict, target, last_actions, tick_ms: float, missed: int, progress,
+                battery_v: float | None = None) -> None:
         """One control tick (the state the policy saw, its target and its last actions before this
-        tick's). Costs an append; never waits."""
+        tick's, the battery voltage the vehicle reports). Costs an append; never waits."""
         goal = getattr(progress, "goal_enu_m", None)
-        self._ticks.append((t_s, state, target, last_actions, tick_ms, missed, getattr(progress, "next_gate", None),
-                            None if goal is None else np.array(goal, float), getattr(progress, "speed_m_s", None)))
+        climb_to = getattr(progress, "climb_to_enu_m", None) if getattr(progress, "climbing", False) else None
+        start = {"t_s": t_s, "state": state, "target_enu_m": np.asarray(target, float), "last_actions": last_actions,
+                 "next_gate": getattr(progress, "next_gate", None), "goal_enu_m": None if goal is None else
+                 np.array(goal, float), "speed_m_s": getattr(progress, "speed_m_s", None),
+                 "climb_to_enu_m": None if climb_to is None else np.array(climb_to, float), "battery_v": battery_v}
+        self._ticks.append((t_s, state["pos_enu_m"], tick_ms, missed, start))
 
     def finish(self, failsafe: str | None) -> None:
         self.failsafe = failsafe or "completed"
@@ -123,8 +128,8 @@ class FlightView(Service):
             tick = self._ticks.popleft()
             newest = tick
             self._hist_t.append(tick[0])
-            self._hist_pos.append(np.asarray(tick[1]["pos_enu_m"], float))
-            self._tick_ms.append(tick[4])
+            self._hist_pos.append(np.asarray(tick[1], float))
+            self._tick_ms.append(tick[2])
         while self._hist_t and newest is not None and self._hist_t[0] < newest[0] - HISTORY_S:
             self._hist_t.popleft()
             self._hist_pos.popleft()
@@ -137,16 +142,12 @@ class FlightView(Service):
                 self._pending.append((result["t_s"], result["path_enu_m"], set()))
             now = time.monotonic()
             if newest is not None and now - self._last_request_s >= 1.0 / self.ghost_hz:
-                t_s, state, target, last_actions, _ms, _missed, next_gate, goal, speed = newest
-                start = {"t_s": t_s, "state": state, "target_enu_m": np.asarray(target, float),
-                         "last_actions": last_actions, "next_gate": next_gate,
-                         "goal_enu_m": goal, "speed_m_s": speed}
-                if self.ghost.request(start):
+                if self.ghost.request(newest[4]):
                     self._last_request_s = now
         self._score()
         if newest is not None:
             with self._lock:
-                self._latest = {"t_s": newest[0], "target_enu_m": newest[2], "missed": newest[5]}
+                self._latest = {"t_s": newest[0], "target_enu_m": newest[4]["target_enu_m"], "missed": newest[3]}
 
     def _score(self) -> None:
         """Each prediction, once the flight has passed t0 + h: |ghost - drone| at t0 + h."""

@@ -28,6 +28,8 @@ ACTION_HISTORY: int = lib.SL_ACTION_HISTORY
 ACTION_MODES = {"motor": lib.SL_ACTION_MOTOR, "ctbr": lib.SL_ACTION_CTBR}
 #: The tasks, in the C core's order (task ids index this list).
 TASKS: list[str] = [ffi.string(lib.sl_task_name(k)).decode() for k in range(lib.SL_N_TASKS)]
+#: what ended a crashed episode (the record's crash_cause indexes it; 0 "none": no crash), sim/c/env.h
+CRASH_CAUSES: list[str] = [ffi.string(lib.sl_crash_cause_name(k)).decode() for k in range(lib.SL_N_CRASH_CAUSES)]
 OBS_GATES: int = lib.SL_OBS_GATES              # next gates in an observation
 OBS_OBSTACLES: int = lib.SL_OBS_OBSTACLES      # nearest obstacles in an observation
 GATE_FLOATS: int = lib.SL_GATE_FLOATS          # a gate: centre xyz, normal xyz, half width, half height

@@ -25,7 +25,7 @@ from sim.profiles import Profile, load_profile
 DEFAULT_TASK = task_defaults()
 
 EPISODE_FIELDS = ("return", "length_s", "success", "crash", "time_to_target_s", "final_error_m", "arm_m", "mass_kg",
-                  "task", "gates", "collision")
+                  "task", "gates", "collision", "crash_cause")
 
 
 def parse_tasks(spec: str | dict) -> list[float]:
@@ -118,6 +118,7 @@ class DroneEnv(VectorEnv):
                 "arm_m": d["last_arm_m"][0, idx].copy(), "mass_kg": d["last_mass_kg"][0, idx].copy(),
                 "task": d["last_task"][0, idx].astype(int), "gates": d["last_gates"][0, idx].astype(int),
                 "collision": d["last_collision"][0, idx] > 0,
+                "crash_cause": d["last_crash_cause"][0, idx].astype(int),   # sim.core.CRASH_CAUSES
             }
         return c.obs, c.rewards, c.terminals, c.truncations, info
 

@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 
-from sim.core import TASKS, SimError
+from sim.core import CRASH_CAUSES, TASKS, SimError
 from sim.env import EPISODE_FIELDS, DroneEnv, parse_tasks, task_config
 from sim.profiles import Profile, load_profile, parse_profile
 
@@ -81,12 +81,15 @@ def _act_fn(policy):
 
 
 def summarize_task(name: str, episodes: dict, by_size: bool = True) -> dict:
-    """summarize() plus what a task adds: collisions; for races, gates per minute, gates passed and race
-    time; with `by_size`, the same per drone-size bucket under "per_size"."""
+    """summarize() plus what a task adds: collisions, and what ended the crashes (crash_causes: the share
+    of episodes per cause, sim.core.CRASH_CAUSES; they sum to crash_rate); for races, gates per minute,
+    gates passed and race time; with `by_size`, the same per drone-size bucket under "per_size"."""
     out = summarize(episodes)
     if out["episodes"] == 0:
         return out
     out["collision_rate"] = float(episodes["collision"].astype(bool).mean())
+    causes = np.bincount(episodes["crash_cause"].astype(int), minlength=len(CRASH_CAUSES)) / out["episodes"]
+    out["crash_causes"] = {c: float(f) for c, f in zip(CRASH_CAUSES[1:], causes[1:]) if f > 0}   # share of episodes
     if name == "race":
         out["gates_per_min"] = float(episodes["gates"].sum() / max(episodes["length_s"].sum(), 1e-9) * 60.0)
         out["mean_gates_passed"] = float(episodes["gates"].mean())
@@ -235,6 +238,10 @@ def format_table(result: dict) -> str:
                      f"{ttt(r['mean_time_to_target_s']):>9} {r['median_final_error_m']:7.3f} m"
                      + (f"  collisions {pct(r['collision_rate'])}" if "collision_rate" in r else "")
                      + (f"  {r['gates_per_min']:.1f} gates/min" if "gates_per_min" in r else ""))
+    for name, r in result["per_task"].items():
+        if r.get("crash_causes"):
+            lines.append(f"task {name} crashes: " + ", ".join(f"{c.replace('_', ' ')} {pct(f).strip()}"
+                                                           for c, f in r["crash_causes"].items()))
     race = result["per_task"].get("race", {})
     if "course" in race:
         c = race["course"]

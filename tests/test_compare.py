@@ -271,7 +271,10 @@ def test_own_flight_log_and_its_tlog_read_with_z_up(own_flight):
     assert np.nanmedian(tlog.accel_flu_m_s2[:, 2]) == pytest.approx(G, rel=0.05)
     assert np.nanmax(tlog.rotor_rad_s) > 1000                                    # ESC telemetry rpm -> rad/s
     m, _ = model_check(tlog, load_profile("crazyflie21"))                        # the vehicle IS the sim: it closes
-    assert m["model_check"]["r2"]["z"] > 0.95 and abs(m["hover_closure"]["error_pct"]) < 3
+    # in flight (thrust from the ESC rpm vs mass times the accelerometer), not the calmest second's rpm vs
+    # weight: the shipped racer never hovers on this hop (that second brakes at 1.3 m/s and reads 5 % off)
+    assert m["model_check"]["r2"]["z"] > 0.95 and abs(m["model_check"]["thrust_closure_in_flight"] - 1) < 0.01
+    assert m["hover_closure"]["samples"] >= 5
 
 
 def test_compare_cli_on_an_own_flight_reports_all_three_comparisons(own_flight, tmp_path, capsys):

@@ -168,7 +168,7 @@ def test_a_shared_space_senses_and_crosses_gates_as_all_pairs_and_every_gate_say
                 if k == nxt and ev > 0:
                     event = event if event < 0 else 1.0
                 elif ev == -2 or (k == nxt and ev != 0):     # frames are solid; other openings are air
-                    event = -1.0
+                    event = -1.0 if k == nxt else -2.0        # whose frame: the next gate's or another's
             assert core.drone["gate_event"][0, i] == event, (step, i)
             events += core.drone["gate_event"][0, i] != 0
     assert checked >= 20 and near_seen > 100 and spheres_seen > 0 and events > 0, (checked, near_seen, spheres_seen, events)

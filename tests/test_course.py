@@ -80,7 +80,12 @@ def test_a_race_trained_policy_aims_at_the_next_gate_and_sees_the_next_two():
     course = load_course("race7")
     progress = CourseProgress(course, race=True)
     start = course.start_pos_enu_m
-    assert np.allclose(progress.update(start, 0.0), course.gates[0].centre_enu_m)
+    # take-off: straight up, no gates seen (the sim's hover task), until 1 m over the start (within 0.2 m)
+    assert np.allclose(progress.update(start, 0.0), start + [0, 0, 1.0])
+    assert progress.next_gates(OBS_GATES).shape == (0, GATE_FLOATS)
+    assert np.allclose(progress.update(start + [0.1, 0, 0.7], 0.5), start + [0, 0, 1.0])
+    assert np.allclose(progress.update(start + [0.1, 0, 0.85], 0.6), course.gates[0].centre_enu_m)
+    assert np.allclose(progress.update(start + [0.1, 0, 0.3], 0.7), course.gates[0].centre_enu_m)   # once only
     gates = progress.next_gates(OBS_GATES)
     assert gates.shape == (OBS_GATES, GATE_FLOATS)
     assert np.allclose(gates[1, :3], course.gates[1].centre_enu_m) and np.allclose(gates[0, 3:6], [1, 0, 0])

@@ -9,7 +9,7 @@ import pytest
 
 from sim.core import ACTION_SIZE, TASKS
 from sim.env import parse_tasks, task_config
-from sim.evaluate import SIZE_BUCKETS, evaluate
+from sim.evaluate import SIZE_BUCKETS, evaluate, format_table
 from sim.policy import load_checkpoint
 from skyloop.cli import main as skyloop
 
@@ -32,6 +32,8 @@ def test_zero_thrust_scores_zero_on_every_task_with_a_per_size_breakdown_each():
         assert r["crash_rate"] > 0.5, name                   # it falls
         assert {"success_rate", "crash_rate", "collision_rate", "per_size"} <= set(r)
         assert sum(b["episodes"] for b in r["per_size"].values()) == r["episodes"]
+        assert sum(r["crash_causes"].values()) == pytest.approx(r["crash_rate"]), (name, r["crash_causes"])
+        assert max(r["crash_causes"], key=r["crash_causes"].get) == "ground", (name, r["crash_causes"])
         assert set(r["per_size"]) <= {b for b, _ in SIZE_BUCKETS}
     assert RACE_METRICS <= set(result["per_task"]["race"])
     assert result["per_task"]["race"]["mean_race_time_s"] is None
@@ -121,6 +123,23 @@ def test_the_shipped_generalist_races_random_courses_and_race7_past_its_split_s(
 def test_the_shipped_generalist_dodges_obstacles_where_the_hover_policy_crashes():
     generalist, default = (_per_task(p, "obstacles", 300)["obstacles"] for p in (GENERALIST, DEFAULT))
     assert generalist["success_rate"] > 0.3 and default["success_rate"] < 0.05, (generalist, default)
+
+
+def test_eval_says_what_ended_the_crashes():
+    """Every crash has one cause (they sum to the crash rate): the generalist's races end on gate
+    frames, the next gate's and the others' (it sees only the next two; one it has passed is behind
+    it, unseen, when it turns back), its obstacle runs on the spheres."""
+    policy, ckpt = load_checkpoint(GENERALIST)
+    result = evaluate(policy, "size_family", ckpt["action_mode"], episodes=600,
+                      task=dict(ckpt["task"], task_prob=parse_tasks("race,obstacles")))
+    r = result["per_task"]
+    for name in ("race", "obstacles"):
+        assert sum(r[name]["crash_causes"].values()) == pytest.approx(r[name]["crash_rate"]), r[name]["crash_causes"]
+    race, obstacles = r["race"]["crash_causes"], r["obstacles"]["crash_causes"]
+    assert race.get("next_gate_frame", 0) > 0.15 and race.get("other_gate_frame", 0) > 0.15, race
+    assert race.get("next_gate_frame", 0) + race.get("other_gate_frame", 0) > 0.9 * r["race"]["crash_rate"], race
+    assert obstacles.get("obstacle_or_drone", 0) > 0.9 * r["obstacles"]["crash_rate"], obstacles
+    assert "task race crashes: next gate frame" in format_table(result)          # the text table says it too
 
 
 def test_the_shipped_generalist_holds_hover_and_formation():

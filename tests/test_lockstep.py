@@ -2,6 +2,7 @@
 clock is the vehicle's sim time, so a flight is the same flight on any machine load, and the
 link's timeouts (stale telemetry, link loss, the vehicle's setpoint timeout) count sim time."""
 import contextlib
+import os
 import time
 
 import numpy as np
@@ -22,8 +23,9 @@ STATE_COLUMNS = [f"{name}_{a}" for name in ("pos_enu_m", "vel_enu_m_s", "omega_f
 
 
 @contextlib.contextmanager
-def lockstep_flight(course, **sitl):
-    """(vehicle, link, policy, profile): the simulated vehicle and a MAVLink link to it, both in lockstep."""
+def lockstep_flight(course, policy_name=None, **sitl):
+    """(vehicle, link, policy, profile): the simulated vehicle and a MAVLink link to it, both in lockstep;
+    the shipped policy `fly` flies, or flight/policies/`policy_name`."""
     from flight.cli import default_policy
     from flight.connection import parse_connection
     from flight.link import MavLink
@@ -33,7 +35,9 @@ def lockstep_flight(course, **sitl):
     from tests.conftest import _free_udp_port
     port = _free_udp_port()
     prof = load_profile("crazyflie21")
-    policy = load_policy(default_policy("ctbr"), action_modes=("ctbr",))
+    path = default_policy("ctbr")
+    policy = load_policy(os.path.join(os.path.dirname(path), policy_name) if policy_name else path,
+                         action_modes=("ctbr",))
     with SitlVehicle(prof, f"udpout:127.0.0.1:{port}", "ardupilot", course.start_pos_enu_m, course.start_yaw_rad,
                      lockstep=True, origin="course", **sitl) as vehicle:
         with MavLink(parse_connection(f"udpin:127.0.0.1:{port}"), "ardupilot", "ctbr",
@@ -113,9 +117,11 @@ def test_the_link_timeout_counts_sim_time_in_lockstep(tmp_path):
 def test_lost_setpoints_fire_the_vehicles_setpoint_timeout_in_sim_time(tmp_path):
     """The uplink loses every setpoint from 3 s of sim time on, while the clock ticks still arrive:
     the vehicle's GUID_TIMEOUT (0.5 s) fires in its sim time and the runner sees it leave GUIDED_NOGPS
-    (for LAND: a PX4-like loss action; ArduPilot's own, hold in the mode, the runner cannot see)."""
+    (for LAND: a PX4-like loss action; ArduPilot's own, hold in the mode, the runner cannot see).
+    The hover policy flies: the racer's last rate command, which the vehicle holds for those 0.5 s,
+    tilted it past the runner's 70 deg limit first (0.42 s after the loss)."""
     course = parse_course(SHORT)
-    with lockstep_flight(course, loss_action="land") as (vehicle, link, policy, prof):
+    with lockstep_flight(course, "default.onnx", loss_action="land") as (vehicle, link, policy, prof):
         send, sent = link.master.mav.set_attitude_target_send, []
 
         def lossy_send(*args):
@@ -124,7 +130,7 @@ def test_lost_setpoints_fire_the_vehicles_setpoint_timeout_in_sim_time(tmp_path)
                 send(*args)
         link.master.mav.set_attitude_target_send = lossy_send
         result = fly_course(link, policy, course, prof, str(tmp_path / "f.csv"), status=Quiet(), max_time_s=20)
-        assert vehicle.failsafe == "no valid setpoint for 0.5 s"
+        assert vehicle.failsafe == "no valid setpoint for 0.5 s", result
         assert not vehicle.armed
     last_setpoint_s = sent[-1] + 0.01                       # it was flown from the step after it arrived
     assert 0.5 <= vehicle.failsafe_t_s - last_setpoint_s <= 0.52

@@ -367,6 +367,7 @@ void sl_throttle_for_omega_n(const float curve[3], const float *omega, int n, fl
 }
 
 const char *sl_task_name(int k) { return k >= 0 && k < SL_N_TASKS ? SL_TASK_NAMES[k] : NULL; }
+const char *sl_crash_cause_name(int k) { return k >= 0 && k < SL_N_CRASH_CAUSES ? SL_CRASH_CAUSE_NAMES[k] : NULL; }
 
 #endif /* SKYLOOP_API_H */
 

@@ -38,6 +38,16 @@ enum { SL_TASKS(SL_TASK_ENUM) SL_N_TASKS };
 #undef SL_TASK_ENUM
 #define SL_TASK_NAME(name) #name,
 static const char *const SL_TASK_NAMES[] = {SL_TASKS(SL_TASK_NAME)};
+
+/* What ended a crashed episode (the record's last_crash_cause; none: it did not crash). A gate's
+ * frame is the next gate's (or backwards through its opening) or another gate's; obstacle_or_drone
+ * is a sphere or another drone of the space; ground is a hard or tilted touchdown. */
+#define SL_CRASH_CAUSES(X) X(none) X(next_gate_frame) X(other_gate_frame) X(obstacle_or_drone) X(ground) \
+    X(out_of_bounds) X(nan_state)
+#define SL_CRASH_ENUM(name) SL_CRASH_##name,
+enum { SL_CRASH_CAUSES(SL_CRASH_ENUM) SL_N_CRASH_CAUSES };
+#undef SL_CRASH_ENUM
+static const char *const SL_CRASH_CAUSE_NAMES[] = {SL_CRASH_CAUSES(SL_TASK_NAME)};
 #undef SL_TASK_NAME
 
 /* How an episode is judged (each task's goal, in the task table of tasks.h). */
@@ -265,7 +275,7 @@ static const SlObsField SL_OBS_TABLE[] = {SL_OBS_FIELDS(SL_OBS_NAME_ROW)};
     /* record of each drone's last finished episode (valid where done) */                       \
     X(last_return, 1) X(last_length_s, 1) X(last_success, 1) X(last_crash, 1)                   \
     X(last_time_to_target_s, 1) X(last_final_error_m, 1) X(last_arm_m, 1) X(last_mass_kg, 1)   \
-    X(last_task, 1) X(last_gates, 1) X(last_collision, 1)
+    X(last_task, 1) X(last_gates, 1) X(last_collision, 1) X(last_crash_cause, 1)
 
 #define SL_ROW_ENUM(name, w) SL_ROW_##name, SL_ROW_##name##_END = SL_ROW_##name + (w)-1,
 enum { SL_DRONE_FLOATS(SL_ROW_ENUM) SL_N_ROWS };

@@ -340,7 +340,7 @@ static void sl_task(SlEnv *e, const int i0, const int i1) {
             const int k = __builtin_ctz(bits);
             int ev = sl_gate_event(gates + k * SL_GATE_FLOATS, p0, p1, SL_D(radius_m, 0), t.gate_frame_m);
             if (k == next && ev > 0) event = event < 0.f ? event : 1.f;
-            else if (ev == -2 || (k == next && ev != 0)) event = -1.f;
+            else if (ev == -2 || (k == next && ev != 0)) event = k == next ? -1.f : -2.f; /* whose frame */
         }
         SL_D(gate_event, 0) = event;
         rewards[i] = sl_shaping(&t, F, np, i, dt, gates, e->n_gates[space], next, p0, p1); /* the reward loop adds the rest */
@@ -422,6 +422,26 @@ static void sl_task(SlEnv *e, const int i0, const int i1) {
     }
 }
 
+/* What ended drone i's crashed episode (SL_CRASH_CAUSES), from its last step's state, as the
+ * reward loop judged it: a NaN state first, then a gate's frame, a sphere or drone, the ground. */
+static int sl_crash_cause(const SlEnv *e, int i) {
+    const float *F = e->f;
+    const int np = e->n_pad;
+    const float *b = e->task.bounds_m;
+    float d2 = 0.f;
+    for (int a = 0; a < 3; a++) {
+        const float d = SL_D(target_enu_m, a) - SL_D(pos_enu_m, a);
+        d2 += d * d;
+    }
+    if (!(d2 < 1e12f)) return SL_CRASH_nan_state;
+    if (SL_D(gate_event, 0) == -1.f) return SL_CRASH_next_gate_frame;
+    if (SL_D(gate_event, 0) == -2.f) return SL_CRASH_other_gate_frame;
+    if (SL_D(collided, 0) > 0.f) return SL_CRASH_obstacle_or_drone;
+    if (SL_D(crashed, 0) > 0.f) return SL_CRASH_ground;
+    const int out = fabsf(SL_D(pos_enu_m, 0)) > b[0] || fabsf(SL_D(pos_enu_m, 1)) > b[1] || SL_D(pos_enu_m, 2) > b[2];
+    return out ? SL_CRASH_out_of_bounds : SL_CRASH_none;
+}
+
 /* Writes the record of drone i's finished episode. */
 static void sl_record_episode(SlEnv *e, int i) {
     float *F = e->f;
@@ -437,6 +457,7 @@ static void sl_record_episode(SlEnv *e, int i) {
     SL_D(last_task, 0) = SL_D(task_id, 0);
     SL_D(last_gates, 0) = SL_D(gates_passed, 0);
     SL_D(last_collision, 0) = SL_D(last_crash, 0) * SL_D(collided, 0);
+    SL_D(last_crash_cause, 0) = SL_D(last_crash, 0) > 0.f ? (float)sl_crash_cause(e, i) : (float)SL_CRASH_none;
 }
 
 #endif /* SKYLOOP_TASKS_H */
