@@ -501,7 +501,7 @@ def closed_loop(traj: Trajectory, profile: Profile, policy_path: str | None = No
         if progress.finished or d["crashed"][0, 0] > 0:
             break
         obs = observe(s["pos_enu_m"], s["vel_enu_m_s"], s["quat_wxyz"], s["omega_flu_rad_s"], target, last_actions,
-                      hover, gates=progress.next_gates(OBS_GATES) if progress.race else None)
+                      hover, gates=progress.next_gates(OBS_GATES))
         action, pstate = policy.run(obs[None], pstate)
         env.step_physics(action)
         last_actions = np.concatenate([action[0], last_actions[:-4]]).astype(np.float32)

@@ -80,11 +80,12 @@ class CourseProgress:
         return self.target(pos)
 
     def next_gates(self, count: int) -> np.ndarray:
-        """The next `count` gates still to pass (fewer near the end; none during race mode's take-off
-        climb), as the sim observes them: [k, GATE_FLOATS] rows of centre ENU, unit normal, half width,
-        half height."""
-        rows = [] if self.climbing else [gate_row(self.course.gates[n % len(self.course.gates)])
-                                         for n in range(self.next_gate, min(self.next_gate + count, self.total_gates))]
+        """The next `count` gates still to pass, as the sim observes them: [k, GATE_FLOATS] rows of centre
+        ENU, unit normal, half width, half height; fewer near the end, none for a policy that does not
+        race (the sliding target) or during race mode's take-off climb."""
+        rows = [] if self.climbing or not self.race else [
+            gate_row(self.course.gates[n % len(self.course.gates)])
+            for n in range(self.next_gate, min(self.next_gate + count, self.total_gates))]
         return np.array(rows, dtype=np.float32).reshape(-1, GATE_FLOATS)
 
     def log_fields(self) -> dict:

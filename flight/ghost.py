@@ -91,7 +91,7 @@ class Ghost:
                     dist = float(np.linalg.norm(gap))
                     step = float(speed) * self.dt_s
                     target = np.asarray(goal, float) if dist <= step else target + gap * (step / dist)
-            gates = progress.next_gates(OBS_GATES) if progress is not None and progress.race else None
+            gates = progress.next_gates(OBS_GATES) if progress is not None else None
             obs = observe(pos, vel, quat, omega, target, last_actions, self.hover_action, gates=gates)
             action, policy_state = self.policy.run(obs[None], policy_state)
             action = np.asarray(action[0], np.float32)

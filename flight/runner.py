@@ -130,7 +130,7 @@ class TargetSource(Protocol):
     """What fly_course reads its target from each tick: flight/course.py's CourseProgress (the
     course's sliding target, or the next gate in race mode) or flight/teleop.py's TeleopTargets
     (the operator's)."""
-    race: bool                          # the policy sees the next gates (next_gates) in its observation
+    race: bool                          # the policy sees the next gates (next_gates: none when False)
     passes: list                        # (gate number over all laps, time) of the gates passed
     next_gate: int
     total_gates: int
@@ -276,7 +276,7 @@ def _tick(link, policy, shadow: Shadow, progress: TargetSource, supervisor: Supe
     elif state is not None:
         obs = observe(state["pos_enu_m"], state["vel_enu_m_s"], state["quat_wxyz"], state["omega_flu_rad_s"],
                       target, loop.last_actions, shadow.hover_action,
-                      gates=progress.next_gates(OBS_GATES) if progress.race else None)
+                      gates=progress.next_gates(OBS_GATES))
         action, loop.policy_state = policy.run(obs[None], loop.policy_state)
         action = action[0]
     failsafe = supervisor.check(now, state, action, link.last_message_s, link.battery_v)

@@ -263,6 +263,11 @@ static void sl_reset_drone(SlEnv *e, int i) {
  * 3. Reward, termination and records.
  * ========================================================================================== */
 
+/* 1 when a drone at (x, y, z) has left the task's box (beyond |x|, |y| or above the ceiling): a crash. */
+SL_INLINE float sl_outside_box(const float b[3], float x, float y, float z) {
+    return (fabsf(x) > b[0]) | (fabsf(y) > b[1]) | (z > b[2]) ? 1.f : 0.f;
+}
+
 /* Surface distance from a drone (centre p, radius r) to gate g's frame: a flat ring in the gate's
  * plane between the opening (half sizes) and the opening grown by frame_m (sl_gate_event's rule).
  * Negative: touching it. */
@@ -365,8 +370,7 @@ static void sl_task(SlEnv *e, const int i0, const int i1) {
         }
         float dist = sqrtf(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
         /* Flags are floats 0 / 1 and every load happens before the selects: no branches. */
-        float out = (fabsf(SL_D(pos_enu_m, 0)) > t.bounds_m[0]) | (fabsf(SL_D(pos_enu_m, 1)) > t.bounds_m[1]) |
-                    (SL_D(pos_enu_m, 2) > t.bounds_m[2]) ? 1.f : 0.f;
+        float out = sl_outside_box(t.bounds_m, SL_D(pos_enu_m, 0), SL_D(pos_enu_m, 1), SL_D(pos_enu_m, 2));
         float nan_state = dist < 1e6f ? 0.f : 1.f; /* a NaN (or absurd) state is a crash too */
         float crash = sl_max(sl_max(sl_max(SL_D(crashed, 0), out), nan_state), sl_max(SL_D(collided, 0), hit_gate));
         float radius = moving > 0.f ? t.track_radius_m : t.success_radius_m;
@@ -427,19 +431,18 @@ static void sl_task(SlEnv *e, const int i0, const int i1) {
 static int sl_crash_cause(const SlEnv *e, int i) {
     const float *F = e->f;
     const int np = e->n_pad;
-    const float *b = e->task.bounds_m;
     float d2 = 0.f;
     for (int a = 0; a < 3; a++) {
         const float d = SL_D(target_enu_m, a) - SL_D(pos_enu_m, a);
         d2 += d * d;
     }
-    if (!(d2 < 1e12f)) return SL_CRASH_nan_state;
+    if (!(sqrtf(d2) < 1e6f)) return SL_CRASH_nan_state; /* the reward loop's rule */
     if (SL_D(gate_event, 0) == -1.f) return SL_CRASH_next_gate_frame;
     if (SL_D(gate_event, 0) == -2.f) return SL_CRASH_other_gate_frame;
     if (SL_D(collided, 0) > 0.f) return SL_CRASH_obstacle_or_drone;
     if (SL_D(crashed, 0) > 0.f) return SL_CRASH_ground;
-    const int out = fabsf(SL_D(pos_enu_m, 0)) > b[0] || fabsf(SL_D(pos_enu_m, 1)) > b[1] || SL_D(pos_enu_m, 2) > b[2];
-    return out ? SL_CRASH_out_of_bounds : SL_CRASH_none;
+    return sl_outside_box(e->task.bounds_m, SL_D(pos_enu_m, 0), SL_D(pos_enu_m, 1), SL_D(pos_enu_m, 2)) > 0.f
+               ? SL_CRASH_out_of_bounds : SL_CRASH_none;
 }
 
 /* Writes the record of drone i's finished episode. */
