@@ -9,6 +9,9 @@ import json
 import logging
 import os
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 
@@ -191,6 +194,33 @@ def test_a_msp_port_held_all_along_fails_the_start_saying_what_to_look_at(sitl_b
         held.close()
     exe = os.path.realpath(build_sitl(sitl_build_dir))
     assert not _running(exe)                                   # no firmware left running
+
+
+def test_a_firmware_that_runs_but_stays_silent_on_msp_is_worth_another_start_and_one_that_exits_says_so():
+    """Seen once in CI: the firmware bound its MSP port and did not answer in 20 s (the next start flew).
+    A stand-in that takes connections on the port and never answers gives the reason to start again
+    (not an error); one that exits before answering raises with its output. (No build needed.)"""
+    from flight.betaflight_sitl import BetaflightSitl, BetaflightSitlError
+    from flight.betaflight_sitl.bridge import MSP_TCP_PORT
+    silent = ("import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+              f"s.bind(('127.0.0.1', {MSP_TCP_PORT}))\ns.listen()\nheld = []\nwhile True:\n    held.append(s.accept())\n")
+    sitl = BetaflightSitl("fpv5")
+    with tempfile.TemporaryDirectory() as workdir:
+        sitl.workdir = type("Dir", (), {"name": workdir})()
+        log_path = os.path.join(workdir, "sitl.log")
+        with open(log_path, "w") as f:
+            f.write("init done\n")
+        sitl.process = subprocess.Popen([sys.executable, "-c", silent])
+        try:
+            why = sitl._wait_for_msp(timeout_s=2.0)
+            assert why is not None and f"does not answer MSP on tcp {MSP_TCP_PORT}" in why and "while it runs" in why
+        finally:
+            sitl.process.kill()
+            sitl.process.wait()
+        sitl.process = subprocess.Popen([sys.executable, "-c", "pass"])
+        sitl.process.wait()
+        with pytest.raises(BetaflightSitlError, match=r"(?s)exited \(code 0\) before answering MSP.*init done"):
+            sitl._wait_for_msp(timeout_s=2.0)
 
 
 def _running(exe):

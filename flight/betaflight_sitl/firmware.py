@@ -145,7 +145,8 @@ class BetaflightSitl(FirmwareSitl):
         """Starts the firmware and the bridge. Now and then a start fails in a way the next one
         does not, and is made again, up to START_ATTEMPTS times: the PID loop stalled (MSP answers,
         but no motor packet comes and MSP_STATUS_EX reports a cycle time of 0; seen in 5 of 14 starts
-        before the timer-slack fix, cause unknown), or the MSP port could not be bound (BIND_FAILED)."""
+        before the timer-slack fix, cause unknown), the MSP port could not be bound (BIND_FAILED), or the
+        firmware runs but its MSP port stays silent (seen once in CI: bound, no answer in 20 s)."""
         exe = build.build_sitl(self.build_dir)
         if _port_open(MSP_TCP_PORT):
             raise BetaflightSitlError(f"tcp port {MSP_TCP_PORT} is taken: another Betaflight SITL runs on this machine "
@@ -184,20 +185,22 @@ class BetaflightSitl(FirmwareSitl):
         with open(os.path.join(self.workdir.name, "sitl.log"), errors="replace") as f:
             return f.read()[-chars:]
 
-    def _wait_for_msp(self) -> str | None:
-        """None once MSP answers; why not when the firmware could not bind its MSP port (worth
-        another start). Raises, with the firmware's output, when it does not answer otherwise."""
+    def _wait_for_msp(self, timeout_s: float = 20.0) -> str | None:
+        """None once MSP answers; why not when another start is worth making: the firmware could not
+        bind its MSP port, or it runs and stays silent. Raises, with the firmware's output, when it exited."""
         def hopeless():
             if self.process.poll() is not None:
                 return f"the Betaflight SITL exited (code {self.process.returncode}) before answering MSP"
             tail = self._log_tail()
             return next((line.strip() for line in tail.splitlines() if BIND_FAILED in line), None)
         try:
-            msp_socket(hopeless=hopeless).close()
+            msp_socket(timeout_s=timeout_s, hopeless=hopeless).close()
             return None
         except BetaflightSitlError as exc:
             if BIND_FAILED in str(exc):
                 return str(exc)
+            if self.process.poll() is None:
+                return f"{exc} in {timeout_s:g} s, while it runs"
             raise BetaflightSitlError(f"{exc}; its output ends:\n{self._log_tail()}") from None
 
     def _motor_packets_flow(self, timeout_s: float = 1.5, packets: int = 50) -> bool:
