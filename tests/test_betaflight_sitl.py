@@ -205,10 +205,9 @@ def test_a_firmware_that_runs_but_stays_silent_on_msp_is_worth_another_start_and
     silent = ("import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
               f"s.bind(('127.0.0.1', {MSP_TCP_PORT}))\ns.listen()\nheld = []\nwhile True:\n    held.append(s.accept())\n")
     sitl = BetaflightSitl("fpv5")
-    with tempfile.TemporaryDirectory() as workdir:
-        sitl.workdir = type("Dir", (), {"name": workdir})()
-        log_path = os.path.join(workdir, "sitl.log")
-        with open(log_path, "w") as f:
+    sitl.workdir = tempfile.TemporaryDirectory(prefix="betaflight-sitl-")   # where its log is read, as in start()
+    try:
+        with open(os.path.join(sitl.workdir.name, "sitl.log"), "w") as f:
             f.write("init done\n")
         sitl.process = subprocess.Popen([sys.executable, "-c", silent])
         try:
@@ -221,6 +220,8 @@ def test_a_firmware_that_runs_but_stays_silent_on_msp_is_worth_another_start_and
         sitl.process.wait()
         with pytest.raises(BetaflightSitlError, match=r"(?s)exited \(code 0\) before answering MSP.*init done"):
             sitl._wait_for_msp(timeout_s=2.0)
+    finally:
+        sitl.workdir.cleanup()
 
 
 def _running(exe):
